@@ -1,0 +1,240 @@
+"""The store interface and the data that flows through it.
+
+A store is one kind of data service (redis, mysql, mongo, objects). The engine only ever
+talks to this interface, so adding a store means adding one module and one registry line.
+
+Contract, in words:
+
+* ``Store(endpoint, selection, options)`` never touches the network; ``open()`` does.
+* ``check_access(role)`` proves the credentials can do what that role needs: a source
+  needs read rights only, a target needs write rights. It raises ``EndpointError``.
+* ``list_units()`` (source side) returns the units to copy, with size estimates.
+  A unit's ``spec`` is plain JSON data, so it can be written to the plan and read back.
+* ``existing(units)`` (target side) names the units that already hold data.
+* ``prepare_target(units)`` / ``finalize_target(units)`` run once per run around the copy
+  (schemas and collections before; secondary indexes after). Both are idempotent.
+* ``export(unit, resume_from)`` yields ``Batch``es in a stable order; each batch carries
+  the cursor reached *after* it. Passing that cursor back resumes right after the batch.
+* ``importer(unit)`` returns an ``Importer``. Writing the same batch twice (a crash between
+  the write and the journal's checkpoint) must leave the target exactly as writing it once.
+* ``chunks(unit)`` (source side) cuts a unit into chunks that cover its whole key space, so
+  a record that exists only on the target still falls into some chunk.
+  ``digest(unit, chunks)`` computes, on whichever side the store is, a ``ChunkDigest`` per
+  chunk: record count plus an order-independent combination of per-record hashes.
+  ``records(unit, chunk)`` lists ``(key, fingerprint)`` of one chunk, to name the records
+  that differ once the digests disagree; ``same_record`` compares two fingerprints (a store
+  with tolerances, e.g. Redis TTLs, overrides it).
+* ``schema(unit)`` returns the definitions that must match besides data (columns,
+  indexes, options) as JSON-like data; ``{}`` when the store has none.
+* Stores raise only ``migrator.errors`` exceptions, marked transient or terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from migrator.config import Endpoint
+
+Cursor = Any  # JSON-serialisable position inside a unit; None means "from the start"
+
+HASH_BITS = 128
+HASH_MASK = (1 << HASH_BITS) - 1
+
+
+class Role(str, Enum):
+    SOURCE = "source"
+    TARGET = "target"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store (or the server behind it) can do, declared as data."""
+
+    snapshot_reads: bool = False
+    server_side_checksum: bool = False
+    ttls: bool = False
+    resumable_units: bool = True
+    wire_format: str = ""  # what travels in batches, e.g. "redis DUMP payloads"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The smallest piece copied, checkpointed and verified on its own."""
+
+    store: str
+    name: str
+    spec: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    records: int = 0  # estimate at plan time
+    bytes: int = 0  # estimate at plan time
+
+    @property
+    def key(self) -> str:
+        return f"{self.store}:{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "name": self.name, "spec": self.spec,
+                "records": self.records, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Unit:
+        return cls(store=data["store"], name=data["name"], spec=dict(data.get("spec") or {}),
+                   records=int(data.get("records") or 0), bytes=int(data.get("bytes") or 0))
+
+
+@dataclass
+class Batch:
+    """Records in the store's wire form, plus the cursor reached after them."""
+
+    records: list[Any]
+    cursor: Cursor
+    nbytes: int = 0
+    # Records the exporter saw but could not copy for a harmless reason (e.g. a Redis
+    # key that expired between SCAN and DUMP). Reported, never an error.
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of a unit's key space; ``bounds`` is store-specific JSON data."""
+
+    id: str
+    bounds: Any = None
+
+
+@dataclass
+class ChunkDigest:
+    count: int = 0
+    hash: int = 0  # sum of per-record hashes mod 2**128: order-independent, no cancellation
+
+    def add(self, record_hash: int) -> None:
+        self.count += 1
+        self.hash = (self.hash + record_hash) & HASH_MASK
+
+    def merge(self, other: ChunkDigest) -> None:
+        self.count += other.count
+        self.hash = (self.hash + other.hash) & HASH_MASK
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ChunkDigest) and self.count == other.count
+                and self.hash == other.hash)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "hash": f"{self.hash:032x}"}
+
+
+def record_hash(*parts: bytes) -> int:
+    """A 128-bit hash of one record; parts are length-prefixed so boundaries count."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return int.from_bytes(h.digest(), "little")
+
+
+class Importer(ABC):
+    """Writes one unit's batches into a target; replaying a batch must be harmless."""
+
+    def prepare(self, resumed: bool) -> None:  # noqa: B027 - optional hook
+        """Called once before the first batch; ``resumed`` is True after a checkpoint."""
+
+    @abstractmethod
+    def write_batch(self, batch: Batch) -> None: ...
+
+    def finalize(self) -> None:  # noqa: B027 - optional hook
+        """Called after the last batch of the unit was written."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which parts of a store take part: include/exclude patterns and a named preset."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    preset: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    batch_records: int = 1000
+    batch_bytes: int = 8 << 20
+    chunk_records: int = 10_000  # verification chunk size
+    unit_records: int = 200_000  # a unit above this is split where the store can split
+    on_existing: str = "fail"  # fail | overwrite | skip
+    ttl_tolerance_ms: int = 1000
+
+
+class Store(ABC):
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, endpoint: Endpoint, selection: Selection | None = None,
+                 options: StoreOptions | None = None) -> None:
+        self.endpoint = endpoint
+        self.selection = selection or Selection()
+        self.options = options or StoreOptions()
+
+    # -- lifecycle -------------------------------------------------------------------
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def check_access(self, role: Role) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the plan: server version, topology, consistency notes."""
+        return {}
+
+    # -- source side -----------------------------------------------------------------
+    @abstractmethod
+    def list_units(self) -> list[Unit]: ...
+
+    @abstractmethod
+    def export(self, unit: Unit, resume_from: Cursor = None) -> Iterator[Batch]: ...
+
+    # -- target side -----------------------------------------------------------------
+    @abstractmethod
+    def existing(self, units: list[Unit]) -> list[str]: ...
+
+    def prepare_target(self, units: list[Unit], source: Store) -> None:  # noqa: B027
+        """Create what must exist before data arrives (schemas, collections)."""
+
+    def finalize_target(self, units: list[Unit], source: Store) -> None:  # noqa: B027
+        """Build what is faster after the data (secondary indexes)."""
+
+    @abstractmethod
+    def importer(self, unit: Unit) -> Importer: ...
+
+    # -- verification ----------------------------------------------------------------
+    @abstractmethod
+    def chunks(self, unit: Unit) -> list[Chunk]: ...
+
+    @abstractmethod
+    def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]: ...
+
+    @abstractmethod
+    def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]: ...
+
+    def same_record(self, source_fp: Any, target_fp: Any) -> bool:
+        return source_fp == target_fp
+
+    def schema(self, unit: Unit) -> dict[str, Any]:
+        return {}
