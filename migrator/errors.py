@@ -16,6 +16,7 @@ EXIT_CODES: dict[int, str] = {
     5: "verification found differences",
     6: "journal conflict (another run holds it, or the plan changed under it)",
     7: "deploy failure",
+    70: "internal error (a bug: the traceback is printed; please report it)",
     130: "interrupted (Ctrl-C); progress is saved, run again to continue",
 }
 

@@ -35,7 +35,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from migrator.config import Endpoint
@@ -46,7 +46,7 @@ HASH_BITS = 128
 HASH_MASK = (1 << HASH_BITS) - 1
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     SOURCE = "source"
     TARGET = "target"
 

@@ -1,0 +1,116 @@
+"""The only module that prints: plan summaries, run results, verification tables, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from migrator.config import redact_url
+from migrator.engine.transfer import RunResult
+from migrator.engine.verify import MATCH, VerifyReport, summary
+from migrator.plan import Plan
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def as_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def error(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+
+
+def warning(message: str) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def info(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    click.echo(click.style(line, bold=True))
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def plan_summary(plan: Plan, path: str) -> None:
+    click.echo(f"plan {plan.name!r} written to {path}")
+    for kind, pair in plan.stores.items():
+        units = plan.units_of(kind)
+        click.echo(f"  {kind}: {redact_url(pair.source.url)} -> {redact_url(pair.target.url)}")
+        click.echo(f"    {len(units)} unit(s), {sum(u.records for u in units):,} records, "
+                   f"{human_bytes(sum(u.bytes for u in units))}")
+        for side in ("source", "target"):
+            for note in pair.facts.get(side, {}).get("notes", []):
+                click.echo(f"    {side}: {note}")
+    est = plan.estimate
+    click.echo(f"  estimate: {est.get('records', 0):,} records, "
+               f"{human_bytes(est.get('bytes', 0))}, about {est.get('copy_seconds', 0)} s to copy")
+    if plan.existing:
+        click.echo(f"  {len(plan.existing)} unit(s) already hold data on the target; "
+                   f"on_existing: {plan.options.on_existing}")
+
+
+def run_summary(result: RunResult) -> None:
+    rows = [[o.key, o.state, f"{o.records:,}", human_bytes(o.bytes),
+             str(o.skipped or ""), (o.error or "")[:80]] for o in result.outcomes]
+    table(rows, ["unit", "state", "records", "bytes", "skipped", "error"])
+    rate = result.bytes / result.seconds if result.seconds else 0
+    click.echo(f"copied {result.records:,} records, {human_bytes(result.bytes)} in "
+               f"{result.seconds:.1f} s ({human_bytes(rate)}/s)")
+    skipped = sum(o.skipped for o in result.outcomes)
+    if skipped:
+        click.echo(f"{skipped} record(s) vanished at the source during the copy (e.g. expired "
+                   "keys); they are listed in the journal's events")
+
+
+def verify_table(report: VerifyReport) -> None:
+    rows = []
+    for u in report.units:
+        rows.append([u.unit, u.status, f"{u.source_count:,}", f"{u.target_count:,}",
+                     str(u.n_missing_on_target), str(u.n_missing_on_source), str(u.n_differ),
+                     "yes" if u.schema else ""])
+    table(rows, ["unit", "status", "source", "target", "missing-on-target",
+                 "missing-on-source", "differ", "schema"])
+    for u in report.units:
+        if u.status == MATCH:
+            continue
+        click.secho(f"\n{u.unit}: {u.error or summary(u)}", fg="red")
+        if u.chunks:
+            click.echo(f"  chunks: {', '.join(u.chunks[:10])}"
+                       + (" …" if len(u.chunks) > 10 else ""))
+        for label, keys in (("missing on target", u.missing_on_target),
+                            ("missing on source", u.missing_on_source),
+                            ("differ", u.differ)):
+            for key in keys:
+                click.echo(f"  {label}: {key}")
+        for line in u.schema:
+            click.echo(f"  schema: {line}")
+    for name, check in report.extra.items():
+        missing = check.get("missing", [])
+        status = "ok" if not missing else f"{check.get('n_missing', len(missing))} missing"
+        click.echo(f"\ncheck {name}: {status} ({check.get('checked', 0):,} checked)")
+        for key in missing[:20]:
+            click.echo(f"  missing: {key}")
+    matched = sum(1 for u in report.units if u.status == MATCH)
+    verdict = click.style("EQUAL", fg="green") if report.ok else click.style("DIFFERENT",
+                                                                                fg="red")
+    click.echo(f"\n{matched}/{len(report.units)} unit(s) match in {report.seconds:.1f} s: "
+               f"{verdict}")
+
+
+def stream_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,47 @@
+"""Builds a plan: reads both sides (never writes), measures units, checks access and that
+the target is empty, and estimates the run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from migrator.engine.session import Session
+from migrator.errors import TargetNotEmpty
+from migrator.plan import Options, Plan, StorePair
+
+# Conservative copy rates per unit stream, from docs/benchmarks.md, for the estimate only.
+NOMINAL_BYTES_PER_SECOND = {"redis": 20e6, "mysql": 30e6, "mongo": 30e6, "objects": 60e6}
+
+
+def build_plan(name: str, pairs: dict[str, StorePair], options: Options) -> Plan:
+    plan = Plan(name=name, stores=pairs, options=options,
+                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    with Session(pairs, options) as session:
+        for kind, pair in pairs.items():
+            session.check_access(kind)
+            source, target = session.pair(kind)
+            units = source.list_units()
+            plan.inventory.extend(units)
+            plan.existing.extend(target.existing(units))
+            pair.facts = {"source": source.describe(), "target": target.describe()}
+    if plan.existing and options.on_existing == "fail":
+        shown = ", ".join(plan.existing[:5]) + (" …" if len(plan.existing) > 5 else "")
+        raise TargetNotEmpty(
+            f"the target already holds data for {len(plan.existing)} unit(s): {shown}",
+            hint="choose --on-existing overwrite (replace what is there) or skip "
+            "(leave those units alone); no plan was written")
+    plan.estimate = estimate(plan)
+    return plan
+
+
+def estimate(plan: Plan) -> dict[str, object]:
+    records = sum(u.records for u in plan.inventory)
+    size = sum(u.bytes for u in plan.inventory)
+    seconds = 0.0
+    for kind in plan.stores:
+        kind_bytes = sum(u.bytes for u in plan.units_of(kind))
+        streams = max(1, min(plan.options.parallel, len(plan.units_of(kind))))
+        seconds += kind_bytes / (NOMINAL_BYTES_PER_SECOND.get(kind, 20e6) * streams)
+    return {"units": len(plan.inventory), "records": records, "bytes": size,
+            "copy_seconds": round(seconds, 1),
+            "basis": "nominal per-stream rates from docs/benchmarks.md; a guide, not a promise"}

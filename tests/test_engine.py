@@ -1,0 +1,191 @@
+"""Engine logic (resume, retry, partial failure, journal, verify classification) on the
+in-memory store. The real stores get the same treatment against real servers elsewhere."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from migrator.config import Endpoint
+from migrator.engine.journal import COPIED, FAILED, Journal
+from migrator.engine.retry import RetryPolicy, call_with_retry
+from migrator.engine.session import Session
+from migrator.engine.throttle import Throttle
+from migrator.engine.transfer import Transfer
+from migrator.engine.verify import DIFFER, MATCH, verify
+from migrator.errors import JournalConflict, StoreError, TransientError
+from migrator.plan import Options, Plan, StorePair
+from migrator.stores import registry
+from tests import memstore
+
+
+@pytest.fixture(autouse=True)
+def memory_kind(monkeypatch):
+    monkeypatch.setitem(registry.STORES, "memory", ("tests.memstore", "MemoryStore"))
+    memstore.SERVERS.clear()
+    memstore.FAULTS.clear()
+    yield
+
+
+def make_plan(units: dict[str, int], batch_records: int = 10, parallel: int = 2) -> Plan:
+    memstore.SERVERS["src"] = {name: {f"k{i:05d}": f"v{i}" for i in range(n)}
+                               for name, n in units.items()}
+    pair = StorePair("memory", Endpoint("memory", "memory://src"),
+                     Endpoint("memory", "memory://dst"))
+    options = Options(batch_records=batch_records, parallel=parallel, retries=3)
+    plan = Plan(name="t", stores={"memory": pair}, options=options)
+    with Session(plan.stores, options) as session:
+        plan.inventory = session.pair("memory")[0].list_units()
+    return plan
+
+
+def run(plan: Plan, tmp_path, **kw):
+    with Journal(tmp_path / "j.sqlite").open() as journal, \
+            Session(plan.stores, plan.options) as session:
+        journal.bind_plan(plan.fingerprint(), restart=False)
+        transfer = Transfer(plan, journal, session,
+                            retry=RetryPolicy(attempts=3, base_delay=0.001), **kw)
+        return transfer.run(), journal.units()
+
+
+def test_run_copies_every_unit_and_verify_matches(tmp_path):
+    plan = make_plan({"a": 95, "b": 7, "c": 0})
+    result, states = run(plan, tmp_path)
+    assert not result.failed and not result.interrupted
+    assert memstore.SERVERS["dst"]["a"] == memstore.SERVERS["src"]["a"]
+    assert {s.state for s in states.values()} == {COPIED}
+    assert states["memory:a"].records == 95
+    with Session(plan.stores, plan.options) as session:
+        report = verify(plan.inventory, session)
+    assert report.ok and [u.status for u in report.units] == [MATCH] * 3
+
+
+def test_run_resumes_after_kill_between_write_and_checkpoint_without_duplicates(tmp_path):
+    plan = make_plan({"a": 100}, batch_records=10, parallel=1)
+    memstore.FAULTS["dst"] = [None, None, None, "kill-after-write"]
+    first, states = run(plan, tmp_path)
+    assert first.interrupted
+    assert states["memory:a"].cursor == "k00029"  # batch 4 was written, not checkpointed
+    assert states["memory:a"].records == 30
+    second, states = run(plan, tmp_path)
+    assert not second.interrupted and not second.failed
+    assert states["memory:a"].state == COPIED
+    # resumed from the checkpoint: 70 records travelled the second time, not 100
+    assert states["memory:a"].records == 100
+    assert memstore.SERVERS["dst"]["a"] == memstore.SERVERS["src"]["a"]
+
+
+def test_transient_error_is_retried_from_the_last_checkpoint(tmp_path):
+    plan = make_plan({"a": 50}, parallel=1)
+    memstore.FAULTS["dst"] = [None, "transient", None]
+    result, states = run(plan, tmp_path)
+    assert not result.failed
+    assert states["memory:a"].state == COPIED and states["memory:a"].records == 50
+    with Journal(tmp_path / "j.sqlite").open() as journal:
+        kinds = [e[2] for e in journal.events("memory:a")]
+    assert "retry" in kinds
+
+
+def test_terminal_error_fails_only_its_unit(tmp_path):
+    plan = make_plan({"a": 5, "b": 5}, parallel=1)
+    memstore.FAULTS["dst"] = ["terminal"]
+    result, states = run(plan, tmp_path)
+    assert [o.key for o in result.failed] == ["memory:a"]
+    assert "disk full" in states["memory:a"].error
+    assert states["memory:b"].state == COPIED
+    # a second run retries only the failed unit
+    result, states = run(plan, tmp_path)
+    assert not result.failed and states["memory:a"].state == COPIED
+
+
+def test_stop_event_stops_at_a_batch_boundary_and_keeps_the_checkpoint(tmp_path):
+    plan = make_plan({"a": 100}, parallel=1)
+    stop = threading.Event()
+
+    class StopAfterTwo:
+        calls = 0
+
+        def take(self, nbytes, stop_event=None):
+            StopAfterTwo.calls += 1
+            if StopAfterTwo.calls == 2:
+                stop.set()
+
+    result, states = run(plan, tmp_path, stop=stop, throttle=StopAfterTwo())
+    assert result.interrupted
+    assert states["memory:a"].records == 20 and states["memory:a"].state == "copying"
+
+
+def test_verify_names_missing_extra_and_differing_keys(tmp_path):
+    plan = make_plan({"a": 30})
+    run(plan, tmp_path)
+    target = memstore.SERVERS["dst"]["a"]
+    target["k00003"] = "changed"
+    del target["k00017"]
+    target["zz-extra"] = "x"
+    with Session(plan.stores, plan.options) as session:
+        report = verify(plan.inventory, session)
+    unit = report.units[0]
+    assert not report.ok and unit.status == DIFFER
+    assert unit.differ == ["k00003"]
+    assert unit.missing_on_target == ["k00017"]
+    assert unit.missing_on_source == ["zz-extra"]
+    assert unit.chunks == ["lo", "hi"]
+
+
+def test_journal_refuses_a_second_concurrent_run(tmp_path):
+    with Journal(tmp_path / "j.sqlite").open():
+        with pytest.raises(JournalConflict, match="in use"):
+            Journal(tmp_path / "j.sqlite").open()
+
+
+def test_journal_refuses_a_changed_plan_until_restart(tmp_path):
+    plan = make_plan({"a": 5})
+    run(plan, tmp_path)
+    with Journal(tmp_path / "j.sqlite").open() as journal:
+        with pytest.raises(JournalConflict, match="different version"):
+            journal.bind_plan("another", restart=False)
+        journal.bind_plan("another", restart=True)
+        assert not journal.has_progress()
+
+
+def test_retry_gives_up_after_its_attempts_and_never_retries_terminal_errors():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        raise TransientError("timeout")
+
+    with pytest.raises(TransientError):
+        call_with_retry(flaky, RetryPolicy(attempts=2, base_delay=0.001))
+    assert len(calls) == 3
+
+    def broken():
+        calls.append(2)
+        raise StoreError("bad data")
+
+    with pytest.raises(StoreError):
+        call_with_retry(broken, RetryPolicy(attempts=5, base_delay=0.001))
+    assert calls.count(2) == 1
+
+
+def test_throttle_makes_callers_wait_in_proportion_to_bytes():
+    waits = []
+
+    class Recorder:
+        def wait(self, seconds):
+            waits.append(seconds)
+
+    throttle = Throttle(1000, burst_seconds=1.0)
+    throttle.take(1000, Recorder())  # the burst allowance
+    throttle.take(500, Recorder())
+    assert len(waits) == 1 and 0.45 < waits[0] <= 0.5
+    Throttle(None).take(10**9, Recorder())
+    assert len(waits) == 1
+
+
+def test_failed_state_is_recorded_with_the_error_message(tmp_path):
+    plan = make_plan({"a": 3}, parallel=1)
+    memstore.FAULTS["dst"] = ["terminal"]
+    _, states = run(plan, tmp_path)
+    assert states["memory:a"].state == FAILED
