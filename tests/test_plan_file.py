@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -96,3 +97,11 @@ def test_cli_reports_a_malformed_plan_with_exit_3_and_no_traceback(tmp_path):
                           capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 3
     assert "options.parallel" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "plans").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_plans_stay_valid(path):
+    plan = load_plan(path)
+    assert plan.stores and all("${" in p.source.url or "@" not in p.source.url
+                               for p in plan.stores.values())
