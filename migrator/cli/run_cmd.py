@@ -77,7 +77,7 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
         if restart and journal.has_progress():
             plan.options.on_existing = "overwrite"  # the earlier attempt's data is ours
         journal.bind_plan(plan.fingerprint(), restart=restart)
-        with Session(plan.stores, plan.options) as session:
+        with Session(plan.stores, plan.options, journal) as session:
             for kind in plan.stores:
                 session.check_access(kind)
             if not journal.has_progress() and plan.options.on_existing == "fail":

@@ -38,14 +38,11 @@ def verify_command(plan_path: Path, unit_patterns: tuple[str, ...], parallel: in
         units = [u for u in units if any(fnmatch.fnmatchcase(u.key, p) for p in unit_patterns)]
         if not units:
             raise UsageError(f"no unit matches {', '.join(unit_patterns)}")
-    journal_file = journal_path(plan_path)
-    journal = Journal(journal_file).open(exclusive=False) if journal_file.exists() else None
-    try:
-        with Session(plan.stores, plan.options) as session:
-            report = verify(units, session, parallel=plan.options.parallel, journal=journal)
-    finally:
-        if journal is not None:
-            journal.close()
+    # Shared, not exclusive: verify may run beside a copy; the journal keeps its results
+    # and the hash cache that spares a second verify from re-reading unchanged objects.
+    with Journal(journal_path(plan_path)).open(exclusive=False) as journal, \
+            Session(plan.stores, plan.options, journal) as session:
+        report = verify(units, session, parallel=plan.options.parallel, journal=journal)
     if as_json:
         render.as_json(report.to_dict())
     else:

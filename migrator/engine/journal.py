@@ -66,7 +66,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if exclusive:
             self._take_file_lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -195,27 +196,32 @@ class Journal:
 
 
 class JournalCache:
-    """A dict-like string cache in the journal (e.g. streamed object hashes)."""
+    """A dict-like string cache in the journal (e.g. streamed object hashes); keys may be
+    any JSON-able value such as a tuple."""
 
     def __init__(self, journal: Journal, scope: str) -> None:
         self._journal = journal
         self._scope = scope
 
-    def get(self, key: str, default: str | None = None) -> str | None:
+    @staticmethod
+    def _key(key: object) -> str:
+        return key if isinstance(key, str) else json.dumps(key, default=str)
+
+    def get(self, key: object, default: str | None = None) -> str | None:
         rows = self._journal._exec("SELECT value FROM cache WHERE scope = ? AND key = ?",
-                                   (self._scope, key))
+                                   (self._scope, self._key(key)))
         return rows[0][0] if rows else default
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: object) -> str:
         value = self.get(key)
         if value is None:
             raise KeyError(key)
         return value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
+        return self.get(key) is not None
 
-    def __setitem__(self, key: str, value: str) -> None:
+    def __setitem__(self, key: object, value: str) -> None:
         self._journal._exec("INSERT INTO cache(scope, key, value) VALUES (?, ?, ?) "
                             "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value",
-                            (self._scope, key, value))
+                            (self._scope, self._key(key), value))

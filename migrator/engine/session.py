@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from migrator.engine.journal import Journal
 from migrator.plan import Options, StorePair
 from migrator.stores.base import Role, Selection, Store
 from migrator.stores.registry import make_store
@@ -24,9 +25,11 @@ def effective_selection(kind: str, selection: Selection) -> Selection:
 class Session:
     """Stores are thread-safe, so one source and one target instance serve every unit."""
 
-    def __init__(self, stores: dict[str, StorePair], options: Options) -> None:
+    def __init__(self, stores: dict[str, StorePair], options: Options,
+                 journal: Journal | None = None) -> None:
         self._pairs = stores
         self._options = options
+        self._journal = journal
         self._open: dict[str, tuple[Store, Store]] = {}
         self._lock = threading.Lock()
 
@@ -38,6 +41,9 @@ class Session:
                 store_options = self._options.store_options()
                 source = make_store(spec.source, selection, store_options)
                 target = make_store(spec.target, selection, store_options)
+                if self._journal is not None:
+                    source.use_cache(self._journal.cache(f"{kind}:source"))
+                    target.use_cache(self._journal.cache(f"{kind}:target"))
                 source.open()
                 try:
                     target.open()

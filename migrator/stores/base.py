@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -198,6 +198,10 @@ class Store(ABC):
 
     @abstractmethod
     def check_access(self, role: Role) -> None: ...
+
+    def use_cache(self, cache: MutableMapping[Any, str]) -> None:  # noqa: B027
+        """Receive a persistent mapping (kept in the journal) for facts that are expensive to
+        recompute, such as streamed content hashes, so a second verify need not re-read."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for the plan: server version, topology, consistency notes."""

@@ -1,0 +1,514 @@
+"""Object storage store against two real MinIO servers (``s3_env``)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import socket
+import tracemalloc
+import uuid
+from typing import Any
+
+import pytest
+from minio import MinioAdmin
+from minio.credentials import StaticProvider
+
+from fixtures import objects_data
+from migrator.config import Endpoint
+from migrator.errors import EndpointError
+from migrator.stores.base import Role, Selection, StoreOptions, Unit
+from migrator.stores.objects import ObjectStore, missing_objects, separator, split_ranges
+
+MiB = 1 << 20
+SMALL = StoreOptions(batch_records=50, chunk_records=20, unit_records=1000)
+
+
+def endpoint(side: str, path: str = "", var: str | None = None, **options: Any) -> Endpoint:
+    var = var or f"OIM_S3_{side}"
+    return Endpoint("objects", os.environ[f"OIM_S3_{side}_URL"] + path,
+                    name=f"{side.lower()}.objects",
+                    options={"access_key": f"${{{var}_ACCESS_KEY}}",
+                             "secret_key": f"${{{var}_SECRET_KEY}}", **options})
+
+
+def store(side: str, path: str = "", options: StoreOptions = SMALL,
+          selection: Selection | None = None, **endpoint_options: Any) -> ObjectStore:
+    s = ObjectStore(endpoint(side, path, **endpoint_options), selection, options)
+    s.open()
+    return s
+
+
+def new_bucket(s: ObjectStore) -> str:
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    s.client.make_bucket(name)
+    return name
+
+
+def put(s: ObjectStore, bucket: str, key: str, data: bytes, **kwargs: Any) -> None:
+    s.client.put_object(bucket, key, io.BytesIO(data), len(data), **kwargs)
+
+
+def body(s: ObjectStore, bucket: str, key: str) -> bytes:
+    resp = s.client.get_object(bucket, key)
+    try:
+        return resp.read(decode_content=False)
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def copy(src: ObjectStore, dst: ObjectStore) -> list[Unit]:
+    """What the engine does for a run, in one thread."""
+    units = src.list_units()
+    dst.prepare_target(units, src)
+    for unit in units:
+        imp = dst.importer(unit)
+        imp.prepare(False)
+        for batch in src.export(unit):
+            imp.write_batch(batch)
+        imp.finalize()
+    dst.finalize_target(units, src)
+    return units
+
+
+def compare(src: ObjectStore, dst: ObjectStore, units: list[Unit]) -> dict[str, set[str]]:
+    """What the verifier does: digests per chunk, then records only where they differ."""
+    out: dict[str, set[str]] = {"missing": set(), "extra": set(), "differ": set()}
+    for unit in units:
+        chunks = src.chunks(unit)
+        ours, theirs = src.digest(unit, chunks), dst.digest(unit, chunks)
+        for chunk in chunks:
+            if ours[chunk.id] == theirs[chunk.id]:
+                continue
+            a, b = dict(src.records(unit, chunk)), dict(dst.records(unit, chunk))
+            out["missing"] |= a.keys() - b.keys()
+            out["extra"] |= b.keys() - a.keys()
+            out["differ"] |= {k for k in a.keys() & b.keys() if not src.same_record(a[k], b[k])}
+    return out
+
+
+def equal(src: ObjectStore, dst: ObjectStore, units: list[Unit]) -> bool:
+    return all(src.digest(u, c) == dst.digest(u, c) for u in units for c in [src.chunks(u)])
+
+
+@pytest.fixture
+def pair(s3_env: dict[str, str]):
+    """A fresh source bucket and the store pair (target: same bucket name, created by us)."""
+    src = store("SRC")
+    bucket = new_bucket(src)
+    src = store("SRC", f"/{bucket}")
+    dst = store("DST")
+    yield src, dst, bucket
+    src.close()
+    dst.close()
+
+
+def count_calls(s: ObjectStore, method: str) -> list[str]:
+    calls: list[str] = []
+    original = getattr(s.client, method)
+
+    def counted(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(key)
+        return original(bucket, key, *args, **kwargs)
+
+    setattr(s.client, method, counted)
+    return calls
+
+
+# -- copy fidelity -------------------------------------------------------------------------
+
+def test_copy_keeps_bytes_type_metadata_and_headers_of_odd_objects(pair) -> None:
+    src, dst, bucket = pair
+    gz = gzip.compress(b"openim " * 1000)
+    objects = {
+        "empty": (b"", {}),
+        "one byte": (b"x", {}),
+        "openim/data/hash/ünïcödé näme 文件.jpg": (os.urandom(3000),
+                                                   {"content_type": "image/jpeg"}),
+        "gzipped.json": (gz, {"content_type": "application/json",
+                              "metadata": {"Content-Encoding": "gzip"}}),
+        "with-meta": (b"meta", {"content_type": "text/plain; charset=utf-8", "metadata": {
+            "X-Amz-Meta-Uploader": "user 42", "x-amz-meta-Sha": "abc",
+            "Cache-Control": "max-age=60", "Content-Disposition": 'attachment; filename="a b"',
+            "Content-Language": "zh-CN"}}),
+        "dir/": (b"", {}),
+    }
+    for key, (data, kwargs) in objects.items():
+        put(src, bucket, key, data, **kwargs)
+    units = copy(src, dst)
+    for key, (data, _) in objects.items():
+        assert body(dst, bucket, key) == data, key
+        a, b = src.client.stat_object(bucket, key), dst.client.stat_object(bucket, key)
+        assert a.content_type == b.content_type
+        for header in ("x-amz-meta-uploader", "x-amz-meta-sha", "cache-control",
+                       "content-disposition", "content-language", "content-encoding"):
+            assert a.metadata.get(header) == b.metadata.get(header), (key, header)
+    assert dst.client.stat_object(bucket, "gzipped.json").size == len(gz)  # not gunzipped
+    assert equal(src, dst, units)
+
+
+def test_object_above_threshold_goes_multipart_and_still_verifies(s3_env) -> None:
+    src = store("SRC")
+    bucket = new_bucket(src)
+    src = store("SRC", f"/{bucket}")
+    dst = store("DST", multipart_threshold="5MiB", multipart_part_size="5MiB")
+    data = os.urandom(5 * MiB + 1)
+    put(src, bucket, "big", data, part_size=6 * MiB)  # single-part on the source
+    units = copy(src, dst)
+    assert "-" not in src.client.stat_object(bucket, "big").etag
+    assert dst.client.stat_object(bucket, "big").etag.endswith("-2")
+    assert body(dst, bucket, "big") == data
+    gets = count_calls(dst, "get_object")
+    assert equal(src, dst, units)
+    assert gets == []  # the importer proved the target's MD5 through its multipart ETag
+
+
+def test_multipart_etag_on_source_and_single_part_on_target_compare_equal(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "video.mp4", os.urandom(6 * MiB), part_size=5 * MiB)
+    units = copy(src, dst)
+    assert src.client.stat_object(bucket, "video.mp4").etag.endswith("-2")
+    assert "-" not in dst.client.stat_object(bucket, "video.mp4").etag
+    assert compare(src, dst, units) == {"missing": set(), "extra": set(), "differ": set()}
+
+
+@pytest.mark.slow
+def test_100_mib_object_streams_with_bounded_memory(s3_env) -> None:
+    src = store("SRC")
+    bucket = new_bucket(src)
+    src = store("SRC", f"/{bucket}")
+    dst = store("DST", multipart_part_size="8MiB", parallel_parts=2)
+    big = objects_data.FixtureObject("big", 100 * MiB, "video/mp4", "t100", part_size=8 * MiB)
+    src.client.put_object(bucket, "big", objects_data.PartReader(big), big.size,
+                          content_type="video/mp4", part_size=8 * MiB)
+    tracemalloc.start()
+    try:
+        units = copy(src, dst)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 60 * MiB, f"copy held {peak / MiB:.0f} MiB"
+    assert equal(src, dst, units)
+
+
+# -- policy, naming, selection -------------------------------------------------------------
+
+def test_bucket_policy_copied_to_renamed_bucket_and_schema_equal(pair) -> None:
+    src, _, bucket = pair
+    renamed = f"r-{uuid.uuid4().hex[:16]}"
+    dst = store("DST", bucket_map={bucket: renamed})
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": ["*"]}, "Action": ["s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}/openim/*"]}]}
+    src.client.set_bucket_policy(bucket, json.dumps(policy))
+    put(src, bucket, "openim/a", b"a")
+    units = copy(src, dst)
+    stored = json.loads(dst.client.get_bucket_policy(renamed))
+    assert stored["Statement"][0]["Resource"] == [f"arn:aws:s3:::{renamed}/openim/*"]
+    assert src.schema(units[0]) == dst.schema(units[0])
+    assert src.schema(units[0])["bucket_policy"] is not None
+    src.client.delete_bucket_policy(bucket)
+    assert src.schema(units[0]) != dst.schema(units[0])
+
+
+def test_target_url_bucket_and_prefix_receive_the_keys(pair) -> None:
+    src, _, bucket = pair
+    for key in ("a", "openim/b", "openim/c"):
+        put(src, bucket, key, key.encode())
+    other = f"m-{uuid.uuid4().hex[:16]}"
+    dst = store("DST", f"/{other}/mirror/")
+    units = copy(src, dst)
+    listed = sorted(o.object_name for o in dst.client.list_objects(other, recursive=True))
+    assert listed == ["mirror/a", "mirror/openim/b", "mirror/openim/c"]
+    assert equal(src, dst, units)
+
+
+def test_excluded_keys_are_neither_copied_nor_verified(pair) -> None:
+    src, _, bucket = pair
+    for key in ("openim/data/hash/1", "openim/temp/x.presigned", "openim/direct/d.jpg"):
+        put(src, bucket, key, b"x")
+    selection = Selection(exclude=("*/openim/temp/*",))
+    src = store("SRC", f"/{bucket}", selection=selection)
+    dst = store("DST", selection=selection)
+    units = copy(src, dst)
+    listed = {o.object_name for o in dst.client.list_objects(bucket, recursive=True)}
+    assert listed == {"openim/data/hash/1", "openim/direct/d.jpg"}
+    assert equal(src, dst, units)
+
+
+# -- units, chunks, resume -----------------------------------------------------------------
+
+def test_split_ranges_keeps_runs_within_limit_and_covers_all_keys() -> None:
+    rng = random.Random(7)
+    keys = sorted({f"openim/data/hash/{rng.randbytes(16).hex()}" for _ in range(3000)}
+                  | {f"openim/direct/2024{rng.randrange(10**4):04d}/u{i}" for i in range(400)}
+                  | {"openim/data/hash/", "openim/data/hash/0", "a", "zz"})
+    parts = split_ranges(((k, 1) for k in keys), 250)
+    assert sum(p.count for p in parts) == len(keys)
+    assert all(p.count <= 250 for p in parts)
+    assert [p.first for p in parts] == [keys[sum(q.count for q in parts[:i])]
+                                        for i in range(len(parts))]
+    for a, b in zip(parts, parts[1:], strict=False):
+        cut = separator(a.last, b.first)
+        assert a.last < cut <= b.first
+        assert len(cut) <= len("openim/data/hash/") + 2  # split at leading characters
+
+
+def test_units_partition_the_bucket_including_keys_between_split_prefixes(pair) -> None:
+    src, _, bucket = pair
+    rng = random.Random(3)
+    for _ in range(120):
+        put(src, bucket, f"openim/data/hash/{rng.randbytes(16).hex()}", b"h")
+    src = store("SRC", f"/{bucket}", options=StoreOptions(unit_records=30))
+    units = src.list_units()
+    assert len(units) >= 4
+    assert units[0].spec["start"] is None and units[-1].spec["end"] is None
+    assert all(a.spec["end"] == b.spec["start"] for a, b in zip(units, units[1:], strict=False))
+    # Written after planning, at and around every boundary. (No key equal to a "directory"
+    # of other keys: MinIO's drive layout then hides that directory from listings.)
+    late = ["0", "openim/data/hasg", "openim/data/hasi", "zzz"] + \
+        [u.spec["start"] for u in units[1:]] + [u.spec["start"] + "~" for u in units[1:]]
+    for key in late:
+        put(src, bucket, key, b"late")
+    seen: list[str] = []
+    for unit in units:
+        seen += [r.key for batch in src.export(unit) for r in batch.records]
+    everything = [o.object_name for o in src.client.list_objects(bucket, recursive=True)]
+    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))
+
+
+def test_export_resumes_right_after_the_cursor(pair) -> None:
+    src, _, bucket = pair
+    keys = sorted(f"k{i:03d}" for i in range(23))
+    for key in keys:
+        put(src, bucket, key, key.encode())
+    src = store("SRC", f"/{bucket}", options=StoreOptions(batch_records=5))
+    unit = src.list_units()[0]
+    first = next(src.export(unit))
+    assert [r.key for r in first.records] == keys[:5] and first.cursor == keys[4]
+    rest = [r.key for b in src.export(unit, resume_from=first.cursor) for r in b.records]
+    assert rest == keys[5:]
+
+
+def test_replayed_batch_after_resume_puts_nothing_twice(pair) -> None:
+    src, dst, bucket = pair
+    for i in range(8):
+        put(src, bucket, f"o{i}", os.urandom(100))
+    units = copy(src, dst)
+    puts = count_calls(dst, "put_object")
+    imp = dst.importer(units[0])
+    imp.prepare(True)
+    batch = next(src.export(units[0]))
+    imp.write_batch(batch)
+    assert puts == []
+    imp.write_batch(batch)  # after the first batch the importer stops checking: puts again
+    assert len(puts) == 8
+    assert equal(src, dst, units)
+
+
+def test_batches_pickle_and_still_fetch_from_the_source(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "p", b"pickled")
+    units = src.list_units()
+    dst.prepare_target(units, src)
+    batch = pickle.loads(pickle.dumps(next(src.export(units[0]))))
+    dst.importer(units[0]).write_batch(batch)
+    assert body(dst, bucket, "p") == b"pickled"
+
+
+def test_chunks_cover_the_unit_and_each_object_counts_once(pair) -> None:
+    src, _, bucket = pair
+    for i in range(50):
+        put(src, bucket, f"c/{i:02d}", b"c")
+    src = store("SRC", f"/{bucket}", options=StoreOptions(chunk_records=7))
+    unit = src.list_units()[0]
+    chunks = src.chunks(unit)
+    assert len(chunks) == 8
+    assert chunks[0].bounds["start"] is None and chunks[-1].bounds["end"] is None
+    digests = src.digest(unit, chunks)
+    assert sum(d.count for d in digests.values()) == 50
+    keys = [k for c in chunks for k, _ in src.records(unit, c)]
+    assert sorted(keys) == [f"c/{i:02d}" for i in range(50)]
+
+
+# -- verification finds exactly what differs -----------------------------------------------
+
+def test_one_changed_byte_on_target_names_exactly_that_key(pair) -> None:
+    src, dst, bucket = pair
+    for i in range(60):
+        put(src, bucket, f"openim/data/hash/{i:02d}", os.urandom(500), content_type="image/png")
+    units = copy(src, dst)
+    data = bytearray(body(dst, bucket, "openim/data/hash/37"))
+    data[123] ^= 1
+    put(dst, bucket, "openim/data/hash/37", bytes(data), content_type="image/png")
+    assert compare(src, dst, units) == {"missing": set(), "extra": set(),
+                                        "differ": {"openim/data/hash/37"}}
+
+
+def test_changed_metadata_on_target_is_a_difference(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "m", b"m", metadata={"x-amz-meta-a": "1"})
+    units = copy(src, dst)
+    put(dst, bucket, "m", b"m", metadata={"x-amz-meta-a": "2"})
+    assert compare(src, dst, units)["differ"] == {"m"}
+
+
+def test_missing_and_extra_objects_are_named(pair) -> None:
+    src, dst, bucket = pair
+    for i in range(30):
+        put(src, bucket, f"k{i:02d}", b"v")
+    units = copy(src, dst)
+    dst.client.remove_object(bucket, "k07")
+    put(dst, bucket, "k07x", b"extra")
+    put(dst, bucket, "zz-only-on-target", b"extra")
+    assert compare(src, dst, units) == {"missing": {"k07"}, "extra": {"k07x", "zz-only-on-target"},
+                                        "differ": set()}
+
+
+def test_second_digest_reads_no_bodies_when_cache_is_warm(pair) -> None:
+    src, dst, bucket = pair
+    for i in range(3):
+        put(src, bucket, f"mp{i}", os.urandom(6 * MiB), part_size=5 * MiB)
+    put(src, bucket, "small", b"s")
+    unit = src.list_units()[0]
+    chunks = src.chunks(unit)
+    gets = count_calls(src, "get_object")
+    first = src.digest(unit, chunks)
+    assert sorted(gets) == ["mp0", "mp1", "mp2"]
+    gets.clear()
+    assert src.digest(unit, chunks) == first
+    assert gets == []
+    put(src, bucket, "mp1", os.urandom(6 * MiB), part_size=5 * MiB)  # a new version
+    assert src.digest(unit, chunks) != first and gets == ["mp1"]
+
+
+def test_object_rewritten_after_listing_is_reported_not_cached(pair) -> None:
+    src, _, bucket = pair
+    put(src, bucket, "mp", os.urandom(6 * MiB), part_size=5 * MiB)
+    unit = src.list_units()[0]
+    chunk = src.chunks(unit)[0]
+    stale = list(src.client.list_objects(bucket, recursive=True, include_user_meta=True))
+    new = os.urandom(6 * MiB)
+    put(src, bucket, "mp", new, part_size=5 * MiB)
+    listing = src.client.list_objects
+    src.client.list_objects = lambda *args, **kwargs: iter(stale)  # the race, made certain
+    assert dict(src.records(unit, chunk))["mp"]["md5"] == "(changed during verify)"
+    assert len(src.hash_cache) == 0
+    src.client.list_objects = listing
+    assert dict(src.records(unit, chunk))["mp"]["md5"] == hashlib.md5(new).hexdigest()
+
+
+# -- access and errors ---------------------------------------------------------------------
+
+def test_read_only_user_suffices_for_the_source_but_not_the_target(pair, monkeypatch) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "openim/data/hash/r", b"readable")
+    user, secret = f"reader{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = MinioAdmin(endpoint=os.environ["OIM_S3_SRC_URL"].split("//")[1], secure=False,
+                       credentials=StaticProvider(os.environ["OIM_S3_SRC_ACCESS_KEY"],
+                                                  os.environ["OIM_S3_SRC_SECRET_KEY"]))
+
+    def allow(*actions: str) -> None:
+        admin.policy_add(user, policy={"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Resource": ["arn:aws:s3:::*"], "Action": list(actions)}]})
+
+    admin.user_add(user, secret)
+    allow("s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject")  # list + get only
+    admin.policy_set(user, user=user)
+    monkeypatch.setenv("OIM_RO_ACCESS_KEY", user)
+    monkeypatch.setenv("OIM_RO_SECRET_KEY", secret)
+    with pytest.raises(EndpointError) as err:
+        store("SRC", f"/{bucket}", var="OIM_RO").check_access(Role.SOURCE)
+    assert "s3:GetBucketPolicy" in str(err.value)  # the hint says what to grant or set
+    no_policy = Selection(options={"bucket_policy": False})
+    reader = store("SRC", f"/{bucket}", var="OIM_RO", selection=no_policy)
+    reader.check_access(Role.SOURCE)
+    units = copy(reader, store("DST", selection=no_policy))
+    assert body(dst, bucket, "openim/data/hash/r") == b"readable"
+    assert equal(reader, dst, units)
+
+    allow("s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:GetBucketPolicy")
+    reader = store("SRC", f"/{bucket}", var="OIM_RO")
+    reader.check_access(Role.SOURCE)
+    assert reader.schema(units[0]) == dst.schema(units[0])
+    with pytest.raises(EndpointError, match="AccessDenied"):
+        reader.check_access(Role.TARGET)
+
+
+def test_wrong_secret_is_an_endpoint_error_that_hides_the_secret(s3_env, monkeypatch) -> None:
+    monkeypatch.setenv("OIM_BAD_ACCESS_KEY", os.environ["OIM_S3_SRC_ACCESS_KEY"])
+    monkeypatch.setenv("OIM_BAD_SECRET_KEY", "definitely-not-the-secret-9f2c")
+    with pytest.raises(EndpointError) as err:
+        store("SRC", var="OIM_BAD").check_access(Role.SOURCE)
+    assert not err.value.transient
+    assert "src.objects" in str(err.value)
+    assert "definitely-not-the-secret-9f2c" not in str(err.value) + repr(err.value.__cause__)
+
+
+def test_unreachable_endpoint_is_a_transient_endpoint_error(s3_env, monkeypatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("OIM_S3_GONE_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(EndpointError) as err:
+        store("GONE", var="OIM_S3_SRC").check_access(Role.SOURCE)
+    assert err.value.transient and "gone.objects" in str(err.value)
+
+
+def test_target_access_probe_leaves_nothing_behind(s3_env) -> None:
+    dst = store("DST")
+    bucket = new_bucket(dst)
+    before = sorted(b.name for b in dst.client.list_buckets())
+    dst.check_access(Role.TARGET)  # no bucket in the URL: probes bucket creation too
+    store("DST", f"/{bucket}/some/prefix/").check_access(Role.TARGET)
+    assert sorted(b.name for b in dst.client.list_buckets()) == before
+    assert list(dst.client.list_objects(bucket, recursive=True)) == []
+
+
+def test_existing_names_the_units_that_already_hold_objects(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "a", b"a")
+    units = src.list_units()
+    assert dst.existing(units) == []
+    copy(src, dst)
+    assert dst.existing(units) == [units[0].name]
+
+
+# -- cross-store check and fixture ---------------------------------------------------------
+
+def test_missing_objects_lists_exactly_the_absent_keys(s3_env) -> None:
+    dst = store("DST")
+    bucket = new_bucket(dst)
+    present = [f"openim/data/hash/{i:032x}" for i in range(40)]
+    for key in present:
+        put(dst, bucket, key, b"p")
+    absent = [f"openim/data/hash/{i:032x}" for i in range(40, 45)]
+    names = [f"{bucket}/{k}" for k in present + absent + absent[:2] + present[:3]]
+    assert missing_objects(dst, iter(names)) == [f"{bucket}/{k}" for k in absent]
+
+
+def test_fixture_writes_exactly_the_keys_object_keys_predicts(s3_env) -> None:
+    src = store("SRC")
+    bucket = new_bucket(src)
+    counts = objects_data.load(endpoint("SRC", f"/{bucket}"), seed=5, scale=0.05)
+    listed = {o.object_name: o for o in src.client.list_objects(bucket, recursive=True)}
+    assert set(listed) == set(objects_data.object_keys(seed=5, scale=0.05))
+    assert counts["objects"] == len(listed) and counts["hash"] > counts["thumbnail"] > 0
+    assert counts["multipart"] == sum(o.etag.strip('"').count("-") for o in listed.values())
+    assert {o.object_name.split("/")[1] for o in listed.values()} == \
+        {"data", "thumbnail", "direct", "temp"}
+
+
+def test_credentials_may_come_from_url_userinfo_references(s3_env) -> None:
+    bucket = new_bucket(store("SRC"))
+    url = os.environ["OIM_S3_SRC_URL"].replace(
+        "http://", "http://${OIM_S3_SRC_ACCESS_KEY}:${OIM_S3_SRC_SECRET_KEY}@") + f"/{bucket}"
+    s = ObjectStore(Endpoint("objects", url, name="userinfo.objects"))
+    s.open()
+    s.check_access(Role.SOURCE)
+    assert [u.name for u in s.list_units()] == [f"{bucket}/*"]
