@@ -1,0 +1,614 @@
+"""MongoDB store: collections (or `_id` ranges of big ones) copied as raw BSON documents.
+
+URL: ``mongodb://[user:${VAR}@]host[:port][,host2...][/db][?authSource=…&replicaSet=…]`` or
+``mongodb+srv://``. Databases: the URL's db, else ``databases: [...]``, else every database
+but admin/config/local. A target's ``db_map: {openIM_v3: openim_v3}`` renames databases
+(OpenIM ≤3.5 used ``openIM_v3``, ≥3.6 ``openim_v3``). Selection patterns match ``db.coll``.
+Other endpoint options: ``server_selection_timeout_ms`` (5000), ``max_pool_size`` (32),
+``snapshot: false`` to read without snapshot read concern.
+
+Documents are read with ``RawBSONDocument`` and inserted as they are: no decode/re-encode,
+so field order, number types and binary subtypes cannot drift. A unit is one collection or,
+above ``unit_records`` documents, one `_id` range of it (boundaries found by walking `_id`
+in order; ``splitVector`` where the server offers it and our user may run it). Ranges use
+MongoDB's order across BSON types (``mongo_meta.id_range_filter``), so mixed `_id` types
+are covered exactly once. Replays are harmless: a duplicate `_id` is accepted only if the
+document already there is byte-identical.
+
+Consistency: on a replica set (MongoDB ≥5.0) every unit of a run is read with snapshot read
+concern at the cluster time recorded when the store opened; that time is where a change
+stream catch-up would start (not implemented yet). Standalone servers and FerretDB have no
+snapshot: there consistency relies on the write freeze.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bson import SON
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+from pymongo import errors as mx
+from pymongo.collection import Collection
+from pymongo.read_concern import ReadConcern
+
+from migrator.errors import (
+    CapabilityMissing,
+    MigrateError,
+    PlanError,
+    StoreError,
+    TransientError,
+)
+from migrator.stores import mongo_meta as meta
+from migrator.stores.base import (
+    Batch,
+    Capabilities,
+    Chunk,
+    ChunkDigest,
+    Cursor,
+    Importer,
+    Role,
+    Store,
+    Unit,
+    record_hash,
+)
+
+log = logging.getLogger(__name__)
+
+SYSTEM_DBS = ("admin", "config", "local")
+DEFAULT_TARGET_DB = "openim_v3"  # where check_access(TARGET) probes when nothing is named
+_SNAPSHOT_GONE = {239, 246}  # SnapshotTooOld, SnapshotUnavailable
+_DUPLICATE_KEY = 11000
+
+
+class _SnapshotAt(ReadConcern):
+    """``readConcern: {level: snapshot, atClusterTime}``: every unit reads the same instant."""
+
+    def __init__(self, at: Any) -> None:
+        super().__init__("snapshot")
+        self._at = at
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return {"level": "snapshot", "atClusterTime": self._at}
+
+
+def _doc_id(doc: RawBSONDocument) -> Any:
+    return doc["_id"]
+
+
+def _bound(value: Any) -> Any:
+    """A range bound from its JSON form; ``None`` is an open end."""
+    return None if value is None else meta.from_ejson(value)
+
+
+class MongoStore(Store):
+    kind = "mongo"
+    capabilities = Capabilities(snapshot_reads=True, server_side_checksum=False, ttls=True,
+                                resumable_units=True, wire_format="raw BSON documents")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: MongoClient | None = None
+        self._server: meta.ServerInfo | None = None
+        self._lock = threading.Lock()
+        self._url_db: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self) -> None:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            if self._server is None:
+                try:
+                    self._server = self._probe()
+                except MigrateError:
+                    self._client.close()  # no monitor threads left behind a failed open
+                    self._client = None
+                    raise
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._server = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def _connect(self) -> MongoClient:
+        uri, kwargs, self._url_db = meta.client_args(self.endpoint)
+        try:
+            return MongoClient(uri, **kwargs)
+        except mx.PyMongoError as exc:  # bad options in the URL, SRV lookup failure
+            raise self.endpoint.fail(f"cannot configure the client: {exc}") from exc
+
+    def _probe(self) -> meta.ServerInfo:
+        with self._errors("connecting"):
+            hello = self.client.admin.command("hello")
+            build = self.client.admin.command("buildInfo")
+        return meta.ServerInfo.from_replies(hello, build)
+
+    @property
+    def client(self) -> MongoClient:
+        if self._client is None:
+            raise StoreError(f"{self.endpoint.label}: store used before open()")
+        return self._client
+
+    @property
+    def server(self) -> meta.ServerInfo:
+        if self._server is None:
+            self.open()
+        assert self._server is not None
+        return self._server
+
+    @property
+    def url_db(self) -> str | None:
+        """The database named in the URL path, if any (known after ``open``)."""
+        return self._url_db
+
+    @property
+    def is_ferretdb(self) -> bool:
+        return self.server.flavor == "ferretdb"
+
+    # -- errors --------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate driver exceptions at the boundary; ``what`` says what we were doing."""
+        try:
+            yield
+        except MigrateError:
+            raise
+        except mx.PyMongoError as exc:
+            raise meta.translate(self.endpoint, exc, what) from exc
+
+    # -- selection and names -------------------------------------------------------------
+    def _databases(self) -> list[str]:
+        """The source databases taking part (URL db, ``databases`` option, or all)."""
+        self.open()
+        if self._url_db:
+            return [self._url_db]
+        named = self.endpoint.options.get("databases")
+        if named:
+            return [str(d) for d in named]
+        with self._errors("listing databases"):
+            names = self.client.list_database_names()
+        return sorted(n for n in names if n not in SYSTEM_DBS)
+
+    def _selected(self, db: str, coll: str) -> bool:
+        name = f"{db}.{coll}"
+        sel = self.selection
+        if sel.include and not any(fnmatch.fnmatchcase(name, p) for p in sel.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in sel.exclude)
+
+    def target_db(self, source_db: str) -> str:
+        """The database a source database lands in on this (target) endpoint."""
+        db_map = self.endpoint.options.get("db_map") or {}
+        if source_db in db_map:
+            return str(db_map[source_db])
+        self.open()
+        if self._url_db and self._url_db != source_db:
+            raise PlanError(f"{self.endpoint.name or 'mongo'}.db_map",
+                            f"the target URL names database {self._url_db!r} but data comes "
+                            f"from {source_db!r}",
+                            hint=f"add db_map: {{{source_db}: {self._url_db}}} to the target")
+        return source_db
+
+    def _db_for(self, unit: Unit, *, mapped: bool) -> str:
+        """The unit's database here: as listed (export) or through db_map (target side).
+
+        Verification runs on both sides with the source's unit; mapping is right there too,
+        because a source endpoint has no db_map and its URL db is the unit's db.
+        """
+        db = str(unit.spec["db"])
+        return self.target_db(db) if mapped else db
+
+    def _coll(self, unit: Unit, *, mapped: bool) -> Collection:
+        self.open()
+        return self.client[self._db_for(unit, mapped=mapped)].get_collection(
+            str(unit.spec["collection"]), codec_options=meta.RAW)
+
+    def _unit_filter(self, unit: Unit) -> dict[str, Any]:
+        return meta.id_range_filter(_bound(unit.spec.get("lo")), _bound(unit.spec.get("hi")),
+                                    ferretdb=self.is_ferretdb)
+
+    # -- access --------------------------------------------------------------------------
+    def check_access(self, role: Role) -> None:
+        self.open()
+        if role is Role.SOURCE:
+            for db in self._databases():
+                with self._errors(f"reading database {db}"):
+                    names = self.client[db].list_collection_names()
+                    for name in [n for n in names if not n.startswith("system.")][:1]:
+                        self.client[db][name].find_one({}, {"_id": 1})
+            return
+        for db in self._probe_databases():
+            self._probe_write(db)
+
+    def _probe_databases(self) -> list[str]:
+        dbs = [self._url_db] if self._url_db else []
+        dbs += [str(d) for d in self.endpoint.options.get("databases") or []]
+        dbs += [str(d) for d in (self.endpoint.options.get("db_map") or {}).values()]
+        return list(dict.fromkeys(dbs)) or [DEFAULT_TARGET_DB]
+
+    def _probe_write(self, db_name: str) -> None:
+        """Create, write, index and drop a scratch collection: proves rights, leaves nothing."""
+        name = f"_openim_migrate_probe_{uuid.uuid4().hex[:12]}"
+        db = self.client[db_name]
+        with self._errors(f"checking write rights in database {db_name}"):
+            try:
+                existed = db_name in self.client.list_database_names()
+            except mx.OperationFailure:
+                existed = True  # cannot see it: never drop what we cannot prove is ours
+            try:
+                db.create_collection(name)
+                db[name].insert_one({"probe": 1})
+                db[name].create_index("probe")
+                db[name].delete_many({})
+            finally:
+                db.drop_collection(name)
+                if not existed and not db.list_collection_names():
+                    self.client.drop_database(db_name)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.server
+        out: dict[str, Any] = {"flavor": info.flavor, "version": info.version,
+                               "topology": info.topology}
+        if info.set_name:
+            out["replica_set"] = info.set_name
+        if info.snapshot_reads and info.start_time is not None:
+            out["snapshot_time"] = meta.to_ejson(info.start_time)
+            out["consistency"] = (
+                "every unit is read with snapshot read concern at snapshot_time; a change "
+                "stream catch-up from that time is not implemented yet, so writes after it "
+                "need the write freeze")
+        elif info.flavor == "ferretdb":
+            out["consistency"] = ("FerretDB has no snapshot reads or change streams: "
+                                  "consistency relies on the write freeze")
+        else:
+            out["consistency"] = (f"a {info.topology} MongoDB has no snapshot across units "
+                                  "(needs a replica set, MongoDB ≥5.0): consistency relies on "
+                                  "the write freeze")
+        return out
+
+    # -- units ---------------------------------------------------------------------------
+    def list_units(self) -> list[Unit]:
+        units: list[Unit] = []
+        for db_name in self._databases():
+            db = self.client[db_name]
+            with self._errors(f"listing collections of {db_name}"):
+                infos = meta.collection_infos(db)
+            for info in sorted(infos, key=lambda i: i["name"]):
+                name, kind = info["name"], info.get("type", "collection")
+                if kind == "view" or not self._selected(db_name, name):
+                    continue
+                if name.startswith("system.") and name != "system.js":
+                    continue
+                if kind != "collection":
+                    raise CapabilityMissing(
+                        f"{self.endpoint.label}: {db_name}.{name} is a {kind} collection, "
+                        "which this tool cannot copy yet",
+                        hint=f"exclude it ({db_name}.{name}) and copy it with mongodump")
+                units += self._collection_units(db_name, name, info)
+        return units
+
+    def _collection_units(self, db_name: str, name: str, info: dict[str, Any]) -> list[Unit]:
+        coll = self.client[db_name].get_collection(name, codec_options=meta.RAW)
+        with self._errors(f"measuring {db_name}.{name}"):
+            count = coll.estimated_document_count()
+            try:
+                size = int(self.client[db_name].command("collStats", name).get("size") or 0)
+            except mx.OperationFailure:  # collStats not allowed, or gone in a new server
+                size = 0
+        spec = {"db": db_name, "collection": name, "lo": None, "hi": None,
+                "bypass_validation": bool((info.get("options") or {}).get("validator"))}
+        per = max(1, self.options.unit_records)
+        bounds = self._split_points(coll, per) if count > per else []
+        if not bounds:
+            return [Unit("mongo", f"{db_name}.{name}", spec, records=count, bytes=size)]
+        edges = [None, *(meta.to_ejson(b) for b in bounds), None]
+        parts = len(edges) - 1
+        units = []
+        for i in range(parts):
+            records = per if i < parts - 1 else max(0, count - per * (parts - 1))
+            part_spec = dict(spec, lo=edges[i], hi=edges[i + 1])
+            units.append(Unit("mongo", f"{db_name}.{name}#{i:04d}", part_spec, records=records,
+                              bytes=size * records // max(count, 1)))
+        return units
+
+    def _split_points(self, coll: Collection, every: int,
+                      flt: dict[str, Any] | None = None) -> list[Any]:
+        """`_id` values that start each following range of ~``every`` documents, in order."""
+        if not flt and not self.is_ferretdb:
+            points = self._split_vector(coll, every)
+            if points is not None:
+                return points
+        return self._walk_ids(coll, every, flt or {})
+
+    def _split_vector(self, coll: Collection, every: int) -> list[Any] | None:
+        """The server's own split points (reads the `_id` index only), when allowed."""
+        with self._errors(f"splitting {coll.full_name}"):
+            try:
+                reply = coll.database.command(
+                    "splitVector", coll.full_name, keyPattern={"_id": 1},
+                    maxChunkSizeBytes=1 << 40, maxChunkObjects=every, codec_options=meta.META)
+            except mx.OperationFailure as exc:  # FerretDB, or a user with the read role only
+                log.debug("splitVector unavailable (%s); walking _id instead", exc.code)
+                return None
+        keys = [k["_id"] for k in reply.get("splitKeys", []) if "_id" in k]
+        return keys or None
+
+    def _walk_ids(self, coll: Collection, every: int, flt: dict[str, Any]) -> list[Any]:
+        """Walk `_id` in order (projection `_id` only) and keep every ``every``-th one."""
+        points = []
+        with self._errors(f"walking _id of {coll.full_name}"):
+            cursor = coll.find(flt, {"_id": 1}, sort=[("_id", 1)], batch_size=10_000)
+            with cursor:
+                for n, doc in enumerate(cursor):
+                    if n and n % every == 0:
+                        points.append(_doc_id(doc))
+        return points
+
+    # -- export --------------------------------------------------------------------------
+    def export(self, unit: Unit, resume_from: Cursor = None) -> Iterator[Batch]:
+        lo = _bound(unit.spec.get("lo") if resume_from is None else resume_from)
+        flt = meta.id_range_filter(lo, _bound(unit.spec.get("hi")),
+                                   lo_inclusive=resume_from is None, ferretdb=self.is_ferretdb)
+        coll = self._coll(unit, mapped=False)
+        snapshot = (self.server.snapshot_reads and self.server.start_time is not None
+                    and self.endpoint.options.get("snapshot", True))
+        if snapshot:
+            coll = coll.with_options(read_concern=_SnapshotAt(self.server.start_time))
+        with self._errors(f"reading {unit.name}"):
+            started = False
+            try:
+                for batch in self._batches(coll, flt):
+                    started = True
+                    yield batch
+            except mx.OperationFailure as exc:
+                if started or not snapshot or exc.code not in _SNAPSHOT_GONE:
+                    raise
+                # the run outlived the server's snapshot history: read this unit at a
+                # newer snapshot (still one instant for the whole unit)
+                log.warning("%s: %s is read at a newer snapshot than the run's start",
+                            self.endpoint.label, unit.name)
+                fresh = coll.with_options(read_concern=ReadConcern("snapshot"))
+                yield from self._batches(fresh, flt)
+
+    def _batches(self, coll: Collection, flt: dict[str, Any]) -> Iterator[Batch]:
+        """Raw documents sorted by `_id`, cut by count and bytes; cursor = last `_id`."""
+        limit_n, limit_b = max(1, self.options.batch_records), max(1, self.options.batch_bytes)
+        with coll.find(flt, sort=[("_id", 1)], batch_size=limit_n) as cursor:
+            records: list[RawBSONDocument] = []
+            nbytes = 0
+            for doc in cursor:
+                records.append(doc)
+                nbytes += len(doc.raw)
+                if len(records) >= limit_n or nbytes >= limit_b:
+                    yield Batch(records, meta.to_ejson(_doc_id(records[-1])), nbytes)
+                    records, nbytes = [], 0
+            if records:
+                yield Batch(records, meta.to_ejson(_doc_id(records[-1])), nbytes)
+
+    # -- target side ---------------------------------------------------------------------
+    def existing(self, units: list[Unit]) -> list[str]:
+        found = []
+        for unit in units:
+            with self._errors(f"looking for data of {unit.name}"):
+                if self._coll(unit, mapped=True).find_one(
+                        self._unit_filter(unit), {"_id": 1}) is not None:
+                    found.append(unit.name)
+        return found
+
+    def importer(self, unit: Unit) -> Importer:
+        self.open()
+        return MongoImporter(self, unit)
+
+    def _collections(self, units: list[Unit]) -> list[tuple[str, str]]:
+        return list(dict.fromkeys((str(u.spec["db"]), str(u.spec["collection"]))
+                                  for u in units))
+
+    def prepare_target(self, units: list[Unit], source: Store) -> None:
+        """Collections with their options (capped, validator, collation...), then views."""
+        src = _mongo_source(source)
+        self.open()
+        for db_name, name in self._collections(units):
+            with src._errors(f"reading options of {db_name}.{name}"):
+                info = meta.collection_info(src.client[db_name], name)
+            options = meta.creatable_options(info or {})
+            self.create_collection(self.target_db(db_name), name, options)
+        for db_name in dict.fromkeys(db for db, _ in self._collections(units)):
+            with src._errors(f"listing views of {db_name}"):
+                infos = meta.collection_infos(src.client[db_name])
+            for view in meta.views_in_creation_order(infos):
+                if src._selected(db_name, view["name"]):
+                    self.create_collection(self.target_db(db_name), view["name"],
+                                           meta.creatable_options(view))
+
+    def create_collection(self, db_name: str, name: str, options: SON) -> None:
+        """Create a collection or view with ``create``'s options; idempotent."""
+        try:
+            with self._errors(f"creating {db_name}.{name}"):
+                meta.create_collection(self.client[db_name], name, options)
+        except meta.CollectionConflict as exc:
+            raise StoreError(f"{self.endpoint.label}: {exc}",
+                             hint="drop or rename the target collection, then run again") from exc
+        except CapabilityMissing as exc:
+            cause = exc.__cause__
+            what = (meta.unsupported_option(options, cause)
+                    if isinstance(cause, mx.OperationFailure) else None)
+            raise CapabilityMissing(
+                f"{self.endpoint.label}: cannot create {db_name}.{name}: the server does not "
+                f"support {what or 'its options'} ({self.server.flavor} {self.server.version})",
+                hint="exclude the collection, or use a MongoDB target") from exc
+
+    def finalize_target(self, units: list[Unit], source: Store) -> None:
+        """Secondary indexes, built once over the copied data; lists every refusal."""
+        src = _mongo_source(source)
+        self.open()
+        wanted = []
+        for db_name, name in self._collections(units):
+            with src._errors(f"reading indexes of {db_name}.{name}"):
+                wanted.append((self.target_db(db_name), name,
+                               meta.index_specs(src.client[db_name], name)))
+        self.create_indexes(wanted)
+
+    def create_indexes(self, wanted: list[tuple[str, str, list[SON]]]) -> None:
+        """Build (db, collection, specs) indexes; every refusal is named in one error."""
+        refused: list[str] = []
+        failed: list[str] = []
+        for target, name, specs in wanted:
+            with self._errors(f"building indexes of {target}.{name}"):
+                failures = meta.create_indexes(self.client[target], name, specs)
+            for index, exc, unsupported in failures:
+                text = str((exc.details or {}).get("errmsg") or exc)[:200]
+                (refused if unsupported else failed).append(f"{target}.{name} {index}: {text}")
+        if failed:
+            raise StoreError(f"{self.endpoint.label}: indexes could not be built: "
+                             + "; ".join(failed), hint="fix the conflict, then run again")
+        if refused:
+            raise CapabilityMissing(
+                f"{self.endpoint.label}: {self.server.flavor} {self.server.version} does not "
+                "support these indexes: " + "; ".join(refused),
+                hint="use a MongoDB target, or accept the schema difference verify reports")
+
+    # -- verification --------------------------------------------------------------------
+    def chunks(self, unit: Unit) -> list[Chunk]:
+        """`_id` sub-ranges of ~chunk_records documents, open where the unit is open."""
+        coll = self._coll(unit, mapped=True)
+        points = self._walk_ids(coll, max(1, self.options.chunk_records),
+                                self._unit_filter(unit))
+        # ordered by our own key, which is what digest() assigns by (differs from the
+        # server's order only for strings under a collation)
+        points = sorted({meta.order_key(p): p for p in points}.items())
+        edges = [unit.spec.get("lo"), *(meta.to_ejson(p) for _, p in points),
+                 unit.spec.get("hi")]
+        return [Chunk(f"{i:05d}", {"lo": edges[i], "hi": edges[i + 1]})
+                for i in range(len(edges) - 1)]
+
+    def _scan(self, unit: Unit, flt: dict[str, Any]) -> Iterator[RawBSONDocument]:
+        coll = self._coll(unit, mapped=True)
+        with self._errors(f"reading {unit.name} for verification"):
+            with coll.find(flt, batch_size=max(100, self.options.batch_records)) as cursor:
+                yield from cursor
+
+    def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
+        """Count + sum of hashes of raw BSON bytes per chunk, in one unsorted pass."""
+        out = {c.id: ChunkDigest() for c in chunks}
+        if not chunks:
+            return out
+        starts = [meta.order_key(_bound(c.bounds["lo"])) for c in chunks[1:]]
+        ids = [c.id for c in chunks]
+        for doc in self._scan(unit, self._unit_filter(unit)):
+            i = bisect.bisect_right(starts, meta.order_key(_doc_id(doc))) if starts else 0
+            out[ids[i]].add(record_hash(doc.raw))
+        return out
+
+    def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
+        """(`_id` label, hash of the raw bytes) of the chunk's documents, by digest's rule."""
+        lo, hi = _bound((chunk.bounds or {}).get("lo")), _bound((chunk.bounds or {}).get("hi"))
+        lo_key = meta.order_key(lo) if lo is not None else None
+        hi_key = meta.order_key(hi) if hi is not None else None
+        # a chunk lies inside its unit; let the server narrow the scan where its order and
+        # ours cannot disagree, and decide membership by our order in every case
+        if meta.orders_like_server(lo) and meta.orders_like_server(hi):
+            flt = meta.id_range_filter(lo, hi, ferretdb=self.is_ferretdb)
+        else:
+            flt = self._unit_filter(unit)
+        for doc in self._scan(unit, flt):
+            _id = _doc_id(doc)
+            key = meta.order_key(_id)
+            if (lo_key is None or key >= lo_key) and (hi_key is None or key < hi_key):
+                yield meta.id_label(_id), f"{record_hash(doc.raw):032x}"
+
+    def schema(self, unit: Unit) -> dict[str, Any]:
+        db_name = self._db_for(unit, mapped=True)
+        with self._errors(f"reading the definition of {unit.name}"):
+            return meta.schema(self.client[db_name], str(unit.spec["collection"]))
+
+
+def _mongo_source(source: Store) -> MongoStore:
+    if not isinstance(source, MongoStore):
+        raise StoreError(f"a mongo target needs a mongo source, got {source.kind}")
+    source.open()
+    return source
+
+
+class MongoImporter(Importer):
+    """Inserts raw documents unordered; a replayed batch finds identical documents."""
+
+    def __init__(self, store: MongoStore, unit: Unit) -> None:
+        self.store = store
+        self.unit = unit
+        self.coll = store._coll(unit, mapped=True)
+        self.bypass = bool(unit.spec.get("bypass_validation"))
+
+    def prepare(self, resumed: bool) -> None:
+        if self.store.options.on_existing == "overwrite" and not resumed:
+            with self.store._errors(f"clearing {self.unit.name} on the target"):
+                self.coll.delete_many(self.store._unit_filter(self.unit))
+
+    def write_batch(self, batch: Batch) -> None:
+        if not batch.records:
+            return
+        where = f"writing {self.unit.name}"
+        try:
+            with self.store._errors(where):
+                try:
+                    self.coll.insert_many(batch.records, ordered=False,
+                                          bypass_document_validation=self.bypass or None)
+                except mx.BulkWriteError as exc:
+                    self._settle(exc)
+        except TransientError:
+            self._explain_dropped_connection(batch)
+            raise
+
+    def _settle(self, exc: mx.BulkWriteError) -> None:
+        """Accept duplicates that are byte-identical replays; anything else names the _id."""
+        details = exc.details or {}
+        errors = details.get("writeErrors") or []
+        others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
+        if others:
+            first = others[0]
+            raise StoreError(
+                f"{self.store.endpoint.label}: {self.unit.name}: document "
+                f"{meta.id_label(_doc_id(first['op']))} was refused: {first.get('errmsg')}"
+                + (f" (and {len(others) - 1} more)" if len(others) > 1 else ""))
+        dups = {meta.id_label(_doc_id(e["op"])): e["op"] for e in errors}
+        if dups:
+            ids = [_doc_id(d) for d in dups.values()]
+            found = {meta.id_label(_doc_id(d)): d.raw
+                     for d in self.coll.find({"_id": {"$in": ids}})}
+            for label, doc in dups.items():
+                if label not in found:
+                    raise StoreError(
+                        f"{self.store.endpoint.label}: {self.unit.name}: document {label} "
+                        "collides with a unique index on the target: "
+                        f"{next(e['errmsg'] for e in errors if e['op'] is doc)}",
+                        hint="the target holds other data; use an empty target")
+                if found[label] != doc.raw:
+                    raise StoreError(
+                        f"{self.store.endpoint.label}: {self.unit.name}: the target already "
+                        f"holds a different document with _id {label}",
+                        hint="use on_existing: overwrite to replace the unit's range")
+        if details.get("writeConcernErrors"):
+            raise TransientError(f"{self.store.endpoint.label}: {self.unit.name}: write "
+                                 f"concern not met: {details['writeConcernErrors'][0]}")
+
+    def _explain_dropped_connection(self, batch: Batch) -> None:
+        """FerretDB drops the connection over values it cannot store; name the document."""
+        if not self.store.is_ferretdb:
+            return
+        for doc in batch.records:
+            reason = meta.ferretdb_refusal(doc.raw)
+            if reason:
+                raise CapabilityMissing(
+                    f"{self.store.endpoint.label}: {self.unit.name}: document "
+                    f"{meta.id_label(_doc_id(doc))} cannot be stored by FerretDB "
+                    f"{self.store.server.version}: {reason}",
+                    hint="use a MongoDB target, or exclude the collection")

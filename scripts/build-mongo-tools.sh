@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build (once) mongodump and mongorestore from github.com/mongodb/mongo-tools for the
+# comparison benchmark (bench/bench_mongo.py), cached outside the repository:
+#   ${OPENIM_MIGRATE_BIN:-$HOME/.cache/openim-migrate/bin}/{mongodump,mongorestore}
+#
+# The release tags of mongo-tools (100.x.y) are not semantic versions, so the Go module
+# proxy cannot serve them and `go install …/mongodump@100.10.0` fails with 403
+# ("This module version is not available"); the proxy's version list is refused too.
+# We therefore pin a pseudo-version (a commit of the master branch) and build it in a
+# throw-away module whose tools.go imports the two commands. Override with
+# MONGO_TOOLS_VERSION=<pseudo-version>.
+# A binary is rebuilt only when it is missing or does not embed the pinned version.
+set -euo pipefail
+
+MODULE=github.com/mongodb/mongo-tools
+VERSION="${MONGO_TOOLS_VERSION:-v0.0.0-20260702221138-e4f25276abe9}"
+BIN="${OPENIM_MIGRATE_BIN:-$HOME/.cache/openim-migrate/bin}"
+mkdir -p "$BIN"
+
+log() { printf 'build-mongo-tools: %s\n' "$*" >&2; }
+
+up_to_date() {
+    local bin=$1
+    [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1 &&
+        go version -m "$bin" 2>/dev/null |
+        awk -v m="$MODULE" -v v="$VERSION" '($1 == "mod" || $1 == "dep") && $2 == m && $3 == v { f = 1 } END { exit !f }'
+}
+
+command -v go >/dev/null 2>&1 || { log "the Go toolchain is needed (go not on PATH)"; exit 1; }
+if up_to_date "$BIN/mongodump" && up_to_date "$BIN/mongorestore"; then
+    log "mongodump and mongorestore at $VERSION already in $BIN"
+    exit 0
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/oim-mongotools.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+export GOFLAGS="${GOFLAGS:-} -mod=mod"
+go mod init oimtools >/dev/null 2>&1
+cat > tools.go <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/mongodb/mongo-tools/mongodump/main"
+	_ "github.com/mongodb/mongo-tools/mongorestore/main"
+)
+EOF
+log "fetching $MODULE@$VERSION"
+go get "$MODULE@$VERSION"
+go mod tidy
+for tool in mongodump mongorestore; do
+    log "building $tool"
+    go build -trimpath -o "$BIN/$tool.new" "$MODULE/$tool/main"
+    mv -f "$BIN/$tool.new" "$BIN/$tool"
+done
+"$BIN/mongodump" --version | head -1
+log "done: $BIN/mongodump $BIN/mongorestore"
