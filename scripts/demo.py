@@ -31,9 +31,9 @@ def step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def endpoints(env: dict[str, str], stores: list[str]) -> tuple[list[str], list[str]]:
+def endpoints(env: dict[str, str], stores: list[str]) -> list[str]:
     """CLI arguments for `plan`: URLs with ${VAR} references, never the secrets."""
-    args, loaders = [], []
+    args: list[str] = []
 
     def hostport(url: str) -> str:
         return url.split("://", 1)[1].split("/", 1)[0]
@@ -60,7 +60,7 @@ def endpoints(env: dict[str, str], stores: list[str]) -> tuple[list[str], list[s
                  "--target", "objects=" + env["OIM_S3_DST_URL"] + "/openim",
                  "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
                  "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}"]
-    return args, loaders
+    return args
 
 
 def load_fixtures(env: dict[str, str], stores: list[str], scale: float) -> None:
@@ -77,9 +77,12 @@ def load_fixtures(env: dict[str, str], stores: list[str], scale: float) -> None:
             name="demo.mysql"), seed=1, scale=scale)
         print(f"  mysql:   {sum(counts.values()):,} rows")
     if "mongo" in stores:
-        from fixtures import mongo_data
+        from fixtures import mongo_data, objects_data
+        # the s3 collection names the objects the bucket holds, as in a real install
+        keys = list(objects_data.object_keys(seed=1, scale=scale, large=2))
         counts = mongo_data.load(Endpoint("mongo", env["OIM_MONGO_SRC_URL"] + "/openim_v3",
-                                          name="demo.mongo"), seed=1, scale=scale)
+                                          name="demo.mongo"), seed=1, scale=scale,
+                                 object_keys=keys if "objects" in stores else None)
         print(f"  mongo:   {sum(counts.values()):,} documents")
     if "objects" in stores:
         from fixtures import objects_data
@@ -87,7 +90,7 @@ def load_fixtures(env: dict[str, str], stores: list[str], scale: float) -> None:
             "objects", env["OIM_S3_SRC_URL"] + "/openim", name="demo.objects",
             options={"access_key": "${OIM_S3_SRC_ACCESS_KEY}",
                      "secret_key": "${OIM_S3_SRC_SECRET_KEY}"}), seed=1, scale=scale, large=2)
-        print(f"  objects: {sum(counts.values()):,} objects")
+        print(f"  objects: {counts['objects']:,} objects, {counts['bytes'] / 2**20:.0f} MiB")
 
 
 def cli(*args: str) -> int:
@@ -114,7 +117,7 @@ def main() -> int:
         os.environ.update(env)
         step("loading OpenIM-shaped data into the sources")
         load_fixtures(env, stores, opts.scale)
-        args, _ = endpoints(env, stores)
+        args = endpoints(env, stores)
         step("plan: measure both sides, check access, write plans/demo.yaml")
         code = cli("plan", *args, "-o", str(plan.relative_to(ROOT)))
         if code:

@@ -13,6 +13,7 @@ from migrator.engine.session import Session
 from migrator.engine.transfer import Transfer
 from migrator.engine.verify import verify
 from migrator.errors import Interrupted, TargetNotEmpty, UnitsFailed, VerificationFailed
+from migrator.openim import cross_checks
 from migrator.plan import Plan, load_plan
 from migrator.progress import NullProgress, TqdmProgress
 
@@ -97,7 +98,7 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
                 copied = [u for u in plan.inventory
                           if journal.unit(u.key).state in ("copied", "verified", "differs")]
                 report = verify(copied, session, parallel=plan.options.parallel,
-                                journal=journal)
+                                journal=journal, checks=cross_checks(plan))
             if as_json:
                 render.as_json({"copy": {"seconds": round(result.seconds, 3),
                                          "units": [vars(o) for o in result.outcomes]},

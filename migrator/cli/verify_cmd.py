@@ -13,6 +13,7 @@ from migrator.engine.journal import Journal, journal_path
 from migrator.engine.session import Session
 from migrator.engine.verify import verify
 from migrator.errors import UsageError, VerificationFailed
+from migrator.openim import cross_checks
 from migrator.plan import load_plan
 
 
@@ -42,7 +43,8 @@ def verify_command(plan_path: Path, unit_patterns: tuple[str, ...], parallel: in
     # and the hash cache that spares a second verify from re-reading unchanged objects.
     with Journal(journal_path(plan_path)).open(exclusive=False) as journal, \
             Session(plan.stores, plan.options, journal) as session:
-        report = verify(units, session, parallel=plan.options.parallel, journal=journal)
+        report = verify(units, session, parallel=plan.options.parallel, journal=journal,
+                        checks=None if unit_patterns else cross_checks(plan))
     if as_json:
         render.as_json(report.to_dict())
     else:

@@ -139,7 +139,9 @@ def verify_unit(source: Store, target: Store, unit: Unit) -> UnitReport:
 def verify(units: list[Unit], session: Session, *, parallel: int = 4,
            journal: Journal | None = None,
            on_unit: Callable[[UnitReport], None] | None = None,
-           stop: threading.Event | None = None) -> VerifyReport:
+           stop: threading.Event | None = None,
+           checks: dict[str, Callable[[Session], dict[str, Any]]] | None = None
+           ) -> VerifyReport:
     started = time.monotonic()
     report = VerifyReport()
 
@@ -161,6 +163,11 @@ def verify(units: list[Unit], session: Session, *, parallel: int = 4,
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="verify") as pool:
         report.units = list(pool.map(one, units))
+    for name, check in (checks or {}).items():
+        try:
+            report.extra[name] = check(session)
+        except MigrateError as exc:
+            report.extra[name] = {"error": str(exc), "missing": ["(check failed)"]}
     report.seconds = time.monotonic() - started
     return report
 

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bson import SON
+from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo import errors as mx
@@ -525,6 +526,16 @@ class MongoStore(Store):
             key = meta.order_key(_id)
             if (lo_key is None or key >= lo_key) and (hi_key is None or key < hi_key):
                 yield meta.id_label(_id), f"{record_hash(doc.raw):032x}"
+
+    def field_values(self, unit: Unit, field: str) -> Iterator[Any]:
+        """One top-level field of each document of the unit, streamed (cross-store checks)."""
+        coll = self._coll(unit, mapped=True).with_options(codec_options=CodecOptions())
+        with self._errors(f"reading {unit.name}.{field}"):
+            with coll.find(self._unit_filter(unit), {field: 1, "_id": 0},
+                           batch_size=max(1000, self.options.batch_records)) as cursor:
+                for doc in cursor:
+                    if doc.get(field) is not None:
+                        yield doc[field]
 
     def schema(self, unit: Unit) -> dict[str, Any]:
         db_name = self._db_for(unit, mapped=True)

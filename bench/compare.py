@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: `openim-migrate run` / `verify` against the native tools, in
+one run on the same servers, so the figures are ratios rather than absolute seconds.
+
+    python bench/compare.py mysql   --rows 2000000
+    python bench/compare.py redis   --keys 1000000
+    python bench/compare.py mongo   --scale 20
+    python bench/compare.py objects --small 10000 --large 4
+
+Servers come from the OIM_* environment (docker-compose.test.yml) or are started here
+with scripts/services.py and stopped at the end. Ours runs through the real command line
+in a child process; its peak RSS is read from wait4(). Each result is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import services  # noqa: E402
+
+from migrator.config import Endpoint  # noqa: E402
+
+BIN = Path(os.environ.get("OPENIM_MIGRATE_BIN") or Path.home() / ".cache/openim-migrate/bin")
+
+
+def measured(cmd: list[str] | str, *, shell: bool = False, env: dict | None = None,
+             cwd: Path = ROOT) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB of the process and the children it waited for)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            executable="/bin/bash" if shell else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{stderr[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def ours(plan: Path, plan_args: list[str], parallel: int) -> dict[str, float]:
+    for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
+        stale.unlink(missing_ok=True)
+    cli = [sys.executable, "-m", "migrator"]
+    plan_s, _ = measured([*cli, "plan", *plan_args, "--parallel", str(parallel),
+                          "-o", str(plan)])
+    copy_s, rss = measured([*cli, "run", str(plan), "--no-verify", "--no-progress"])
+    verify_s, verify_rss = measured([*cli, "verify", str(plan)])
+    return {"plan_s": round(plan_s, 2), "copy_s": round(copy_s, 2), "run_rss_mib": round(rss),
+            "verify_s": round(verify_s, 2), "verify_rss_mib": round(verify_rss),
+            "verify_fraction": round(verify_s / copy_s, 3)}
+
+
+def hostport(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+# -------------------------------------------------------------------------------- mysql
+def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    import pymysql
+
+    from fixtures import mysql_data
+
+    db = "openIM_bench"
+    src = Endpoint("mysql", f"mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
+                   f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}", name="bench")
+    host, port = hostport(env["OIM_MYSQL_DST_URL"]).split(":")
+    dst = pymysql.connect(host=host, port=int(port), user="root",
+                          password=env["OIM_MYSQL_DST_PASSWORD"], autocommit=True)
+    with dst.cursor() as cur:
+        for name in (db, "native_copy"):
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute("CREATE DATABASE native_copy CHARACTER SET utf8mb4")
+    loaded = time.monotonic()
+    mysql_data.message_rows(src, opts.rows, seed=1)
+    load_s = time.monotonic() - loaded
+    sh, sp = hostport(env["OIM_MYSQL_SRC_URL"]).split(":")
+    native = (f"mariadb-dump -h {sh} -P {sp} -u root --single-transaction --quick "
+              f"{db} chat_logs | mariadb -h {host} -P {port} -u root native_copy")
+    native_s, _ = _native_two_passwords(native, env)
+    result = ours(work / "mysql.yaml",
+                  ["--source", f"mysql=mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
+                   f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}",
+                   "--target", f"mysql=mysql://root:${{OIM_MYSQL_DST_PASSWORD}}@"
+                   f"{hostport(env['OIM_MYSQL_DST_URL'])}"], opts.parallel)
+    with dst.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM `{db}`.chat_logs")
+        copied = cur.fetchone()[0]
+        for name in (db, "native_copy"):
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    assert copied == opts.rows, (copied, opts.rows)
+    return {"store": "mysql", "rows": opts.rows, "load_s": round(load_s, 1),
+            "native": "mariadb-dump --single-transaction --quick | mariadb",
+            "native_s": round(native_s, 2), **result,
+            "speedup": round(native_s / result["copy_s"], 2)}
+
+
+def _native_two_passwords(native: str, env: dict[str, str]) -> tuple[float, float]:
+    """Each client gets its own password through its own defaults file."""
+    files = []
+    for side in ("SRC", "DST"):
+        handle = tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False)  # noqa: SIM115
+        handle.write(f"[client]\npassword={env[f'OIM_MYSQL_{side}_PASSWORD']}\n")
+        handle.close()
+        files.append(handle.name)
+    dump, load = native.split(" | ")
+    cmd = (dump.replace("mariadb-dump ", f"mariadb-dump --defaults-extra-file={files[0]} ")
+           + " | " + load.replace("mariadb ", f"mariadb --defaults-extra-file={files[1]} ", 1))
+    try:
+        return measured(cmd, shell=True)
+    finally:
+        for name in files:
+            os.unlink(name)
+
+
+# -------------------------------------------------------------------------------- redis
+def bench_redis(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    import redis
+
+    from fixtures import redis_data
+
+    src = redis.Redis.from_url(env["OIM_REDIS_SRC_URL"], password=env["OIM_REDIS_SRC_PASSWORD"])
+    dst = redis.Redis.from_url(env["OIM_REDIS_DST_URL"], password=env["OIM_REDIS_DST_PASSWORD"])
+    src.flushall()
+    dst.flushall()
+    redis_data.mixed(Endpoint("redis", env["OIM_REDIS_SRC_URL"].replace(
+        "redis://", "redis://:${OIM_REDIS_SRC_PASSWORD}@"), name="bench"), opts.keys, seed=1)
+    total = src.dbsize()
+    native_s, _ = measured([sys.executable, str(ROOT / "bench" / "migrate_loop.py")])
+    assert dst.dbsize() == total, (dst.dbsize(), total)
+    dst.flushall()
+    result = ours(work / "redis.yaml",
+                  ["--source", "redis=redis://:${OIM_REDIS_SRC_PASSWORD}@"
+                   + hostport(env["OIM_REDIS_SRC_URL"]) + "/0",
+                   "--target", "redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
+                   + hostport(env["OIM_REDIS_DST_URL"]) + "/0"], opts.parallel)
+    assert dst.dbsize() == total
+    src.flushall()
+    dst.flushall()
+    return {"store": "redis", "keys": total, "native": "SCAN + MIGRATE COPY REPLACE KEYS loop",
+            "native_s": round(native_s, 2), **result,
+            "throughput_ratio": round(native_s / result["copy_s"], 2)}
+
+
+# -------------------------------------------------------------------------------- mongo
+def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    import pymongo
+
+    from fixtures import mongo_data
+
+    dump, restore = BIN / "mongodump", BIN / "mongorestore"
+    if not (dump.exists() and restore.exists()):
+        subprocess.run(["bash", str(ROOT / "scripts" / "build-mongo-tools.sh")], check=True)
+    src = pymongo.MongoClient(env["OIM_MONGO_SRC_URL"])
+    dst = pymongo.MongoClient(env["OIM_MONGO_DST_URL"])
+    for name in ("openim_v3", "native_copy"):
+        src.drop_database(name)
+        dst.drop_database(name)
+    counts = mongo_data.load(Endpoint("mongo", env["OIM_MONGO_SRC_URL"] + "/openim_v3",
+                                      name="bench"), seed=1, scale=opts.scale)
+    native = (f"{dump} --uri={env['OIM_MONGO_SRC_URL']} --db=openim_v3 --archive --quiet | "
+              f"{restore} --uri={env['OIM_MONGO_DST_URL']} --archive --quiet "
+              "--nsFrom='openim_v3.*' --nsTo='native_copy.*'")
+    native_s, _ = measured(native, shell=True)
+    result = ours(work / "mongo.yaml",
+                  ["--source", "mongo=" + env["OIM_MONGO_SRC_URL"] + "/openim_v3",
+                   "--target", "mongo=" + env["OIM_MONGO_DST_URL"]], opts.parallel)
+    copied = sum(dst["openim_v3"][c].estimated_document_count()
+                 for c in dst["openim_v3"].list_collection_names())
+    for name in ("openim_v3", "native_copy"):
+        src.drop_database(name)
+        dst.drop_database(name)
+    return {"store": "mongo", "documents": sum(counts.values()), "copied": copied,
+            "server": env.get("OIM_MONGO_FLAVOR", "ferretdb"),
+            "native": "mongodump --archive | mongorestore --archive",
+            "native_s": round(native_s, 2), **result,
+            "speedup": round(native_s / result["copy_s"], 2)}
+
+
+# ------------------------------------------------------------------------------ objects
+def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    from minio import Minio
+
+    from fixtures import objects_data
+
+    def client(side: str) -> Minio:
+        return Minio(hostport(env[f"OIM_S3_{side}_URL"]), secure=False,
+                     access_key=env[f"OIM_S3_{side}_ACCESS_KEY"],
+                     secret_key=env[f"OIM_S3_{side}_SECRET_KEY"])
+
+    src_ep = Endpoint("objects", env["OIM_S3_SRC_URL"] + "/openim", name="bench",
+                      options={"access_key": "${OIM_S3_SRC_ACCESS_KEY}",
+                               "secret_key": "${OIM_S3_SRC_SECRET_KEY}"})
+    counts = objects_data.load(src_ep, seed=1, scale=opts.small / 2000, large=opts.large)
+    rclone_env = {
+        "RCLONE_CONFIG_SRC_TYPE": "s3", "RCLONE_CONFIG_SRC_PROVIDER": "Minio",
+        "RCLONE_CONFIG_SRC_ENDPOINT": env["OIM_S3_SRC_URL"],
+        "RCLONE_CONFIG_SRC_ACCESS_KEY_ID": env["OIM_S3_SRC_ACCESS_KEY"],
+        "RCLONE_CONFIG_SRC_SECRET_ACCESS_KEY": env["OIM_S3_SRC_SECRET_KEY"],
+        "RCLONE_CONFIG_DST_TYPE": "s3", "RCLONE_CONFIG_DST_PROVIDER": "Minio",
+        "RCLONE_CONFIG_DST_ENDPOINT": env["OIM_S3_DST_URL"],
+        "RCLONE_CONFIG_DST_ACCESS_KEY_ID": env["OIM_S3_DST_ACCESS_KEY"],
+        "RCLONE_CONFIG_DST_SECRET_ACCESS_KEY": env["OIM_S3_DST_SECRET_KEY"],
+    }
+    os.environ.pop("AWS_CA_BUNDLE", None)  # rclone refuses it on this machine's transport
+    transfers = str(opts.parallel)
+    copy_s, _ = measured(["rclone", "copy", "src:openim", "dst:rclone-copy", "--transfers",
+                          transfers, "--checkers", "8"], env=rclone_env)
+    check_s, _ = measured(["rclone", "check", "src:openim", "dst:rclone-copy", "--checkers",
+                           "8", "--download" if opts.download_check else "--one-way"],
+                          env=rclone_env)
+    result = ours(work / "objects.yaml",
+                  ["--source", "objects=" + env["OIM_S3_SRC_URL"] + "/openim",
+                   "--source-option", "objects.access_key=${OIM_S3_SRC_ACCESS_KEY}",
+                   "--source-option", "objects.secret_key=${OIM_S3_SRC_SECRET_KEY}",
+                   "--target", "objects=" + env["OIM_S3_DST_URL"] + "/openim",
+                   "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
+                   "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}"],
+                  opts.parallel)
+    for side, bucket in (("SRC", "openim"), ("DST", "openim"), ("DST", "rclone-copy")):
+        c = client(side)
+        names = [o.object_name for o in c.list_objects(bucket, recursive=True)]
+        from minio.deleteobjects import DeleteObject
+        for error in c.remove_objects(bucket, [DeleteObject(n) for n in names]):
+            raise SystemExit(f"cleanup failed: {error}")
+    return {"store": "objects", "objects": sum(counts.values()), "large": opts.large,
+            "native": "rclone copy + rclone check "
+                      + ("--download" if opts.download_check else "(size + md5)"),
+            "native_s": round(copy_s, 2), "native_check_s": round(check_s, 2), **result,
+            "copy_speedup": round(copy_s / result["copy_s"], 2),
+            "check_speedup": round(check_s / result["verify_s"], 2)}
+
+
+BENCHES: dict[str, tuple[str, Callable]] = {
+    "mysql": ("mysql", bench_mysql), "redis": ("redis", bench_redis),
+    "mongo": ("mongo", bench_mongo), "objects": ("minio", bench_objects),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("store", choices=sorted(BENCHES))
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--scale", type=float, default=20.0)
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=0)
+    parser.add_argument("--download-check", action="store_true",
+                        help="objects: make rclone check hash by downloading, like our verify")
+    parser.add_argument("--parallel", type=int, default=4)
+    opts = parser.parse_args()
+    group, bench = BENCHES[opts.store]
+    work = Path(tempfile.mkdtemp(prefix="oim-bench-"))
+    started_here = f"OIM_{'S3' if group == 'minio' else group.upper()}_SRC_URL" not in os.environ
+    env = dict(os.environ)
+    try:
+        if started_here:
+            env.update(services.start(work / "services", only=[group]))
+            os.environ.update(env)
+        result = bench(env, opts, work)
+    finally:
+        if started_here:
+            services.stop(work / "services")
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
