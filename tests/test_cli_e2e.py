@@ -42,12 +42,13 @@ def journal_records(plan: Path) -> int:
         return 0
 
 
-def kill_at_several_points(plan: Path, total: int, points=(0.15, 0.45, 0.75)) -> int:
+def kill_at_several_points(plan: Path, total: int, points=(0.15, 0.45, 0.75),
+                           rate: str = "400KB") -> int:
     """Start `run`, SIGKILL it once the journal shows each fraction copied. Returns kills."""
     kills = 0
     for fraction in points:
         proc = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan),
-                                 "--no-verify", "--rate-limit", "400KB", "--parallel", "2"],
+                                 "--no-verify", "--rate-limit", rate, "--parallel", "2"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
@@ -297,3 +298,114 @@ def test_mysql_run_killed_with_sigkill_resumes_without_duplicate_rows(mysql_env,
     assert final.returncode == 0, final.stderr + final.stdout
     assert json.loads(final.stdout)["verify"]["ok"] is True
     assert table_counts(dst) == expected  # includes the table without a primary key
+
+
+# ------------------------------------------------------------------- mongo + objects
+@pytest.fixture
+def mongo_objects(mongo_env, s3_env):
+    import pymongo
+    from minio import Minio
+
+    src = pymongo.MongoClient(mongo_env["OIM_MONGO_SRC_URL"])
+    dst = pymongo.MongoClient(mongo_env["OIM_MONGO_DST_URL"])
+
+    def bucket_client(side: str) -> Minio:
+        return Minio(hostport(s3_env[f"OIM_S3_{side}_URL"]), secure=False,
+                     access_key=s3_env[f"OIM_S3_{side}_ACCESS_KEY"],
+                     secret_key=s3_env[f"OIM_S3_{side}_SECRET_KEY"])
+
+    buckets = bucket_client("SRC"), bucket_client("DST")
+
+    def clean() -> None:
+        for client in (src, dst):
+            client.drop_database("openim_v3")
+        for client in buckets:
+            if client.bucket_exists("openim"):
+                for obj in client.list_objects("openim", recursive=True):
+                    client.remove_object("openim", obj.object_name)
+                client.remove_bucket("openim")
+
+    clean()
+    yield src, dst, buckets
+    clean()
+
+
+def load_mongo_objects(mongo_env, s3_env, scale: float) -> tuple[int, int]:
+    from fixtures import mongo_data, objects_data
+
+    keys = list(objects_data.object_keys(seed=3, scale=scale))
+    objects = objects_data.load(Endpoint("objects", s3_env["OIM_S3_SRC_URL"] + "/openim",
+                                         name="fixture",
+                                         options={"access_key": "${OIM_S3_SRC_ACCESS_KEY}",
+                                                  "secret_key": "${OIM_S3_SRC_SECRET_KEY}"}),
+                                seed=3, scale=scale)
+    docs = mongo_data.load(Endpoint("mongo", mongo_env["OIM_MONGO_SRC_URL"] + "/openim_v3",
+                                    name="fixture"), seed=3, scale=scale, object_keys=keys)
+    return sum(docs.values()), objects["objects"]
+
+
+def mongo_objects_args(mongo_env, s3_env) -> list[str]:
+    return ["--source", "mongo=" + mongo_env["OIM_MONGO_SRC_URL"] + "/openim_v3",
+            "--target", "mongo=" + mongo_env["OIM_MONGO_DST_URL"],
+            "--source", "objects=" + s3_env["OIM_S3_SRC_URL"] + "/openim",
+            "--source-option", "objects.access_key=${OIM_S3_SRC_ACCESS_KEY}",
+            "--source-option", "objects.secret_key=${OIM_S3_SRC_SECRET_KEY}",
+            "--target", "objects=" + s3_env["OIM_S3_DST_URL"] + "/openim",
+            "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
+            "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}"]
+
+
+def test_mongo_and_objects_verify_names_a_changed_byte_and_a_missing_object(
+        mongo_env, s3_env, mongo_objects, tmp_path):
+    import io
+
+    src, dst, (src_bucket, dst_bucket) = mongo_objects
+    load_mongo_objects(mongo_env, s3_env, 0.1)
+    plan = tmp_path / "mo.yaml"
+    out = cli("plan", *mongo_objects_args(mongo_env, s3_env), "-o", str(plan))
+    assert out.returncode == 0, out.stderr
+    run = cli("run", str(plan), "--json")
+    assert run.returncode == 0, run.stderr + run.stdout
+    result = json.loads(run.stdout)["verify"]
+    assert result["ok"] and result["checks"]["openim-object-references"]["checked"] > 0
+
+    # One byte of one user document; one object's bytes; one object gone from the target.
+    user = dst.openim_v3.user.find_one(sort=[("_id", 1)])
+    dst.openim_v3.user.update_one({"_id": user["_id"]},
+                                  {"$set": {"nickname": user["nickname"][:-1] + "#"}})
+    referenced = [d["key"] for d in src.openim_v3.s3.find({}, {"key": 1}).sort("_id", 1)]
+    changed = next(k for k in referenced if dst_bucket.stat_object("openim", k).size > 0)
+    gone = next(k for k in referenced if k != changed)
+    body = dst_bucket.get_object("openim", changed).read()
+    dst_bucket.put_object("openim", changed, io.BytesIO(bytes([body[0] ^ 1]) + body[1:]),
+                          len(body))
+    dst_bucket.remove_object("openim", gone)
+    check = cli("verify", str(plan), "--json")
+    assert check.returncode == 5, check.stderr
+    report = json.loads(check.stdout)
+    units = {u["unit"]: u for u in report["units"] if u["status"] != "match"}
+    assert set(units) == {"mongo:openim_v3.user", "objects:openim/*"}, units.keys()
+    assert units["mongo:openim_v3.user"]["differ"] == [str(user["_id"])] or \
+        str(user["_id"]) in units["mongo:openim_v3.user"]["differ"][0]
+    assert units["objects:openim/*"]["differ"] == [changed]
+    assert units["objects:openim/*"]["missing_on_target"] == [gone]
+    refs = report["checks"]["openim-object-references"]
+    assert refs["missing"] == [f"openim/{gone}"]
+
+
+@pytest.mark.slow
+def test_mongo_and_objects_run_killed_with_sigkill_resumes_without_duplicates(
+        mongo_env, s3_env, mongo_objects, tmp_path):
+    src, dst, (src_bucket, dst_bucket) = mongo_objects
+    docs, objects = load_mongo_objects(mongo_env, s3_env, 0.3)
+    plan = tmp_path / "k.yaml"
+    out = cli("plan", *mongo_objects_args(mongo_env, s3_env), "--batch-records", "50",
+              "--unit-records", "400", "-o", str(plan))
+    assert out.returncode == 0, out.stderr
+    assert kill_at_several_points(plan, docs + objects, rate="1500KB") >= 2
+    final = cli("run", str(plan), "--json")
+    assert final.returncode == 0, final.stderr + final.stdout
+    assert json.loads(final.stdout)["verify"]["ok"] is True
+    for name in src.openim_v3.list_collection_names():
+        assert dst.openim_v3[name].count_documents({}) == src.openim_v3[name].count_documents({})
+    assert sum(1 for _ in dst_bucket.list_objects("openim", recursive=True)) == objects
