@@ -1,0 +1,645 @@
+"""Redis on the wire: key selection, fast pipelines, canonical digests, the typed copy.
+
+Why this exists beside DUMP/RESTORE: a DUMP payload depends on the encoding (listpack vs
+hashtable, intset vs hashtable) and on the server's RDB version, so equal data can have
+different payloads, and an older target refuses a newer payload. Both the digest and the
+typed copy therefore read values with native commands, which every version answers alike.
+
+All functions take a client whose response callbacks are switched off (raw RESP replies).
+
+Typed record, as it travels in a batch: ``(key, expire_at_ms or 0, kind, value)`` with
+value: string → bytes; hash → flat [field, value, ...]; list/set → [element, ...];
+zset → flat [member, score, ...] (scores as the server printed them); stream → dict
+(entries, last_id, entries_added, max_deleted_id, groups with consumers and pending).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import socket
+import threading
+import time
+from binascii import crc_hqx
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from fnmatch import translate
+from typing import Any
+
+import hiredis
+from hiredis import pack_command
+from redis._parsers import BaseParser
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from migrator.errors import CapabilityMissing, TransientError
+from migrator.stores.base import HASH_MASK, Selection, record_hash
+
+SLOTS = 16384
+READ_AHEAD = 2  # SCAN pages being read while the next SCAN runs
+PAGE = 1000  # elements per page: LRANGE, HSCAN/SSCAN COUNT, ZRANGE, XRANGE COUNT
+STRING_PAGE = 1 << 20  # bytes per GETRANGE page, so a 512 MB string never sits in memory
+WRITE_CHUNK = 512  # elements per HSET/RPUSH/SADD/ZADD when rebuilding a value
+
+Fingerprint = tuple[str, str, "int | None"]  # (type, canonical value hash hex, expire ms)
+
+
+def key_text(key: bytes) -> str:
+    """A printable, injective name for a key.
+
+    Valid UTF-8 without a backslash is shown as is; anything else escapes backslashes and
+    undecodable bytes (``\\xNN``), so two different keys never print the same.
+    """
+    if b"\\" not in key:
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return key.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def server_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` → ``(7, 0, 15)``."""
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def info(client: Any, section: str) -> dict[str, str]:
+    """One INFO section as a dict of its ``name:value`` lines."""
+    text = client.execute_command("INFO", section)
+    out = {}
+    for line in text.decode().splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            out[name] = value
+    return out
+
+
+def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    """One bytes regex for glob patterns: keys are bytes, a pattern's UTF-8 bytes match."""
+    if not patterns:
+        return None
+    parts = [translate(p.encode().decode("latin-1")).encode("latin-1") for p in patterns]
+    return re.compile(b"(?:" + b"|".join(parts) + b")")
+
+
+class KeyFilter:
+    """Which keys a selection takes part, plus a SCAN MATCH the server can apply."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.include = _glob_regex(selection.include)
+        self.exclude = _glob_regex(selection.exclude)
+        single = selection.include[0] if len(selection.include) == 1 else None
+        # Redis and fnmatch agree on * and ? only; anything else is filtered here alone.
+        self.match = single if single and not re.search(r"[\[\]\\]", single) else None
+
+    def __call__(self, key: bytes) -> bool:
+        if self.include is not None and not self.include.match(key):
+            return False
+        return self.exclude is None or not self.exclude.match(key)
+
+
+class ScanPage:
+    """One SCAN reply; the hash slots of its keys are worked out once, when first needed."""
+
+    __slots__ = ("cursor", "keys", "_slots")
+
+    def __init__(self, cursor: int, keys: list[bytes]) -> None:
+        self.cursor, self.keys = cursor, keys
+        self._slots: list[int] | None = None
+
+    @property
+    def slots(self) -> list[int]:
+        if self._slots is None:  # CRC16 inline for the common case: no call per key
+            self._slots = [key_slot(k) if b"{" in k else crc_hqx(k, 0) & 0x3FFF
+                           for k in self.keys]
+        return self._slots
+
+
+class PageCache:
+    """Recent SCAN pages, shared by the units of a split DB that scan it at the same time.
+
+    Every unit of a split DB walks the same SCAN cursor chain and keeps only its own slots;
+    without sharing, eight units make the server scan the DB eight times. Units in step ask
+    for the same page at the same moment, so a page being fetched is waited for, not
+    fetched again. A page is reused only by a scan that started before its fetch began, so
+    no scan sees the keyspace as it was before the scan itself began.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._pages: OrderedDict[tuple[Any, int], tuple[float, Future]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def page(self, where: Any, cursor: int, since: float,
+             fetch: Callable[[], ScanPage]) -> ScanPage:
+        key = (where, cursor)
+        with self._lock:
+            entry = self._pages.get(key)
+            shared = entry is not None and entry[0] >= since
+            if not shared:
+                entry = (time.monotonic(), Future())
+                self._pages[key] = entry
+                self._pages.move_to_end(key)
+                while len(self._pages) > self.limit:
+                    self._pages.popitem(last=False)
+        future = entry[1]
+        if shared:
+            return future.result()  # fetched, or being fetched by a sibling right now
+        try:
+            future.set_result(fetch())
+        except BaseException as exc:
+            future.set_exception(exc)
+            with self._lock:
+                if self._pages.get(key, (0, None))[1] is future:
+                    del self._pages[key]
+            raise
+        return future.result()
+
+
+def slot_filter(lo: int, hi: int, keep: KeyFilter) -> Callable[[ScanPage], list[bytes]]:
+    """The selected keys of a page whose hash slot lies in lo..hi (CRC16, hash tags)."""
+    whole = lo == 0 and hi == SLOTS - 1
+    plain = keep.include is None and keep.exclude is None
+
+    def select(page: ScanPage) -> list[bytes]:
+        keys = page.keys if whole else \
+            [k for k, slot in zip(page.keys, page.slots, strict=True) if lo <= slot <= hi]
+        return keys if plain else [k for k in keys if keep(k)]
+
+    return select
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, Any]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _next_stream_id(entry_id: bytes) -> bytes:
+    """The smallest id after ``entry_id``: an inclusive XRANGE start that works on Redis 5."""
+    ms, _, seq = entry_id.partition(b"-")
+    if int(seq) == (1 << 64) - 1:
+        return b"%d-0" % (int(ms) + 1)
+    return b"%d-%d" % (int(ms), int(seq) + 1)
+
+
+def _score(raw: bytes) -> bytes:
+    # Servers print doubles differently across versions ("1" vs "1.0", "%.17g");
+    # the float value is the data.
+    return repr(float(raw)).encode()
+
+
+class ValueDigest:
+    """Hashes one key's value page by page, so big values stream through.
+
+    Ordered types (string, list, stream entries) feed one running hash; unordered types
+    (hash, set, zset) sum per-element hashes, so listpack and hashtable encodings agree.
+    """
+
+    def __init__(self, key: bytes, kind: str) -> None:
+        self.key, self.kind = key, kind
+        self.done = False
+        self._ordered = hashlib.blake2b(digest_size=16)
+        self._sum = 0
+        self._count = 0
+        self._pos = 0
+        self._cursor = b"0"
+        self._seen: set[int] | None = None
+        self._stage = 0
+        self._start = b"-"
+        self._meta: list[bytes] = []
+
+    def command(self) -> tuple[Any, ...]:
+        key, pos = self.key, self._pos
+        if self.kind == "string":
+            return ("GETRANGE", key, pos, pos + STRING_PAGE - 1)
+        if self.kind == "list":
+            return ("LRANGE", key, pos, pos + PAGE - 1)
+        if self.kind == "hash":
+            return ("HSCAN", key, self._cursor, "COUNT", PAGE)
+        if self.kind == "set":
+            return ("SSCAN", key, self._cursor, "COUNT", PAGE)
+        if self.kind == "zset":
+            return ("ZRANGE", key, pos, pos + PAGE - 1, "WITHSCORES")
+        if self.kind == "stream":
+            if self._stage == 0:
+                return ("XINFO", "STREAM", key)
+            if self._stage == 1:
+                return ("XINFO", "GROUPS", key)
+            return ("XRANGE", key, self._start, "+", "COUNT", PAGE)
+        # Module types (e.g. ReJSON-RL): no native reader, the payload is all we have.
+        return ("DUMP", key)
+
+    def feed(self, reply: Any) -> None:
+        kind = self.kind
+        if kind == "string":
+            self._ordered.update(reply)
+            self._pos += len(reply)
+            self.done = len(reply) < STRING_PAGE
+        elif kind == "list":
+            for item in reply:
+                self._ordered.update(len(item).to_bytes(8, "little"))
+                self._ordered.update(item)
+            self._count += len(reply)
+            self._pos += PAGE
+            self.done = len(reply) < PAGE
+        elif kind in ("hash", "set"):
+            cursor, items = reply
+            if kind == "hash":
+                hashes = [record_hash(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+            else:
+                hashes = [record_hash(item) for item in items]
+            # HSCAN/SSCAN may repeat elements across calls (rehashing); one page cannot.
+            if self._seen is None and cursor != b"0":
+                self._seen = set()
+            if self._seen is not None:
+                hashes = [h for h in dict.fromkeys(hashes) if h not in self._seen]
+                self._seen.update(hashes)
+            self._add(hashes)
+            self._cursor = cursor
+            self.done = cursor == b"0"
+        elif kind == "zset":
+            self._add([record_hash(reply[i], _score(reply[i + 1]))
+                       for i in range(0, len(reply), 2)])
+            self._pos += PAGE
+            self.done = len(reply) < 2 * PAGE
+        elif kind == "stream":
+            self._feed_stream(reply)
+        else:
+            self._ordered.update(reply or b"")
+            self.done = True
+
+    def _add(self, hashes: list[int]) -> None:
+        self._count += len(hashes)
+        self._sum = (self._sum + sum(hashes)) & HASH_MASK
+
+    def _feed_stream(self, reply: Any) -> None:
+        if self._stage == 0:
+            self._meta.append(_pairs(reply).get(b"last-generated-id", b""))
+            self._stage = 1
+            return
+        if self._stage == 1:
+            # Consumer names and seen-times are not data a restore can reproduce exactly;
+            # where each group stands and how much it has pending is.
+            for group in sorted((_pairs(g) for g in reply), key=lambda g: g[b"name"]):
+                self._meta += [group[b"name"], group[b"last-delivered-id"],
+                               str(group[b"pending"]).encode()]
+            self._stage = 2
+            return
+        for entry_id, fields in reply:
+            self._ordered.update(record_hash(entry_id, *fields).to_bytes(16, "little"))
+        self._count += len(reply)
+        if reply:
+            self._start = _next_stream_id(reply[-1][0])
+        self.done = len(reply) < PAGE
+
+    def hexdigest(self) -> str:
+        if self.kind in ("hash", "set", "zset"):
+            value = record_hash(self.kind.encode(), self._sum.to_bytes(16, "little"),
+                                str(self._count).encode())
+        else:
+            value = record_hash(self.kind.encode(), self._ordered.digest(), *self._meta)
+        return f"{value:032x}"
+
+
+def expiry_command(pexpiretime: bool) -> str:
+    return "PEXPIRETIME" if pexpiretime else "PTTL"
+
+
+def absolute_expiry(reply: int, pexpiretime: bool, now_ms: int) -> int | None:
+    """None = no expiry, -2 = key gone, else the absolute unix time in ms."""
+    if reply == -1:
+        return None
+    if reply == -2:
+        return -2
+    return reply if pexpiretime else now_ms + reply
+
+
+def run_commands(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` to one server as one pipeline; replies in order, errors as values."""
+    return _exchange([(client, commands)])[0]
+
+
+def _exchange(work: list[tuple[Any, list[tuple[Any, ...]]]]) -> list[list[Any]]:
+    """Send each server its commands, then read every server's replies.
+
+    redis-py's Pipeline spends more time per command than the server spends on a DUMP or
+    RESTORE; packing with hiredis and reading replies straight off pooled connections is
+    what keeps a copy near MIGRATE's speed. Sending to every server before reading lets a
+    cluster's masters work at the same time.
+    """
+    taken: list[tuple[Any, Any]] = []
+    try:
+        for client, commands in work:
+            conn = client.connection_pool.get_connection()
+            taken.append((client, conn))
+            if commands:
+                conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
+        return [_receive(conn, len(commands)) if commands else []
+                for (_, conn), (_, commands) in zip(taken, work, strict=True)]
+    except BaseException:
+        for _, conn in taken:
+            conn.disconnect()  # unread replies would answer the next user's commands
+        raise
+    finally:
+        for client, conn in taken:
+            client.connection_pool.release(conn)
+
+
+def run_routed(route: Callable[[bytes], Any], keyed: list[tuple[bytes, tuple[Any, ...]]]
+               ) -> list[Any]:
+    """Replies of ``(key, command)``s, each sent to the server ``route(key)`` names."""
+    servers: dict[int, tuple[Any, list[tuple[Any, ...]], list[int]]] = {}
+    for i, (key, command) in enumerate(keyed):
+        client = route(key)
+        _, commands, positions = servers.setdefault(id(client), (client, [], []))
+        commands.append(command)
+        positions.append(i)
+    replies: list[Any] = [None] * len(keyed)
+    answers = _exchange([(client, commands) for client, commands, _ in servers.values()])
+    for (_, _, positions), got in zip(servers.values(), answers, strict=True):
+        for i, reply in zip(positions, got, strict=True):
+            replies[i] = reply
+    return replies
+
+
+def read_ahead(pages: Iterator[tuple[Any, list[bytes], dict[str, Any]]],
+               read: Callable[[Any, list[bytes]], Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``read(server, keys)`` of each page, in SCAN order, with pages read ahead.
+
+    Pages are read on other pooled connections while SCAN goes on, so the server
+    never idles waiting for us; results still come back strictly in SCAN order.
+    """
+    inflight: deque[tuple[Future, dict[str, Any]]] = deque()
+    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="redis-read") as pool:
+        try:
+            for page in itertools.chain(pages, [None]):
+                if page is not None:
+                    client, keys, at = page
+                    inflight.append((pool.submit(read, client, keys), at))
+                while inflight and (page is None or len(inflight) > READ_AHEAD):
+                    future, at = inflight.popleft()
+                    yield future.result(), at
+        finally:
+            for future, _ in inflight:
+                future.cancel()
+
+
+def _receive(conn: Any, count: int) -> list[Any]:
+    sock = getattr(conn, "_sock", None)
+    buffered = getattr(getattr(conn, "_parser", None), "_reader", None)
+    if sock is not None and buffered is not None and not buffered.has_data():
+        return _read_replies(sock, count, conn)
+    replies: list[Any] = []  # no hiredis parser underneath: redis-py reads them one by one
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # the reply was read; the stream is in step
+            replies.append(exc)
+    return replies
+
+
+def _read_replies(sock: socket.socket, count: int, conn: Any) -> list[Any]:
+    """``count`` replies parsed by hiredis straight off the socket, errors as exceptions.
+
+    Half the client-side cost of a copy is redis-py's per-reply bookkeeping; hiredis
+    parses a whole pipeline's worth in C. Errors get redis-py's classes (NOPERM, MOVED).
+    """
+    reader = hiredis.Reader(replyError=BaseParser.parse_error)
+    replies: list[Any] = []
+    gets, append = reader.gets, replies.append
+    while count:
+        reply = gets()
+        if reply is not False:
+            append(reply)
+            count -= 1
+            continue
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"timeout reading from {conn.host}:{conn.port}") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"error reading from {conn.host}:{conn.port}: "
+                                       f"{exc}") from exc
+        if not data:
+            raise RedisConnectionError(f"{conn.host}:{conn.port} closed the connection")
+        reader.feed(data)
+    return replies
+
+
+def _types(client: Any, keys: list[bytes], pexpiretime: bool, now_ms: int
+           ) -> tuple[list[tuple[bytes, str, int | None]], list[bytes]]:
+    """(key, type, absolute expiry) of the keys that exist, and those that are gone."""
+    replies = run_commands(client, [c for k in keys
+                                    for c in (("TYPE", k), (expiry_command(pexpiretime), k))])
+    live, gone = [], []
+    for key, kind, expiry in zip(keys, replies[0::2], replies[1::2], strict=True):
+        for reply in (kind, expiry):
+            if isinstance(reply, Exception):
+                raise reply
+        expire = absolute_expiry(expiry, pexpiretime, now_ms)
+        if kind == b"none" or expire == -2:
+            gone.append(key)
+        else:
+            live.append((key, kind.decode(), expire))
+    return live, gone
+
+
+def fingerprints(client: Any, keys: list[bytes], *, pexpiretime: bool,
+                 now_ms: int, retries: int = 3) -> list[tuple[bytes, Fingerprint]]:
+    """(key, (type, value hash, expiry)) for each key that still exists.
+
+    Pages of every key go out in one pipeline per round, so many small keys cost a few
+    round trips, and a big key costs one page per round.
+    """
+    live, _ = _types(client, keys, pexpiretime, now_ms)
+    digests = [(ValueDigest(key, kind), expire) for key, kind, expire in live]
+    changed: list[bytes] = []
+    pending = [d for d, _ in digests]
+    while pending:
+        replies = run_commands(client, [d.command() for d in pending])
+        for digest, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, ResponseError):  # type changed under us (WRONGTYPE)
+                changed.append(digest.key)
+                digest.done = True
+            else:
+                digest.feed(reply)
+        pending = [d for d in pending if not d.done]
+    out = [(d.key, (d.kind, d.hexdigest(), e)) for d, e in digests if d.key not in changed]
+    if changed:
+        if retries <= 0:
+            raise TransientError(f"redis keys kept changing while being read: "
+                                 f"{', '.join(key_text(k) for k in changed[:5])}")
+        out += fingerprints(client, changed, pexpiretime=pexpiretime, now_ms=now_ms,
+                            retries=retries - 1)
+    return out
+
+
+def access_commands(key: bytes, *, target: bool, typed: bool,
+                    pexpiretime: bool) -> list[tuple[Any, ...]]:
+    """What a source (reads) or a target (writes too) runs, aimed at an absent key.
+
+    The ACL answers NOPERM before a command runs, so reads and a RESTORE of an invalid
+    payload prove the rights without touching data. Only the typed path's plain writes
+    really write, to that fresh key, deleted at once.
+    """
+    out: list[tuple[Any, ...]] = [
+        ("SCAN", 0, "COUNT", 1), ("TYPE", key), ("DUMP", key),
+        (expiry_command(pexpiretime), key), ("GETRANGE", key, 0, 0), ("LRANGE", key, 0, 0),
+        ("HSCAN", key, 0), ("SSCAN", key, 0), ("ZRANGE", key, 0, 0, "WITHSCORES"),
+        ("XRANGE", key, "-", "+", "COUNT", 1), ("XINFO", "STREAM", key)]
+    if target:
+        out += [("RESTORE", key, 0, b"\x00", "REPLACE"), ("DEL", key), ("PEXPIREAT", key, 1)]
+    if target and typed:
+        for write in (("SET", key, "x", "PX", 60_000), ("HSET", key, "f", "v"),
+                      ("RPUSH", key, "x"), ("SADD", key, "x"), ("ZADD", key, 1, "x"),
+                      ("XADD", key, "*", "f", "v")):
+            out += [write, ("DEL", key)]
+    return out
+
+
+# -- typed copy ------------------------------------------------------------------------
+
+_READ = {
+    "string": lambda k: [("GET", k)],
+    "hash": lambda k: [("HGETALL", k)],
+    "list": lambda k: [("LRANGE", k, 0, -1)],
+    "set": lambda k: [("SMEMBERS", k)],
+    "zset": lambda k: [("ZRANGE", k, 0, -1, "WITHSCORES")],
+    "stream": lambda k: [("XRANGE", k, "-", "+"), ("XINFO", "STREAM", k),
+                         ("XINFO", "GROUPS", k)],
+}
+
+
+def read_typed(client: Any, keys: list[bytes], *, pexpiretime: bool,
+               now_ms: int) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """Typed records for ``keys`` plus the keys that vanished or changed type meanwhile."""
+    live, skipped = _types(client, keys, pexpiretime, now_ms)
+    for key, kind, _ in live:
+        if kind not in _READ:
+            raise CapabilityMissing(f"redis key {key_text(key)!r} has type {kind!r}, which "
+                                    "the typed copy cannot rebuild; use RESTORE mode")
+    commands = [c for key, kind, _ in live for c in _READ[kind](key)]
+    replies = iter(run_commands(client, commands))
+    records: list[tuple[Any, ...]] = []
+    streams: list[tuple[bytes, dict[str, Any]]] = []
+    for key, kind, expire in live:
+        values = [next(replies) for _ in _READ[kind](key)]
+        if any(isinstance(v, ResponseError) for v in values):
+            skipped.append(key)  # changed type between TYPE and the read
+            continue
+        value: Any = values[0]
+        if kind == "stream":
+            value = _stream_value(values)
+            streams.append((key, value))
+        records.append((key, expire or 0, kind, value))
+    _read_pending(client, streams)
+    return records, skipped
+
+
+def typed_size(record: tuple[Any, ...]) -> int:
+    """About how many bytes a typed record holds, for the batch size limit."""
+    value = record[3]
+    if isinstance(value, dict):  # a stream: its entries are the bulk
+        value = [x for entry_id, fields in value["entries"] for x in (entry_id, *fields)]
+    if isinstance(value, bytes):
+        return len(record[0]) + len(value)
+    return len(record[0]) + sum(len(x) for x in value) + 8 * len(value)
+
+
+def _stream_value(values: list[Any]) -> dict[str, Any]:
+    entries, info, groups = values
+    info = _pairs(info)
+    return {
+        "entries": [(entry_id, list(fields)) for entry_id, fields in entries],
+        "last_id": info.get(b"last-generated-id", b"0-0"),
+        "entries_added": info.get(b"entries-added"),
+        "max_deleted_id": info.get(b"max-deleted-entry-id"),
+        "groups": [{"name": g[b"name"], "last_delivered_id": g[b"last-delivered-id"],
+                    "entries_read": g.get(b"entries-read"), "pending_count": g[b"pending"],
+                    "consumers": [], "pending": []}
+                   for g in (_pairs(x) for x in groups)],
+    }
+
+
+def _read_pending(client: Any, streams: list[tuple[bytes, dict[str, Any]]]) -> None:
+    """Consumers and pending entries of every group, so a typed copy keeps acknowledgements."""
+    targets = [(key, g) for key, value in streams for g in value["groups"]]
+    if not targets:
+        return
+    commands: list[tuple[Any, ...]] = []
+    for key, group in targets:
+        commands.append(("XINFO", "CONSUMERS", key, group["name"]))
+        commands.append(("XPENDING", key, group["name"], "-", "+",
+                         max(1, int(group["pending_count"]))))
+    replies = run_commands(client, commands)
+    for i, (_, group) in enumerate(targets):
+        consumers, pending = replies[2 * i], replies[2 * i + 1]
+        if not isinstance(consumers, Exception):
+            group["consumers"] = [_pairs(c)[b"name"] for c in consumers]
+        if not isinstance(pending, Exception):
+            group["pending"] = [list(p) for p in pending]
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def typed_commands(record: tuple[Any, ...], version: tuple[int, ...]) -> list[tuple[Any, ...]]:
+    """Commands that rebuild one typed record on a target running ``version``.
+
+    Starts with DEL, so replaying them (a crash before the checkpoint) converges.
+    """
+    key, expire, kind, value = record
+    out: list[tuple[Any, ...]] = [("DEL", key)]
+    if kind == "string":
+        out.append(("SET", key, value))
+    elif kind == "hash":
+        out += [("HSET", key, *part) for part in _chunks(value, 2 * WRITE_CHUNK)]
+    elif kind == "list":
+        out += [("RPUSH", key, *part) for part in _chunks(value, WRITE_CHUNK)]
+    elif kind == "set":
+        out += [("SADD", key, *part) for part in _chunks(value, WRITE_CHUNK)]
+    elif kind == "zset":
+        swapped = [x for i in range(0, len(value), 2) for x in (value[i + 1], value[i])]
+        out += [("ZADD", key, *part) for part in _chunks(swapped, 2 * WRITE_CHUNK)]
+    elif kind == "stream":
+        out += _stream_commands(key, value, version)
+    if expire:
+        out.append(("PEXPIREAT", key, expire))
+    return out
+
+
+def _stream_commands(key: bytes, value: dict[str, Any],
+                     version: tuple[int, ...]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = [("XADD", key, entry_id, *fields)
+                                  for entry_id, fields in value["entries"]]
+    last_id = value["last_id"]
+    if not value["entries"]:
+        if last_id not in (b"0-0", "0-0"):
+            # An empty stream that remembers its last id: add one entry, trim it away.
+            out.append(("XADD", key, "MAXLEN", "0", last_id, "-", "-"))
+        else:
+            out += [("XGROUP", "CREATE", key, "-", "0", "MKSTREAM"),
+                    ("XGROUP", "DESTROY", key, "-")]
+    setid: list[Any] = ["XSETID", key, last_id]
+    if version >= (7,) and value.get("entries_added") is not None:
+        setid += ["ENTRIESADDED", value["entries_added"],
+                  "MAXDELETEDID", value["max_deleted_id"] or b"0-0"]
+    out.append(tuple(setid))
+    for group in value["groups"]:
+        create: list[Any] = ["XGROUP", "CREATE", key, group["name"],
+                             group["last_delivered_id"]]
+        if version >= (7,) and group.get("entries_read") is not None:
+            create += ["ENTRIESREAD", group["entries_read"]]
+        out.append(tuple(create))
+        if version >= (6, 2):
+            out += [("XGROUP", "CREATECONSUMER", key, group["name"], consumer)
+                    for consumer in group["consumers"]]
+        # XCLAIM ... FORCE recreates a pending entry with its owner, idle time and count.
+        out += [("XCLAIM", key, group["name"], consumer, 0, entry_id, "IDLE", idle,
+                 "RETRYCOUNT", deliveries, "FORCE", "JUSTID")
+                for entry_id, consumer, idle, deliveries in group["pending"]]
+    return out

@@ -1,0 +1,535 @@
+"""The Redis store against real servers: a standalone source, a standalone target and a
+3-master Redis Cluster target (scripts/services.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from fixtures import redis_data
+from migrator import presets
+from migrator.config import Endpoint
+from migrator.errors import EndpointError, PlanError, StoreError
+from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
+from migrator.stores.redis import RedisStore
+from migrator.stores.redis_value import key_text
+
+
+def _with_auth(url_var: str, auth: str) -> str:
+    scheme, rest = os.environ[url_var].split("://", 1)
+    return f"{scheme}://{auth}@{rest}"
+
+
+def source_ep(**options: Any) -> Endpoint:
+    return Endpoint("redis", _with_auth("OIM_REDIS_SRC_URL", ":${OIM_REDIS_SRC_PASSWORD}"),
+                    name="source.redis", options=options)
+
+
+def reader_ep() -> Endpoint:
+    auth = "${OIM_REDIS_SRC_READER_USER}:${OIM_REDIS_SRC_READER_PASSWORD}"
+    return Endpoint("redis", _with_auth("OIM_REDIS_SRC_URL", auth), name="source.redis")
+
+
+def target_ep(kind: str, **options: Any) -> Endpoint:
+    if kind == "cluster":
+        url = _with_auth("OIM_REDIS_CLUSTER_URL", ":${OIM_REDIS_CLUSTER_PASSWORD}")
+    else:
+        url = _with_auth("OIM_REDIS_DST_URL", ":${OIM_REDIS_DST_PASSWORD}")
+    return Endpoint("redis", url, name="target.redis", options=options)
+
+
+_opened: list[RedisStore] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+@pytest.fixture
+def clean(redis_env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Admin clients of all three servers, every DB emptied before the test."""
+    clients = {"src": redis_data.client(source_ep()), "dst": redis_data.client(target_ep("dst")),
+               "cluster": redis_data.client(target_ep("cluster"))}
+    for c in clients.values():
+        c.flushall()
+    yield clients
+    for c in clients.values():
+        c.close()
+
+
+def open_store(endpoint: Endpoint, **kw: Any) -> RedisStore:
+    store = RedisStore(endpoint, kw.pop("selection", None), StoreOptions(**kw))
+    _opened.append(store)
+    store.open()
+    return store
+
+
+def copy(source: RedisStore, target: RedisStore) -> tuple[int, list[str]]:
+    """What the engine does: prepare, then every unit's batches through an importer."""
+    units = source.list_units()
+    target.prepare_target(units, source)
+    written, skipped = 0, []
+    for unit in units:
+        importer = target.importer(unit)
+        importer.prepare(False)
+        for batch in source.export(unit):
+            importer.write_batch(batch)
+            written += len(batch)
+            skipped += batch.skipped
+        importer.finalize()
+    return written, skipped
+
+
+def contents(client: Any) -> dict[bytes, tuple[str, Any, int | None]]:
+    """Every key as (type, value, expiry ms), read with plain redis-py (not our code)."""
+    out = {}
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value: Any = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            groups = [(g["name"], g["last-delivered-id"], g["pending"])
+                      for g in client.xinfo_groups(key)]
+            pending = [(p["message_id"], p["consumer"], p["times_delivered"])
+                       for g in client.xinfo_groups(key)
+                       for p in client.xpending_range(key, g["name"], "-", "+", 100)]
+            value = (client.xrange(key), groups, pending,
+                     client.xinfo_stream(key)["last-generated-id"])
+        expire = client.pexpiretime(key)
+        out[key] = (kind, value, None if expire < 0 else expire)
+    return out
+
+
+def nkeys(client: Any) -> int:
+    return sum(1 for _ in client.scan_iter(count=1000))  # every master of a cluster
+
+
+def assert_same(a: dict[bytes, Any], b: dict[bytes, Any], tolerance_ms: int = 1000) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key][:2] == b[key][:2], key
+        if a[key][2] is None:
+            assert b[key][2] is None, key
+        else:
+            assert abs(a[key][2] - b[key][2]) <= tolerance_ms, key
+
+
+def every_type(client: Any) -> None:
+    """One key of each type, with binary names and values, TTLs, ±inf scores, a group."""
+    client.set(b"bin:\xff\x00\\name", b"\x00\x01\xfe binary", px=3_600_000)
+    client.set("plain", "v")
+    client.hset("h:{user1}", mapping={"a": "1", b"\xff": b"\x00"})
+    client.pexpire("h:{user1}", 86_400_000)
+    client.rpush("l", *[f"e{i}" for i in range(2500)], "e0")  # multi-page, repeats kept
+    client.sadd("s", *range(300))
+    client.zadd("z", {"neg": float("-inf"), "pos": float("inf"), "pi": 3.141592653589793,
+                      "tiny": 1e-300})
+    for i in range(5):
+        client.xadd("x", {"f": f"v{i}", "g": b"\xff"}, id=f"1000-{i}")
+    client.xgroup_create("x", "grp", id="0")
+    client.xreadgroup("grp", "alice", {"x": ">"}, count=2)
+    client.xack("x", "grp", "1000-0")
+    client.pexpire("x", 7 * 86_400_000)
+
+
+# -- copy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_kind", ["dst", "cluster"])
+def test_round_trip_keeps_every_type_value_and_ttl(clean, target_kind):
+    every_type(clean["src"])
+    source, target = open_store(source_ep()), open_store(target_ep(target_kind))
+    written, skipped = copy(source, target)
+    assert written == 7 and skipped == []
+    assert_same(contents(clean["src"]), contents(clean[target_kind]))
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+
+
+@pytest.mark.parametrize("target_kind", ["dst", "cluster"])
+def test_typed_mode_round_trip_keeps_values_groups_and_pending(clean, target_kind):
+    every_type(clean["src"])
+    source = open_store(source_ep())
+    target = open_store(target_ep(target_kind, mode="typed"))
+    copy(source, target)
+    batch = next(source.export(source.list_units()[0]))
+    assert all(len(record) == 4 for record in batch.records)  # native values travelled
+    assert_same(contents(clean["src"]), contents(clean[target_kind]))
+
+
+def test_target_refusing_payloads_switches_to_typed_copy(clean):
+    every_type(clean["src"])
+    source, target = open_store(source_ep()), open_store(target_ep("dst"))
+    unit = source.list_units()[0]
+    target.prepare_target([unit], source)
+    batch = next(source.export(unit))
+    # A payload from a newer RDB version than the target knows: bump the version bytes.
+    batch.records = [(k, e, p[:-10] + b"\xff\x00" + p[-8:]) for k, e, p in batch.records]
+    target.importer(unit).write_batch(batch)
+    assert_same(contents(clean["src"]), contents(clean["dst"]))
+    assert all(len(r) == 4 for r in next(source.export(unit)).records)  # source switched
+
+
+def test_restore_mode_fails_clearly_when_the_target_refuses_payloads(clean):
+    clean["src"].set("a", "1")
+    source = open_store(source_ep())
+    target = open_store(target_ep("dst", mode="restore"))
+    unit = source.list_units()[0]
+    target.prepare_target([unit], source)
+    batch = next(source.export(unit))
+    batch.records = [(k, e, p[:-10] + b"\xff\x00" + p[-8:]) for k, e, p in batch.records]
+    with pytest.raises(StoreError, match="refuses the source's DUMP payloads"):
+        target.importer(unit).write_batch(batch)
+
+
+def test_key_expired_before_import_is_skipped_not_written(clean):
+    clean["src"].set("short", "x", px=300)
+    clean["src"].set("long", "y")
+    source, target = open_store(source_ep()), open_store(target_ep("dst"))
+    unit = source.list_units()[0]
+    batches = list(source.export(unit))
+    time.sleep(0.4)
+    importer = target.importer(unit)
+    for batch in batches:
+        importer.write_batch(batch)
+    assert [s for b in batches for s in b.skipped] == ["short"]
+    assert clean["dst"].exists("short") == 0 and clean["dst"].get("long") == b"y"
+
+
+def test_key_vanishing_between_scan_and_dump_is_skipped(clean):
+    clean["src"].set("stays", "1")
+    source = open_store(source_ep())
+    records, skipped, _ = source._read(source._client(0), [b"stays", b"vanished"])
+    assert [r[0] for r in records] == [b"stays"] and skipped == [b"vanished"]
+
+
+def test_resume_from_mid_unit_cursor_copies_the_rest(clean):
+    redis_data.mixed(source_ep(), 2000, seed=3)
+    source = open_store(source_ep(scan_count=100), batch_records=100)
+    target = open_store(target_ep("cluster"))
+    unit = source.list_units()[0]
+    importer = target.importer(unit)
+    stream = source.export(unit)
+    first = [next(stream) for _ in range(3)]
+    for batch in first:
+        importer.write_batch(batch)
+    stream.close()  # a crash after the third checkpoint
+    assert 0 < nkeys(clean["cluster"]) < 2000
+    for batch in source.export(unit, resume_from=first[-1].cursor):
+        importer.write_batch(batch)
+    assert nkeys(clean["cluster"]) == 2000
+    chunks = source.chunks(unit)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+    assert list(source.export(unit, resume_from={"done": True})) == []
+
+
+@pytest.mark.parametrize("mode", ["auto", "typed"])
+def test_replaying_a_batch_leaves_the_target_as_one_write(clean, mode):
+    every_type(clean["src"])
+    source = open_store(source_ep(mode=mode))
+    target = open_store(target_ep("dst"))
+    unit = source.list_units()[0]
+    importer = target.importer(unit)
+    for batch in source.export(unit):
+        importer.write_batch(batch)
+        importer.write_batch(batch)  # crash between write and checkpoint, then replay
+    assert clean["dst"].llen("l") == 2501
+    assert_same(contents(clean["src"]), contents(clean["dst"]))
+
+
+def test_openim_preset_keeps_state_and_drops_rebuilt_caches(clean):
+    counts = redis_data.load(source_ep(), seed=7, scale=0.5)
+    selection = Selection(preset="openim")
+    source = open_store(source_ep(), selection=selection)
+    target = open_store(target_ep("cluster"), selection=selection)
+    copy(source, target)
+    dst = clean["cluster"]
+
+    def count(pattern: str) -> int:
+        return sum(1 for _ in dst.scan_iter(match=pattern, count=1000))
+
+    for state in ("UID_PID_TOKEN_STATUS", "CHAT_UID_TOKEN_STATUS", "FCM_TOKEN", "MALLOC_SEQ",
+                  "SEQ_USER_READ", "USER_BADGE_UNREAD_COUNT_SUM", "MAX_SEQ", "MIN_SEQ"):
+        assert count(f"{state}:*") == counts[state] > 0, state
+    assert counts["MSG_CACHE"] > 0 and count("MSG_CACHE:*") == 0
+    assert counts["USER_INFO"] > 0 and count("USER_INFO:*") == 0
+    assert count("oimtest:*") == 12  # keys the preset does not know are kept
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+
+
+def test_preset_drop_patterns_never_match_a_state_key():
+    drop = presets.get("redis", "openim").exclude
+    from fnmatch import fnmatchcase
+    for keep in presets.MUST_KEEP[("redis", "openim")]:
+        example = keep.replace("*", "si_1_2:3")
+        assert not any(fnmatchcase(example, p) for p in drop), keep
+    with pytest.raises(PlanError, match="nosuch"):
+        presets.get("redis", "nosuch")
+
+
+def test_include_and_exclude_globs_match_binary_key_names(clean):
+    src = clean["src"]
+    src.set(b"keep:\xff\xfe", 1)
+    src.set(b"keep:a", 1)
+    src.set(b"keep:skip:1", 1)
+    src.set(b"other", 1)
+    selection = Selection(include=("keep:*",), exclude=("keep:skip*",))
+    source = open_store(source_ep(), selection=selection)
+    copy(source, open_store(target_ep("dst")))
+    assert sorted(clean["dst"].keys()) == [b"keep:a", b"keep:\xff\xfe"]
+
+
+def test_big_db_splits_into_slot_ranges_each_key_in_exactly_one(clean):
+    redis_data.mixed(source_ep(), 1000, seed=5)
+    source = open_store(source_ep(), unit_records=100)
+    units = source.list_units()
+    assert len(units) == 16 and units[0].name == "db0/slots-00000-01023"
+    seen: list[bytes] = []
+    for unit in units:
+        lo, hi = unit.spec["slots"]
+        keys = [r[0] for b in source.export(unit) for r in b.records]
+        assert all(lo <= key_slot(k) <= hi for k in keys)
+        seen += keys
+    assert len(seen) == len(set(seen)) == 1000
+
+
+def test_sibling_units_scanning_together_share_scan_pages(clean):
+    redis_data.mixed(source_ep(), 4000, seed=4)
+    source = open_store(source_ep(scan_count=100), unit_records=1000, batch_records=50)
+    units = source.list_units()
+    assert len(units) == 4
+
+    def scans() -> int:
+        return clean["src"].info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+
+    before = scans()
+    with ThreadPoolExecutor(len(units)) as pool:  # one thread per unit, like the engine
+        exported = list(pool.map(lambda u: [r[0] for b in source.export(u) for r in b.records],
+                                 units))
+    one_pass = 4000 // 100
+    assert scans() - before < 3 * one_pass  # four units, fewer than three passes
+    keys = [k for part in exported for k in part]
+    assert len(keys) == len(set(keys)) == 4000
+
+
+# -- databases and cluster targets --------------------------------------------------------
+
+
+def test_cluster_target_refuses_an_unmapped_db_and_accepts_a_mapped_one(clean):
+    redis_data.client(source_ep(), db=3).set("in-db3", "x", px=60_000)
+    source = open_store(source_ep())
+    units = [u for u in source.list_units() if u.spec["db"] == 3]
+    with pytest.raises(PlanError, match="DB 3"):
+        open_store(target_ep("cluster")).existing(units)
+    target = open_store(target_ep("cluster", db_map={"3": 0}))
+    assert target.existing(units) == []
+    importer = target.importer(units[0])
+    for batch in source.export(units[0]):
+        importer.write_batch(batch)
+    assert clean["cluster"].get("in-db3") == b"x"
+    assert target.existing(units) == [units[0].name]
+
+
+def test_every_db_with_keys_is_copied_into_the_same_db(clean):
+    redis_data.client(source_ep(), db=5).set("five", "5")
+    clean["src"].set("zero", "0")
+    copy(open_store(source_ep()), open_store(target_ep("dst")))
+    assert redis_data.client(target_ep("dst"), db=5).get("five") == b"5"
+    assert clean["dst"].get("zero") == b"0"
+
+
+# -- verification -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["dst", "cluster"])
+def copied(request, clean):
+    """OpenIM-like data copied into a target (standalone, then cluster), plus both stores."""
+    redis_data.load(source_ep(), seed=11, scale=0.3)
+    source, target = open_store(source_ep()), open_store(target_ep(request.param))
+    copy(source, target)
+    unit = source.list_units()[0]
+    clean["target"] = clean[request.param]
+    return source, target, unit, source.chunks(unit)
+
+
+def differences(source: RedisStore, target: RedisStore, unit: Unit, chunks: list) -> list:
+    """What the verifier does: drill into differing chunks, compare records."""
+    a, b = source.digest(unit, chunks), target.digest(unit, chunks)
+    out = []
+    for chunk in chunks:
+        if a[chunk.id] == b[chunk.id]:
+            continue
+        left, right = dict(source.records(unit, chunk)), dict(target.records(unit, chunk))
+        out += [("missing", k) for k in left if k not in right]
+        out += [("extra", k) for k in right if k not in left]
+        out += [("differs", k) for k in left
+                if k in right and not source.same_record(left[k], right[k])]
+    return out
+
+
+def test_digest_is_equal_after_copy(copied):
+    source, target, unit, chunks = copied
+    digests = source.digest(unit, chunks)
+    assert sum(d.count for d in digests.values()) == source.list_units()[0].records
+    assert digests == target.digest(unit, chunks)
+    assert differences(*copied) == []
+
+
+def test_changed_hash_field_on_target_names_exactly_that_key(copied, clean):
+    key = next(clean["target"].scan_iter(match="UID_PID_TOKEN_STATUS:*"))
+    field = next(iter(clean["target"].hkeys(key)))
+    clean["target"].hset(key, field, "tampered")
+    assert differences(*copied) == [("differs", key.decode())]
+
+
+def test_ttl_change_beyond_tolerance_differs_within_tolerance_does_not(copied, clean):
+    keys = [k for k in clean["target"].scan_iter(match="MALLOC_SEQ:*")][:2]
+    far, near = keys
+    clean["target"].pexpireat(far, clean["target"].pexpiretime(far) + 5000)
+    clean["target"].pexpireat(near, clean["target"].pexpiretime(near) + 300)
+    assert differences(*copied) == [("differs", far.decode())]
+    clean["target"].persist(near)  # an expiry lost altogether is a difference too
+    assert sorted(differences(*copied)) == [("differs", far.decode()),
+                                            ("differs", near.decode())]
+
+
+def test_key_deleted_or_added_on_target_shows_as_missing_or_extra(copied, clean):
+    gone = next(clean["target"].scan_iter(match="FCM_TOKEN:*"))
+    clean["target"].delete(gone)
+    clean["target"].set(b"intruder:\xff", "x")
+    assert sorted(differences(*copied)) == [("extra", "intruder:\\xff"),
+                                            ("missing", gone.decode())]
+
+
+def test_digest_does_not_depend_on_encoding(clean):
+    dst = clean["dst"]
+    dst.config_set("hash-max-listpack-entries", 4)
+    dst.config_set("set-max-intset-entries", 4)
+    try:
+        clean["src"].hset("h", mapping={f"f{i}": i for i in range(50)})
+        clean["src"].sadd("s", *range(50))
+        clean["src"].hset("big", mapping={f"f{i}": i for i in range(3000)})  # many HSCAN pages
+        clean["src"].set("huge", os.urandom(3 << 20))  # several GETRANGE pages
+        source, target = open_store(source_ep()), open_store(target_ep("dst", mode="typed"))
+        copy(source, target)
+        assert dst.object("encoding", "h") != clean["src"].object("encoding", "h")
+        unit = source.list_units()[0]
+        chunks = source.chunks(unit)
+        assert source.digest(unit, chunks) == target.digest(unit, chunks)
+        dst.hset("big", "f2999", "changed")
+        assert source.digest(unit, chunks) != target.digest(unit, chunks)
+    finally:
+        dst.config_set("hash-max-listpack-entries", 128)
+        dst.config_set("set-max-intset-entries", 512)
+
+
+def test_key_text_is_injective_for_binary_and_backslash_names():
+    names = [b"a\\xff", b"a\xff", b"plain", "ü".encode(), b"a\\\\xff"]
+    assert len({key_text(n) for n in names}) == len(names)
+    assert key_text(b"plain") == "plain"
+
+
+# -- access and errors --------------------------------------------------------------------
+
+
+def test_read_only_user_suffices_for_source_and_fails_as_target(clean):
+    every_type(clean["src"])
+    reader = open_store(reader_ep())
+    reader.check_access(Role.SOURCE)
+    units = reader.list_units()
+    records = [r for b in reader.export(units[0]) for r in b.records]
+    assert len(records) == 7
+    chunks = reader.chunks(units[0])
+    assert sum(d.count for d in reader.digest(units[0], chunks).values()) == 7
+    with pytest.raises(EndpointError, match="RESTORE"):
+        reader.check_access(Role.TARGET)
+    open_store(target_ep("cluster")).check_access(Role.TARGET)
+    open_store(target_ep("dst", mode="typed")).check_access(Role.TARGET)
+
+
+def test_wrong_password_is_an_endpoint_error_that_never_shows_it(redis_env, monkeypatch):
+    monkeypatch.setenv("OIM_WRONG_PW", "s3cret-not-this-one")
+    for url_var in ("OIM_REDIS_SRC_URL", "OIM_REDIS_CLUSTER_URL"):
+        endpoint = Endpoint("redis", _with_auth(url_var, ":${OIM_WRONG_PW}"), name="source.redis")
+        with pytest.raises(EndpointError) as caught:
+            open_store(endpoint).check_access(Role.SOURCE)
+        message = str(caught.value)
+        assert "authentication failed" in message and "source.redis" in message
+        assert "s3cret-not-this-one" not in message and not caught.value.transient
+        with pytest.raises(EndpointError, match="authentication failed"):  # no password
+            open_store(Endpoint("redis", os.environ[url_var], name="source.redis"))
+
+
+def test_unreachable_host_is_a_transient_endpoint_error():
+    endpoint = Endpoint("redis", "redis://127.0.0.1:1/0", name="source.redis")
+    with pytest.raises(EndpointError, match="source.redis") as caught:
+        open_store(endpoint)
+    assert caught.value.transient
+
+
+def test_describe_names_version_mode_dbs_and_the_missing_snapshot(clean):
+    clean["src"].set("a", 1)
+    facts = open_store(source_ep()).describe()
+    assert facts["mode"] == "standalone" and facts["dbs"] == {"0": 1}
+    assert facts["version"] and "no snapshot" in facts["notes"][0]
+    assert open_store(target_ep("cluster")).describe()["mode"] == "cluster"
+
+
+def test_existing_names_only_units_whose_slots_hold_keys(clean):
+    source = open_store(source_ep(), unit_records=1)
+    clean["src"].set("a", 1)
+    clean["src"].set("b", 1)
+    units = source.list_units()
+    target = open_store(target_ep("cluster"))
+    assert target.existing(units) == []
+    clean["cluster"].set("a", 1)
+    owner = [u.name for u in units if u.spec["slots"][0] <= key_slot(b"a") <= u.spec["slots"][1]]
+    assert target.existing(units) == owner
+
+
+def test_batches_carry_whole_scan_calls_and_a_final_done_cursor(clean):
+    redis_data.mixed(source_ep(), 3000, seed=2)
+    source = open_store(source_ep(), batch_records=500)
+    batches = list(source.export(source.list_units()[0]))
+    assert sum(len(b) for b in batches) == 3000
+    assert all(len(b) >= 500 for b in batches[:-1])
+    assert batches[-1].cursor == {"done": True}
+    assert isinstance(batches[0], Batch) and batches[0].cursor["scan"] != 0
+
+
+def test_cluster_source_units_resume_per_master(clean):
+    redis_data.mixed(target_ep("cluster"), 600, seed=9)
+    source = open_store(target_ep("cluster"), batch_records=50)
+    unit = source.list_units()[0]
+    batches = list(source.export(unit))
+    assert [b.cursor.get("node") for b in batches] == [1, 2, None]  # one batch per master
+    target = open_store(target_ep("dst"))
+    importer = target.importer(unit)
+    for batch in source.export(unit, resume_from=batches[len(batches) // 2].cursor):
+        importer.write_batch(batch)
+    for batch in batches[: len(batches) // 2 + 1]:
+        importer.write_batch(batch)
+    assert nkeys(clean["dst"]) == 600
+    chunks = source.chunks(unit)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+
