@@ -17,6 +17,9 @@ Contract, in words:
   the cursor reached *after* it. Passing that cursor back resumes right after the batch.
 * ``importer(unit)`` returns an ``Importer``. Writing the same batch twice (a crash between
   the write and the journal's checkpoint) must leave the target exactly as writing it once.
+  An importer may append to ``batch.skipped`` (e.g. a key that expired before it arrived).
+* A unit whose ``spec["resumable"]`` is False (e.g. a table without a primary key) is
+  always copied from the start: the engine passes no cursor and ``prepare(resumed=False)``.
 * ``chunks(unit)`` (source side) cuts a unit into chunks that cover its whole key space, so
   a record that exists only on the target still falls into some chunk.
   ``digest(unit, chunks)`` computes, on whichever side the store is, a ``ChunkDigest`` per
