@@ -409,3 +409,28 @@ def test_mongo_and_objects_run_killed_with_sigkill_resumes_without_duplicates(
     for name in src.openim_v3.list_collection_names():
         assert dst.openim_v3[name].count_documents({}) == src.openim_v3[name].count_documents({})
     assert sum(1 for _ in dst_bucket.list_objects("openim", recursive=True)) == objects
+
+
+def test_ctrl_c_stops_at_a_batch_boundary_exits_130_and_run_again_finishes(
+        redis_env, redis_pair, tmp_path):
+    src, dst = redis_pair
+    load_redis(redis_env, 4.0)  # several SCAN pages, so several batches
+    total = src.dbsize()
+    plan = tmp_path / "c.yaml"
+    assert cli("plan", *redis_plan_args(redis_env), "--batch-records", "100",
+               "-o", str(plan)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
+                             "--rate-limit", "100KB"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while journal_records(plan) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    copied = journal_records(plan)
+    assert 0 < copied < total
+    final = cli("run", str(plan), "--json")
+    assert final.returncode == 0, final.stderr
+    assert cluster_keys(dst) == total
