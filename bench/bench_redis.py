@@ -96,6 +96,9 @@ def main() -> None:
                         help="split the DB into this many slot-range units (power of 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--drill", action="store_true",
+                        help="also time listing every chunk record by record (verify's "
+                        "fallback when chunk digests disagree)")
     parser.add_argument("--cluster", action="store_true",
                         help="also time our copy into the 3-master cluster target")
     args = parser.parse_args()
@@ -141,6 +144,13 @@ def main() -> None:
     took = time.perf_counter() - t0
     print(f"digest both sides : {2 * unit.records / took:>9,.0f} keys/s, equal={equal} "
           f"(unit {unit.name})")
+    if args.drill:  # the worst case: every chunk's digests disagree (e.g. 6.x vs 7.x payloads)
+        t0 = time.perf_counter()
+        listed = sum(1 for chunk in chunks for store in (source, target)
+                     for _ in store.records(unit, chunk))
+        took = time.perf_counter() - t0
+        print(f"list every chunk  : {listed / took:>9,.0f} keys/s ({took:.2f}s, canonical "
+              "fingerprints)")
 
     if args.cluster:
         cl = endpoint("OIM_REDIS_CLUSTER_URL", "OIM_REDIS_CLUSTER_PASSWORD", "target.cluster")

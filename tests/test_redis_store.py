@@ -15,7 +15,9 @@ from redis.crc import key_slot
 from fixtures import redis_data
 from migrator import presets
 from migrator.config import Endpoint
+from migrator.engine.verify import verify_unit
 from migrator.errors import EndpointError, PlanError, StoreError
+from migrator.stores import redis_value as rv
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
 from migrator.stores.redis import RedisStore
 from migrator.stores.redis_value import key_text
@@ -421,8 +423,10 @@ def test_key_deleted_or_added_on_target_shows_as_missing_or_extra(copied, clean)
                                             ("missing", gone.decode())]
 
 
-def test_digest_does_not_depend_on_encoding(clean):
+def test_verify_does_not_depend_on_encoding(clean):
     dst = clean["dst"]
+    saved = {**dst.config_get("hash-max-listpack-entries"),
+             **dst.config_get("set-max-intset-entries")}
     dst.config_set("hash-max-listpack-entries", 4)
     dst.config_set("set-max-intset-entries", 4)
     try:
@@ -433,14 +437,130 @@ def test_digest_does_not_depend_on_encoding(clean):
         source, target = open_store(source_ep()), open_store(target_ep("dst", mode="typed"))
         copy(source, target)
         assert dst.object("encoding", "h") != clean["src"].object("encoding", "h")
+        assert dst.object("encoding", "s") != clean["src"].object("encoding", "s")
         unit = source.list_units()[0]
         chunks = source.chunks(unit)
-        assert source.digest(unit, chunks) == target.digest(unit, chunks)
+        a, b = source.digest(unit, chunks), target.digest(unit, chunks)
+        # A set is digested from its sorted elements, whatever its encoding; a hash in a
+        # listpack by its payload, so "h" differs here and is then compared canonically.
+        assert a[chunk_of(chunks, "s")] == b[chunk_of(chunks, "s")]
+        assert differences(source, target, unit, chunks) == []
         dst.hset("big", "f2999", "changed")
-        assert source.digest(unit, chunks) != target.digest(unit, chunks)
+        assert differences(source, target, unit, chunks) == [("differs", "big")]
     finally:
-        dst.config_set("hash-max-listpack-entries", 128)
-        dst.config_set("set-max-intset-entries", 512)
+        for name, value in saved.items():
+            dst.config_set(name, value)
+
+
+def chunk_of(chunks: list, key: str) -> str:
+    slot = key_slot(key.encode())
+    return next(c.id for c in chunks if c.bounds[0] <= slot <= c.bounds[1])
+
+
+def digest_paths(client: Any) -> None:
+    """One key for each way the chunk digest reads a value (each in its own chunk)."""
+    client.set("str", b"\x00payload" * 10, px=3_600_000)  # MGET value
+    client.set("num", 12345)
+    client.hset("h", mapping={"a": "1", "b": "2"})  # listpack payload
+    client.zadd("z", {"m1": 1, "m2": 2.5})
+    client.rpush("l", *[f"e{i}" for i in range(300)])
+    client.xadd("x", {"f": "v"}, id="1-1")
+    client.sadd("ints", *range(20))  # sorted elements
+    client.sadd("names", "x" * 100, *[f"user-{i}" for i in range(200)])  # hashtables
+    client.hset("wide", mapping={"long": "v" * 100, **{f"f{i}": i for i in range(9)}})
+    client.sadd("many", *[f"m{i}" for i in range(1500)])  # canonical: several SSCAN pages
+
+
+@pytest.mark.parametrize("target_kind", ["dst", "cluster"])
+def test_chunk_digest_catches_one_byte_and_ttl_changes(clean, target_kind):
+    digest_paths(clean["src"])
+    source, target = open_store(source_ep()), open_store(target_ep(target_kind))
+    copy(source, target)
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+    dst = clean[target_kind]
+    changes = [("str", lambda: dst.setrange("str", 5, b"\x01")),
+               ("num", lambda: dst.set("num", 12346)),
+               ("h", lambda: dst.hset("h", "b", "3")),
+               ("z", lambda: dst.zadd("z", {"m2": 2.25})),
+               ("l", lambda: dst.lset("l", 150, "E150")),
+               ("x", lambda: dst.xadd("x", {"f": "w"}, id="1-2")),
+               ("ints", lambda: (dst.srem("ints", 19), dst.sadd("ints", 29))),
+               ("names", lambda: (dst.srem("names", "user-7"), dst.sadd("names", "user_7"))),
+               ("wide", lambda: dst.hset("wide", "f7", "8")),
+               ("many", lambda: (dst.srem("many", "m7"), dst.sadd("many", "n7"))),
+               ("str", lambda: dst.pexpireat("str", dst.pexpiretime("str") + 5000)),
+               ("h", lambda: dst.pexpire("h", 3_600_000))]
+    for key, change in changes:
+        payload, expire = dst.dump(key), dst.pexpiretime(key)
+        change()
+        a, b = source.digest(unit, chunks), target.digest(unit, chunks)
+        assert [c.id for c in chunks if a[c.id] != b[c.id]] == [chunk_of(chunks, key)], key
+        assert differences(source, target, unit, chunks) == [("differs", key)], key
+        dst.restore(key, max(expire, 0), payload, replace=True, absttl=True)
+    assert source.digest(unit, chunks) == target.digest(unit, chunks)
+
+
+def test_payloads_that_differ_for_equal_values_are_no_difference(clean):
+    src, dst = clean["src"], clean["dst"]
+    src.sadd("names", "x" * 100, *[f"user-{i}" for i in range(200)])
+    src.hset("h", mapping={"a": "1", "b": "2", "c": "3"})
+    source, target = open_store(source_ep()), open_store(target_ep("dst"))
+    copy(source, target)
+    # A hashtable dumps in an order set by each server's random hash seed.
+    assert src.dump("names")[:-10] != dst.dump("names")[:-10]
+    dst.delete("h")  # the same hash written natively, fields in another order
+    dst.hset("h", mapping={"c": "3", "b": "2", "a": "1"})
+    assert src.dump("h") != dst.dump("h")
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+    a, b = source.digest(unit, chunks), target.digest(unit, chunks)
+    assert a[chunk_of(chunks, "names")] == b[chunk_of(chunks, "names")]
+    assert a[chunk_of(chunks, "h")] != b[chunk_of(chunks, "h")]  # listed key by key...
+    assert differences(source, target, unit, chunks) == []  # ...where no key differs
+    report = verify_unit(source, target, unit)
+    assert report.status == "match" and report.chunks == [] and report.target_count == 2
+
+
+def test_listing_many_differing_chunks_scans_the_unit_once(clean):
+    redis_data.mixed(source_ep(), 3000, seed=6)
+    source = open_store(source_ep(scan_count=100))
+    target = open_store(target_ep("dst", scan_count=100))
+    copy(source, target)
+    changed = sorted(clean["dst"].scan_iter(count=1000))[::10]
+    for key in changed:  # in most of the 256 chunks
+        clean["dst"].pexpire(key, 3_600_000)
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+
+    def scans() -> int:
+        return clean["dst"].info("commandstats")["cmdstat_scan"]["calls"]
+
+    before = scans()
+    assert sorted(differences(source, target, unit, chunks)) == \
+        [("differs", key.decode()) for key in changed]
+    assert scans() - before < 3 * 3000 // 100  # the digest and one listing, not one per chunk
+
+
+def test_chunk_digest_without_pexpiretime_and_with_vanished_keys(clean):
+    every_type(clean["src"])
+    source, target = open_store(source_ep()), open_store(target_ep("dst"))
+    copy(source, target)
+    for store in (source, target):
+        store.version = (6, 2, 0)  # PTTL + now, as on servers before 7.0
+    unit = source.list_units()[0]
+    chunks = source.chunks(unit)
+    assert sum(d.count for d in target.digest(unit, chunks).values()) == 7
+    assert differences(source, target, unit, chunks) == []
+    clean["dst"].pexpire("plain", 60_000)
+    assert differences(source, target, unit, chunks) == [("differs", "plain")]
+    for one_mget in (True, False):
+        found = rv.record_hashes(source._client(0), [b"plain", b"vanished", b"s"], now_ms=0,
+                                 pexpiretime=True, tolerance=1000, one_mget=one_mget)
+        assert [key for key, _ in found] == [b"plain", b"s"]
+        assert rv.record_hashes(source._client(0), [], now_ms=0, pexpiretime=True,
+                                tolerance=1000, one_mget=one_mget) == []
 
 
 def test_key_text_is_injective_for_binary_and_backslash_names():

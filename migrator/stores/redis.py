@@ -16,6 +16,10 @@ Batch records are ``(key, expire_at_ms or 0, payload)`` for RESTORE, or the type
 Endpoint options: ``mode`` (auto | restore | typed), ``dbs`` (source DBs to read),
 ``db_map`` (target: source DB → DB here), ``scan_count`` (SCAN COUNT, 1000), ``timeout`` (s).
 
+Verification: chunk digests come from string values and DUMP payloads, which are exact but
+may differ for equal values (encodings, versions); a chunk that differs is then listed with
+canonical, encoding-independent fingerprints, so only a real difference is reported.
+
 Redis offers no snapshot: consistency comes from the write freeze and the re-verify.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from binascii import crc_hqx
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,7 +43,9 @@ from redis.retry import Retry
 from migrator import presets
 from migrator.errors import MigrateError, PlanError, StoreError, TransientError
 from migrator.stores import redis_value as rv
+from migrator.stores import redis_wire as rw
 from migrator.stores.base import (
+    HASH_MASK,
     Batch,
     Capabilities,
     Chunk,
@@ -50,7 +57,6 @@ from migrator.stores.base import (
     Store,
     StoreOptions,
     Unit,
-    record_hash,
 )
 
 SLOTS = 16384
@@ -81,7 +87,8 @@ class RedisStore(Store):
             raise PlanError(f"{endpoint.name or 'redis'}.mode", f"unknown mode '{self.mode}'",
                             hint="auto, restore or typed")
         self.scan_count = int(endpoint.options.get("scan_count", SCAN_COUNT))
-        self._page_cache = rv.PageCache()
+        self._page_cache = rw.PageCache()
+        self._listings = rw.KeyListings()
         self._lock = threading.RLock()
         self._clients: dict[int, redis.Redis] = {}
         self._cluster: RedisCluster | None = None
@@ -173,6 +180,7 @@ class RedisStore(Store):
             if self._cluster is not None:
                 self._cluster.close()
             self._clients, self._nodes, self._cluster = {}, [], None
+            self._listings = rw.KeyListings()
             self._opened = False
 
     @property
@@ -234,13 +242,13 @@ class RedisStore(Store):
         return self._nodes[self._slot_node[key_slot(key)]][1]
 
     def _scan(self, client: redis.Redis, cursor: int, since: float | None = None
-              ) -> rv.ScanPage:
+              ) -> rw.ScanPage:
         """One SCAN call; ``since`` (a scan's start) lets sibling units share the page."""
         match = ("MATCH", self.filter.match) if self.filter.match else ()
 
-        def fetch() -> rv.ScanPage:
+        def fetch() -> rw.ScanPage:
             reply = client.execute_command("SCAN", cursor, *match, "COUNT", self.scan_count)
-            return rv.ScanPage(int(reply[0]), reply[1])
+            return rw.ScanPage(int(reply[0]), reply[1])
 
         return fetch() if since is None else self._page_cache.page(id(client), cursor, since,
                                                                    fetch)
@@ -301,7 +309,7 @@ class RedisStore(Store):
         commands = rv.access_commands(self._probe_key(index), target=role is Role.TARGET,
                                       typed=self.mode == "typed",
                                       pexpiretime=self._pexpiretime)
-        replies = rv.run_commands(client, commands)
+        replies = rw.run_commands(client, commands)
         denied = sorted({str(c[0]) if c[0] != "XINFO" else "XINFO STREAM"
                          for c, r in zip(commands, replies, strict=True)
                          if isinstance(r, rx.NoPermissionError)})
@@ -384,7 +392,7 @@ class RedisStore(Store):
             got, gone = rv.read_typed(client, keys, pexpiretime=self._pexpiretime, now_ms=now)
             return got, gone, sum(rv.typed_size(r) for r in got)
         expiry = rv.expiry_command(self._pexpiretime)
-        replies = rv.run_commands(client, [c for k in keys for c in (("DUMP", k), (expiry, k))])
+        replies = rw.run_commands(client, [c for k in keys for c in (("DUMP", k), (expiry, k))])
         records, skipped = [], []
         relative = 0 if self._pexpiretime else now
         for key, payload, reply in zip(keys, replies[0::2], replies[1::2], strict=True):
@@ -401,32 +409,11 @@ class RedisStore(Store):
 
     def _pages(self, nodes: list[redis.Redis], start: int, cursor: int, lo: int, hi: int
                ) -> Iterator[tuple[redis.Redis, list[bytes], dict[str, Any]]]:
-        """(server, selected keys, cursor to resume after them) per run of SCAN calls.
-
-        A slice of the slots keeps few keys of each SCAN call: calls are gathered until
-        they hold a full page of keys, so reads still go out in big pipelines.
-        """
-        select = rv.slot_filter(lo, hi, self.filter)
+        """(server, selected keys, cursor to resume after them) per run of SCAN calls."""
         # Only a slice of the DB's slots is wanted: siblings slicing it too share pages.
         since = time.monotonic() if (lo, hi) != (0, SLOTS - 1) else None
-        for index in range(start, len(nodes)):
-            keys: list[bytes] = []
-            while True:
-                page = self._scan(nodes[index], cursor, since)
-                cursor = page.cursor
-                keys = keys + select(page) if keys else select(page)
-                if cursor and len(keys) < self.scan_count:
-                    continue
-                if cursor:
-                    at: dict[str, Any] = {"node": index, "scan": cursor, "nodes": len(nodes)}
-                elif index + 1 < len(nodes):
-                    at = {"node": index + 1, "scan": 0, "nodes": len(nodes)}
-                else:
-                    at = {"done": True}
-                yield nodes[index], keys, at
-                keys = []
-                if not cursor:
-                    break
+        return rw.scan_runs(nodes, start, cursor, lambda node, at: self._scan(node, at, since),
+                            rv.slot_filter(lo, hi, self.filter), self.scan_count)
 
     def export(self, unit: Unit, resume_from: Cursor = None) -> Iterator[Batch]:
         self.open()
@@ -445,7 +432,7 @@ class RedisStore(Store):
         skipped: list[bytes] = []
         nbytes = 0
         with self._errors(f"exporting {unit.name}"):
-            for (got, gone, size), at in rv.read_ahead(pages, self._read):
+            for (got, gone, size), at in rw.read_ahead(pages, self._read):
                 records += got
                 skipped += gone
                 nbytes += size
@@ -499,47 +486,69 @@ class RedisStore(Store):
             out.append(Chunk(id=f"slots-{a:05d}-{b:05d}", bounds=[a, b]))
         return out
 
-    def _fingerprints(self, unit: Unit, lo: int, hi: int
-                      ) -> Iterator[tuple[bytes, int, rv.Fingerprint]]:
-        """Every selected key of the unit in slots lo..hi, scanned on this side."""
-        self.open()
+    def _chunk_keys(self, unit: Unit, lo: int, hi: int) -> list[bytes]:
+        """The selected keys of the unit in slots lo..hi; the first call of a verify pass
+        scans the whole unit and keeps the other slots' keys for the chunks listed next."""
+        keys = self._listings.take(unit.key, lo, hi)
+        if keys is not None:
+            return keys
         ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
-        pages = self._pages(self._scan_nodes(self.local_db(unit)), 0, 0, max(lo, ulo),
-                            min(hi, uhi))
-
-        def read(client: redis.Redis, keys: list[bytes]) -> list[Any]:
-            return rv.fingerprints(client, keys, now_ms=_now_ms(), pexpiretime=self._pexpiretime)
-
-        with self._errors(f"checksumming {unit.name}"):
-            for found, _ in rv.read_ahead(pages, read):
-                for key, fp in found:
-                    yield key, key_slot(key), fp
-
-    def _record_hash(self, key: bytes, fp: rv.Fingerprint) -> int:
-        kind, value, expire = fp
-        tolerance = self.options.ttl_tolerance_ms
-        if expire is None:
-            ttl = b"-"
-        else:
-            ttl = b"ttl:%d" % (expire // tolerance if tolerance > 0 else expire)
-        return record_hash(key, kind.encode(), value.encode(), ttl)
+        started = time.monotonic()
+        by_slot: dict[int, list[bytes]] = {}
+        with self._errors(f"listing {unit.name}"):
+            for _, found, _ in self._pages(self._scan_nodes(self.local_db(unit)), 0, 0,
+                                           ulo, uhi):
+                for key in found:
+                    by_slot.setdefault(key_slot(key), []).append(key)
+        keys = [k for slot in range(lo, hi + 1) for k in by_slot.pop(slot, ())]
+        self._listings.put(unit.key, started, by_slot, (lo, hi))
+        return keys
 
     def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
-        out = {c.id: ChunkDigest() for c in chunks}
-        owner: dict[int, str] = {}
-        for chunk in chunks:
-            for slot in range(chunk.bounds[0], chunk.bounds[1] + 1):
-                owner[slot] = chunk.id
-        if not owner:
-            return out
-        for key, slot, fp in self._fingerprints(unit, min(owner), max(owner)):
-            if slot in owner:
-                out[owner[slot]].add(self._record_hash(key, fp))
-        return out
+        """Count and hash sum per chunk, from string values and DUMP payloads (the reads a
+        copy makes, see ``rv.record_hashes``); ``records`` stays canonical."""
+        self._listings.forget(unit.key)  # a new verify pass: list the unit afresh
+        owner = [-1] * SLOTS  # slot → index of its chunk
+        for i, chunk in enumerate(chunks):
+            lo, hi = chunk.bounds
+            owner[lo:hi + 1] = [i] * (hi - lo + 1)
+        wanted = [slot for slot, i in enumerate(owner) if i >= 0]
+        counts, sums = [0] * len(chunks), [0] * len(chunks)
+        if wanted:
+            self.open()
+            ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
+            pages = self._pages(self._scan_nodes(self.local_db(unit)), 0, 0,
+                                max(wanted[0], ulo), min(wanted[-1], uhi))
+            tolerance = self.options.ttl_tolerance_ms
+            one_mget = self._cluster is None  # a cluster refuses MGET across hash slots
+
+            def read(client: redis.Redis, keys: list[bytes]) -> list[tuple[bytes, int]]:
+                return rv.record_hashes(client, keys, now_ms=_now_ms(), tolerance=tolerance,
+                                        pexpiretime=self._pexpiretime, one_mget=one_mget)
+
+            with self._errors(f"checksumming {unit.name}"):
+                for found, _ in rw.read_ahead(pages, read):
+                    for key, value in found:
+                        i = owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 0x3FFF]
+                        if i >= 0:
+                            counts[i] += 1
+                            sums[i] += value
+        return {chunk.id: ChunkDigest(counts[i], sums[i] & HASH_MASK)
+                for i, chunk in enumerate(chunks)}
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
-        for key, _, fp in self._fingerprints(unit, chunk.bounds[0], chunk.bounds[1]):
-            yield rv.key_text(key), fp
+        keys, db = self._chunk_keys(unit, *chunk.bounds), self.local_db(unit)
+        groups: dict[int, tuple[redis.Redis, list[bytes]]] = {}
+        for key in keys:
+            client = self._node_for(db, key)
+            groups.setdefault(id(client), (client, []))[1].append(key)
+        with self._errors(f"checksumming {unit.name}"):
+            for client, part in groups.values():
+                for i in range(0, len(part), self.scan_count):
+                    for key, fp in rv.fingerprints(client, part[i:i + self.scan_count],
+                                                   now_ms=_now_ms(),
+                                                   pexpiretime=self._pexpiretime):
+                        yield rv.key_text(key), fp
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         if source_fp is None or target_fp is None:
@@ -609,9 +618,9 @@ class RedisImporter(Importer):
                       for k, exp, p in dumps]
         keyed += [(r[0], c) for r in typed for c in rv.typed_commands(r, store.version)]
         if store.is_cluster:
-            replies = rv.run_routed(lambda key: store._node_for(self.db, key), keyed)
+            replies = rw.run_routed(lambda key: store._node_for(self.db, key), keyed)
         else:
-            replies = rv.run_commands(store._client(self.db), [c for _, c in keyed])
+            replies = rw.run_commands(store._client(self.db), [c for _, c in keyed])
         refused = []
         for (key, _), reply in zip(keyed, replies, strict=True):
             if not isinstance(reply, Exception):

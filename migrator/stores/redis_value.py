@@ -1,9 +1,11 @@
-"""Redis on the wire: key selection, fast pipelines, canonical digests, the typed copy.
+"""Redis values: key selection, canonical fingerprints, chunk digests, the typed copy.
 
 Why this exists beside DUMP/RESTORE: a DUMP payload depends on the encoding (listpack vs
 hashtable, intset vs hashtable) and on the server's RDB version, so equal data can have
-different payloads, and an older target refuses a newer payload. Both the digest and the
-typed copy therefore read values with native commands, which every version answers alike.
+different payloads, and an older target refuses a newer payload. The canonical fingerprint
+(which names differing keys) and the typed copy therefore read values with native
+commands, which every version answers alike. The chunk digest takes payloads where they
+are exact and cheap, and falls back to the fingerprint where they are not (see below).
 
 All functions take a client whose response callbacks are switched off (raw RESP replies).
 
@@ -18,34 +20,28 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import socket
-import threading
-import time
-from binascii import crc_hqx
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import struct
+from array import array
+from collections.abc import Callable
 from fnmatch import translate
 from typing import Any
 
-import hiredis
-from hiredis import pack_command
-from redis._parsers import BaseParser
-from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from migrator.errors import CapabilityMissing, TransientError
-from migrator.stores.base import HASH_MASK, Selection, record_hash
+from migrator.stores.base import HASH_MASK, Selection
+from migrator.stores.redis_wire import ScanPage, key_command, run_commands, run_packed
 
 SLOTS = 16384
-READ_AHEAD = 2  # SCAN pages being read while the next SCAN runs
 PAGE = 1000  # elements per page: LRANGE, HSCAN/SSCAN COUNT, ZRANGE, XRANGE COUNT
 STRING_PAGE = 1 << 20  # bytes per GETRANGE page, so a 512 MB string never sits in memory
 WRITE_CHUNK = 512  # elements per HSET/RPUSH/SADD/ZADD when rebuilding a value
 
 Fingerprint = tuple[str, str, "int | None"]  # (type, canonical value hash hex, expire ms)
+
+_BLAKE = hashlib.blake2b(digest_size=16)  # copied: cheaper than a new one per record
+_LENGTH = struct.Struct("<Q").pack
+_HEADER = struct.Struct("<cqQ").pack  # chunk digest record: tag, expiry bucket, key length
 
 
 def key_text(key: bytes) -> str:
@@ -102,64 +98,6 @@ class KeyFilter:
         return self.exclude is None or not self.exclude.match(key)
 
 
-class ScanPage:
-    """One SCAN reply; the hash slots of its keys are worked out once, when first needed."""
-
-    __slots__ = ("cursor", "keys", "_slots")
-
-    def __init__(self, cursor: int, keys: list[bytes]) -> None:
-        self.cursor, self.keys = cursor, keys
-        self._slots: list[int] | None = None
-
-    @property
-    def slots(self) -> list[int]:
-        if self._slots is None:  # CRC16 inline for the common case: no call per key
-            self._slots = [key_slot(k) if b"{" in k else crc_hqx(k, 0) & 0x3FFF
-                           for k in self.keys]
-        return self._slots
-
-
-class PageCache:
-    """Recent SCAN pages, shared by the units of a split DB that scan it at the same time.
-
-    Every unit of a split DB walks the same SCAN cursor chain and keeps only its own slots;
-    without sharing, eight units make the server scan the DB eight times. Units in step ask
-    for the same page at the same moment, so a page being fetched is waited for, not
-    fetched again. A page is reused only by a scan that started before its fetch began, so
-    no scan sees the keyspace as it was before the scan itself began.
-    """
-
-    def __init__(self, limit: int = 64) -> None:
-        self.limit = limit
-        self._pages: OrderedDict[tuple[Any, int], tuple[float, Future]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def page(self, where: Any, cursor: int, since: float,
-             fetch: Callable[[], ScanPage]) -> ScanPage:
-        key = (where, cursor)
-        with self._lock:
-            entry = self._pages.get(key)
-            shared = entry is not None and entry[0] >= since
-            if not shared:
-                entry = (time.monotonic(), Future())
-                self._pages[key] = entry
-                self._pages.move_to_end(key)
-                while len(self._pages) > self.limit:
-                    self._pages.popitem(last=False)
-        future = entry[1]
-        if shared:
-            return future.result()  # fetched, or being fetched by a sibling right now
-        try:
-            future.set_result(fetch())
-        except BaseException as exc:
-            future.set_exception(exc)
-            with self._lock:
-                if self._pages.get(key, (0, None))[1] is future:
-                    del self._pages[key]
-            raise
-        return future.result()
-
-
 def slot_filter(lo: int, hi: int, keep: KeyFilter) -> Callable[[ScanPage], list[bytes]]:
     """The selected keys of a page whose hash slot lies in lo..hi (CRC16, hash tags)."""
     whole = lo == 0 and hi == SLOTS - 1
@@ -185,6 +123,30 @@ def _next_stream_id(entry_id: bytes) -> bytes:
     return b"%d-%d" % (int(ms), int(seq) + 1)
 
 
+def _record_hash(*parts: bytes) -> int:
+    """``base.record_hash``, byte for byte, fed in one update: it runs once per element."""
+    h = _BLAKE.copy()
+    h.update(b"".join([x for part in parts for x in (_LENGTH(len(part)), part)]))
+    return int.from_bytes(h.digest(), "little")
+
+
+def _element_hashes(flat: list[bytes], pairs: bool) -> list[int]:
+    """``record_hash(element)`` of each element, or ``record_hash(field, value)`` of each
+    pair of a flat [field, value, ...] list."""
+    copy, out = _BLAKE.copy, []
+    if pairs:
+        for a, b in zip(flat[0::2], flat[1::2], strict=True):
+            h = copy()
+            h.update(b"%s%s%s%s" % (_LENGTH(len(a)), a, _LENGTH(len(b)), b))
+            out.append(int.from_bytes(h.digest(), "little"))
+    else:
+        for a in flat:
+            h = copy()
+            h.update(_LENGTH(len(a)) + a)
+            out.append(int.from_bytes(h.digest(), "little"))
+    return out
+
+
 def _score(raw: bytes) -> bytes:
     # Servers print doubles differently across versions ("1" vs "1.0", "%.17g");
     # the float value is the data.
@@ -201,7 +163,7 @@ class ValueDigest:
     def __init__(self, key: bytes, kind: str) -> None:
         self.key, self.kind = key, kind
         self.done = False
-        self._ordered = hashlib.blake2b(digest_size=16)
+        self._ordered = _BLAKE.copy()
         self._sum = 0
         self._count = 0
         self._pos = 0
@@ -247,10 +209,7 @@ class ValueDigest:
             self.done = len(reply) < PAGE
         elif kind in ("hash", "set"):
             cursor, items = reply
-            if kind == "hash":
-                hashes = [record_hash(items[i], items[i + 1]) for i in range(0, len(items), 2)]
-            else:
-                hashes = [record_hash(item) for item in items]
+            hashes = _element_hashes(items, pairs=kind == "hash")
             # HSCAN/SSCAN may repeat elements across calls (rehashing); one page cannot.
             if self._seen is None and cursor != b"0":
                 self._seen = set()
@@ -261,8 +220,9 @@ class ValueDigest:
             self._cursor = cursor
             self.done = cursor == b"0"
         elif kind == "zset":
-            self._add([record_hash(reply[i], _score(reply[i + 1]))
-                       for i in range(0, len(reply), 2)])
+            scored = list(reply)
+            scored[1::2] = [_score(score) for score in reply[1::2]]
+            self._add(_element_hashes(scored, pairs=True))
             self._pos += PAGE
             self.done = len(reply) < 2 * PAGE
         elif kind == "stream":
@@ -289,7 +249,7 @@ class ValueDigest:
             self._stage = 2
             return
         for entry_id, fields in reply:
-            self._ordered.update(record_hash(entry_id, *fields).to_bytes(16, "little"))
+            self._ordered.update(_record_hash(entry_id, *fields).to_bytes(16, "little"))
         self._count += len(reply)
         if reply:
             self._start = _next_stream_id(reply[-1][0])
@@ -297,10 +257,10 @@ class ValueDigest:
 
     def hexdigest(self) -> str:
         if self.kind in ("hash", "set", "zset"):
-            value = record_hash(self.kind.encode(), self._sum.to_bytes(16, "little"),
-                                str(self._count).encode())
+            value = _record_hash(self.kind.encode(), self._sum.to_bytes(16, "little"),
+                                 str(self._count).encode())
         else:
-            value = record_hash(self.kind.encode(), self._ordered.digest(), *self._meta)
+            value = _record_hash(self.kind.encode(), self._ordered.digest(), *self._meta)
         return f"{value:032x}"
 
 
@@ -317,123 +277,16 @@ def absolute_expiry(reply: int, pexpiretime: bool, now_ms: int) -> int | None:
     return reply if pexpiretime else now_ms + reply
 
 
-def run_commands(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Send ``commands`` to one server as one pipeline; replies in order, errors as values."""
-    return _exchange([(client, commands)])[0]
-
-
-def _exchange(work: list[tuple[Any, list[tuple[Any, ...]]]]) -> list[list[Any]]:
-    """Send each server its commands, then read every server's replies.
-
-    redis-py's Pipeline spends more time per command than the server spends on a DUMP or
-    RESTORE; packing with hiredis and reading replies straight off pooled connections is
-    what keeps a copy near MIGRATE's speed. Sending to every server before reading lets a
-    cluster's masters work at the same time.
-    """
-    taken: list[tuple[Any, Any]] = []
-    try:
-        for client, commands in work:
-            conn = client.connection_pool.get_connection()
-            taken.append((client, conn))
-            if commands:
-                conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
-        return [_receive(conn, len(commands)) if commands else []
-                for (_, conn), (_, commands) in zip(taken, work, strict=True)]
-    except BaseException:
-        for _, conn in taken:
-            conn.disconnect()  # unread replies would answer the next user's commands
-        raise
-    finally:
-        for client, conn in taken:
-            client.connection_pool.release(conn)
-
-
-def run_routed(route: Callable[[bytes], Any], keyed: list[tuple[bytes, tuple[Any, ...]]]
-               ) -> list[Any]:
-    """Replies of ``(key, command)``s, each sent to the server ``route(key)`` names."""
-    servers: dict[int, tuple[Any, list[tuple[Any, ...]], list[int]]] = {}
-    for i, (key, command) in enumerate(keyed):
-        client = route(key)
-        _, commands, positions = servers.setdefault(id(client), (client, [], []))
-        commands.append(command)
-        positions.append(i)
-    replies: list[Any] = [None] * len(keyed)
-    answers = _exchange([(client, commands) for client, commands, _ in servers.values()])
-    for (_, _, positions), got in zip(servers.values(), answers, strict=True):
-        for i, reply in zip(positions, got, strict=True):
-            replies[i] = reply
-    return replies
-
-
-def read_ahead(pages: Iterator[tuple[Any, list[bytes], dict[str, Any]]],
-               read: Callable[[Any, list[bytes]], Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """``read(server, keys)`` of each page, in SCAN order, with pages read ahead.
-
-    Pages are read on other pooled connections while SCAN goes on, so the server
-    never idles waiting for us; results still come back strictly in SCAN order.
-    """
-    inflight: deque[tuple[Future, dict[str, Any]]] = deque()
-    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="redis-read") as pool:
-        try:
-            for page in itertools.chain(pages, [None]):
-                if page is not None:
-                    client, keys, at = page
-                    inflight.append((pool.submit(read, client, keys), at))
-                while inflight and (page is None or len(inflight) > READ_AHEAD):
-                    future, at = inflight.popleft()
-                    yield future.result(), at
-        finally:
-            for future, _ in inflight:
-                future.cancel()
-
-
-def _receive(conn: Any, count: int) -> list[Any]:
-    sock = getattr(conn, "_sock", None)
-    buffered = getattr(getattr(conn, "_parser", None), "_reader", None)
-    if sock is not None and buffered is not None and not buffered.has_data():
-        return _read_replies(sock, count, conn)
-    replies: list[Any] = []  # no hiredis parser underneath: redis-py reads them one by one
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except ResponseError as exc:  # the reply was read; the stream is in step
-            replies.append(exc)
-    return replies
-
-
-def _read_replies(sock: socket.socket, count: int, conn: Any) -> list[Any]:
-    """``count`` replies parsed by hiredis straight off the socket, errors as exceptions.
-
-    Half the client-side cost of a copy is redis-py's per-reply bookkeeping; hiredis
-    parses a whole pipeline's worth in C. Errors get redis-py's classes (NOPERM, MOVED).
-    """
-    reader = hiredis.Reader(replyError=BaseParser.parse_error)
-    replies: list[Any] = []
-    gets, append = reader.gets, replies.append
-    while count:
-        reply = gets()
-        if reply is not False:
-            append(reply)
-            count -= 1
-            continue
-        try:
-            data = sock.recv(1 << 20)
-        except TimeoutError as exc:
-            raise RedisTimeoutError(f"timeout reading from {conn.host}:{conn.port}") from exc
-        except OSError as exc:
-            raise RedisConnectionError(f"error reading from {conn.host}:{conn.port}: "
-                                       f"{exc}") from exc
-        if not data:
-            raise RedisConnectionError(f"{conn.host}:{conn.port} closed the connection")
-        reader.feed(data)
-    return replies
+_TYPE_EXPIRY = {pexp: key_command("TYPE") + key_command(expiry_command(pexp))
+                for pexp in (True, False)}
 
 
 def _types(client: Any, keys: list[bytes], pexpiretime: bool, now_ms: int
            ) -> tuple[list[tuple[bytes, str, int | None]], list[bytes]]:
     """(key, type, absolute expiry) of the keys that exist, and those that are gone."""
-    replies = run_commands(client, [c for k in keys
-                                    for c in (("TYPE", k), (expiry_command(pexpiretime), k))])
+    template = _TYPE_EXPIRY[pexpiretime]
+    replies = run_packed(client, b"".join([template % (len(k), k, len(k), k) for k in keys]),
+                         2 * len(keys))
     live, gone = [], []
     for key, kind, expiry in zip(keys, replies[0::2], replies[1::2], strict=True):
         for reply in (kind, expiry):
@@ -477,6 +330,148 @@ def fingerprints(client: Any, keys: list[bytes], *, pexpiretime: bool,
     return out
 
 
+# -- chunk digests ----------------------------------------------------------------------
+# A chunk digest only has to agree between two sides that hold equal data, and agreeing
+# digests must mean equal data; it need not equal the canonical fingerprint. So it takes
+# the cheapest reads that are exact: strings by value (one MGET per SCAN page on a single
+# server), other types by DUMP payload, each key's expiry beside them.
+#
+# A DUMP payload without its 10-byte footer (RDB version + CRC64) is the value in a form
+# that RESTORE parses by its leading type byte alone, on every server version: equal bytes
+# are an equal value, whichever versions dumped them. Equal values can dump differently
+# (encoding thresholds, ziplist vs listpack, a list's node layout): the chunk then
+# disagrees and the verifier compares its keys one by one by canonical fingerprint, which
+# costs time, never a wrong answer. Sets, whose encoding depends on the server version and
+# config, and hashtable-encoded hashes, which dump in an order set by a per-process hash
+# seed, are hashed from their elements, sorted, when one SSCAN/HSCAN call returns them all,
+# and from their canonical fingerprint otherwise. Type bytes not listed below (module
+# values, hashes with field TTLs, newer formats) are hashed from the canonical fingerprint.
+
+_PAYLOAD_TYPES = frozenset({1, 3, 5, 6, 7, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 21})
+_ELEMENT_TYPES = {2: b"set", 11: b"set", 20: b"set", 4: b"hash"}
+_FOOTER = 10  # RDB version (2 bytes) + CRC64 (8 bytes)
+_EXPIRY = {pexp: key_command(expiry_command(pexp)) for pexp in (True, False)}
+_MGET, _DUMP = key_command("MGET"), key_command("DUMP")
+_FIRST_SCAN = {b"hash": key_command("HSCAN", 0, "COUNT", PAGE),
+               b"set": key_command("SSCAN", 0, "COUNT", PAGE)}
+
+
+def _hashed(tag: bytes, key: bytes, bucket: int, body: Any) -> int:
+    """128-bit hash of one record: a fixed-size header with the key's length, the key,
+    then the value's bytes, so the framing is unambiguous."""
+    h = _BLAKE.copy()
+    h.update(_HEADER(tag, bucket, len(key)) + key)
+    h.update(body)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _bucket(expire: int | None, tolerance: int) -> int:
+    if expire is None:
+        return -1
+    return expire // tolerance if tolerance > 0 else expire
+
+
+def record_hashes(client: Any, keys: list[bytes], *, pexpiretime: bool, now_ms: int,
+                  tolerance: int, one_mget: bool) -> list[tuple[bytes, int]]:
+    """(key, hash of key + value + expiry // tolerance) for each key that still exists.
+
+    ``one_mget``: the keys may be read with one MGET (a single server, not a cluster).
+    """
+    n, expiry = len(keys), _EXPIRY[pexpiretime]
+    if not n:
+        return []  # a run of SCAN calls can end without a key of the unit's slots
+    if one_mget:
+        packed = (b"*%d\r\n$4\r\nMGET\r\n" % (n + 1)
+                  + b"".join([b"$%d\r\n%s\r\n" % (len(k), k) for k in keys])
+                  + b"".join([expiry % (len(k), k) for k in keys]))
+        replies = run_packed(client, packed, n + 1)
+        values, ttls = replies[0], replies[1:]
+        if values.__class__ is not list:
+            raise values
+    else:
+        template = _MGET + expiry
+        replies = run_packed(client, b"".join([template % (len(k), k, len(k), k)
+                                               for k in keys]), 2 * n)
+        values = [r if r.__class__ is not list else r[0] for r in replies[0::2]]
+        ttls = replies[1::2]
+    relative = 0 if pexpiretime else now_ms
+    out: list[tuple[bytes, int]] = []
+    others: list[tuple[bytes, int]] = []
+    copy, append, header = _BLAKE.copy, out.append, _HEADER
+    for key, value, ttl in zip(keys, values, ttls, strict=True):
+        # Runs once per key on each side: plain checks and inline hashing, no helper calls.
+        if ttl.__class__ is not int or value.__class__ is not bytes:
+            for reply in (value, ttl):
+                if isinstance(reply, Exception):
+                    raise reply
+        if ttl < 0:
+            if ttl == -2:
+                continue  # gone since SCAN
+            bucket = -1
+        else:
+            bucket = (ttl + relative) // tolerance if tolerance > 0 else ttl + relative
+        if value is None:
+            others.append((key, bucket))  # not a string (or just deleted)
+        else:
+            h = copy()  # _hashed(b"s", key, bucket, value), inline
+            h.update(header(b"s", bucket, len(key)) + key)
+            h.update(value)
+            append((key, int.from_bytes(h.digest(), "little")))
+    if others:
+        _hash_others(client, others, out, pexpiretime=pexpiretime, now_ms=now_ms,
+                     tolerance=tolerance)
+    return out
+
+
+def _hash_others(client: Any, others: list[tuple[bytes, int]], out: list[tuple[bytes, int]],
+                 *, pexpiretime: bool, now_ms: int, tolerance: int) -> None:
+    """Adds the hashes of keys that are not strings: DUMP payload, elements or canonical."""
+    replies = run_packed(client, b"".join([_DUMP % (len(k), k) for k, _ in others]),
+                         len(others))
+    elements: list[tuple[bytes, bytes, int]] = []
+    canonical: list[bytes] = []
+    for (key, bucket), payload in zip(others, replies, strict=True):
+        if isinstance(payload, Exception):
+            raise payload
+        if payload is None:
+            continue  # deleted since SCAN
+        if payload[0] in _PAYLOAD_TYPES:
+            out.append((key, _hashed(b"p", key, bucket, memoryview(payload)[:-_FOOTER])))
+        elif payload[0] in _ELEMENT_TYPES:
+            elements.append((key, _ELEMENT_TYPES[payload[0]], bucket))
+        else:
+            canonical.append(key)
+    if elements:
+        packed = b"".join([_FIRST_SCAN[kind] % (len(k), k) for k, kind, _ in elements])
+        replies = run_packed(client, packed, len(elements))
+        for (key, kind, bucket), reply in zip(elements, replies, strict=True):
+            body = None if isinstance(reply, Exception) else _sorted_elements(kind, reply)
+            if body is None:
+                canonical.append(key)
+            else:
+                out.append((key, _hashed(b"e", key, bucket, body)))
+    if canonical:  # also the keys that changed type meanwhile: re-read from the start
+        for key, (kind, value, expire) in fingerprints(client, canonical, now_ms=now_ms,
+                                                       pexpiretime=pexpiretime):
+            out.append((key, _hashed(b"c", key, _bucket(expire, tolerance),
+                                     f"{kind}:{value}".encode())))
+
+
+def _sorted_elements(kind: bytes, reply: list[Any]) -> bytes | None:
+    """A hash's or set's elements, sorted, as bytes; None unless the first HSCAN/SSCAN call
+    returned the whole value with fewer than PAGE elements."""
+    cursor, items = reply
+    if cursor != b"0" or len(items) >= (2 * PAGE if kind == b"hash" else PAGE):
+        return None
+    if kind == b"hash":
+        pairs = sorted(zip(items[0::2], items[1::2], strict=True))
+        items = list(itertools.chain.from_iterable(pairs))
+    else:
+        items.sort()
+    return (b"%s%d:" % (kind, len(items)) + b"".join(items)
+            + array("I", map(len, items)).tobytes())
+
+
 def access_commands(key: bytes, *, target: bool, typed: bool,
                     pexpiretime: bool) -> list[tuple[Any, ...]]:
     """What a source (reads) or a target (writes too) runs, aimed at an absent key.
@@ -486,7 +481,7 @@ def access_commands(key: bytes, *, target: bool, typed: bool,
     really write, to that fresh key, deleted at once.
     """
     out: list[tuple[Any, ...]] = [
-        ("SCAN", 0, "COUNT", 1), ("TYPE", key), ("DUMP", key),
+        ("SCAN", 0, "COUNT", 1), ("TYPE", key), ("DUMP", key), ("MGET", key),
         (expiry_command(pexpiretime), key), ("GETRANGE", key, 0, 0), ("LRANGE", key, 0, 0),
         ("HSCAN", key, 0), ("SSCAN", key, 0), ("ZRANGE", key, 0, 0, "WITHSCORES"),
         ("XRANGE", key, "-", "+", "COUNT", 1), ("XINFO", "STREAM", key)]
