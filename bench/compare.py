@@ -52,12 +52,15 @@ def measured(cmd: list[str] | str, *, shell: bool = False, env: dict | None = No
     return seconds, usage.ru_maxrss / 1024
 
 
+EXTRA_PLAN_ARGS: list[str] = []  # from --plan-arg, passed to every `plan`
+
+
 def ours(plan: Path, plan_args: list[str], parallel: int) -> dict[str, float]:
     for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
         stale.unlink(missing_ok=True)
     cli = [sys.executable, "-m", "migrator"]
-    plan_s, _ = measured([*cli, "plan", *plan_args, "--parallel", str(parallel),
-                          "-o", str(plan)])
+    plan_s, _ = measured([*cli, "plan", *plan_args, *EXTRA_PLAN_ARGS,
+                          "--parallel", str(parallel), "-o", str(plan)])
     copy_s, rss = measured([*cli, "run", str(plan), "--no-verify", "--no-progress"])
     verify_s, verify_rss = measured([*cli, "verify", str(plan)])
     return {"plan_s": round(plan_s, 2), "copy_s": round(copy_s, 2), "run_rss_mib": round(rss),
@@ -267,7 +270,11 @@ def main() -> int:
     parser.add_argument("--download-check", action="store_true",
                         help="objects: make rclone check hash by downloading, like our verify")
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--plan-arg", action="append", default=[],
+                        help="extra `openim-migrate plan` argument, "
+                        "e.g. --plan-arg=--unit-records=50000")
     opts = parser.parse_args()
+    EXTRA_PLAN_ARGS.extend(opts.plan_arg)
     group, bench = BENCHES[opts.store]
     work = Path(tempfile.mkdtemp(prefix="oim-bench-"))
     started_here = f"OIM_{'S3' if group == 'minio' else group.upper()}_SRC_URL" not in os.environ
