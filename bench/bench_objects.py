@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import resource
 import shutil
 import subprocess
@@ -31,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import objects_data  # noqa: E402
-from migrator.config import Endpoint  # noqa: E402
+from migrator.config import Endpoint
+from migrator.engine.transfer import batches_through_queue  # noqa: E402
 from migrator.stores.base import StoreOptions, Unit  # noqa: E402
 from migrator.stores.objects import ObjectStore  # noqa: E402
 
@@ -70,29 +70,14 @@ def load(small: int, large: int) -> None:
 
 
 def run_unit(source: ObjectStore, target: ObjectStore, unit: Unit) -> int:
-    """One unit as the engine runs it: exporter thread -> bounded queue -> importer."""
-    q: queue.Queue = queue.Queue(maxsize=4)
-    errors: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            for batch in source.export(unit):
-                q.put(batch)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-        finally:
-            q.put(None)
-
-    threading.Thread(target=produce, daemon=True).start()
+    """One unit through the engine's own exporter -> bounded queue -> importer pipe."""
     importer = target.importer(unit)
     importer.prepare(False)
     copied = 0
-    while (batch := q.get()) is not None:
+    for batch in batches_through_queue(source, unit, None, 4, threading.Event()):
         importer.write_batch(batch)
         copied += len(batch)
     importer.finalize()
-    if errors:
-        raise errors[0]
     return copied
 
 

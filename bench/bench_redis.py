@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import resource
 import sys
 import threading
@@ -25,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import redis_data  # noqa: E402
-from migrator.config import Endpoint  # noqa: E402
+from migrator.config import Endpoint
+from migrator.engine.transfer import batches_through_queue  # noqa: E402
 from migrator.stores.base import StoreOptions, Unit  # noqa: E402
 from migrator.stores.redis import RedisStore  # noqa: E402
 
@@ -60,24 +60,15 @@ def store_copy(source: RedisStore, target: RedisStore, units: list[Unit]) -> int
     errors: list[BaseException] = []
 
     def run(i: int, unit: Unit) -> None:
-        q: queue.Queue = queue.Queue(maxsize=4)
-
-        def produce() -> None:
-            try:
-                for batch in source.export(unit):
-                    q.put(batch)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-            finally:
-                q.put(None)
-
-        threading.Thread(target=produce, daemon=True).start()
-        importer = target.importer(unit)
-        importer.prepare(False)
-        while (batch := q.get()) is not None:
-            importer.write_batch(batch)
-            written[i] += len(batch)
-        importer.finalize()
+        try:
+            importer = target.importer(unit)
+            importer.prepare(False)
+            for batch in batches_through_queue(source, unit, None, 4, threading.Event()):
+                importer.write_batch(batch)
+                written[i] += len(batch)
+            importer.finalize()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i, u)) for i, u in enumerate(units)]
     for t in threads:

@@ -9,10 +9,11 @@ import click
 from migrator.cli import render
 from migrator.cli.options import apply_tunables, json_option, parallel_option, rate_limit_option
 from migrator.engine.journal import Journal, journal_path
+from migrator.engine.planning import refuse_if_target_filled
 from migrator.engine.session import Session
 from migrator.engine.transfer import Transfer
 from migrator.engine.verify import verify
-from migrator.errors import Interrupted, TargetNotEmpty, UnitsFailed, VerificationFailed
+from migrator.errors import Interrupted, UnitsFailed, VerificationFailed
 from migrator.openim import cross_checks
 from migrator.plan import Plan, load_plan
 from migrator.progress import NullProgress, TqdmProgress
@@ -82,7 +83,7 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
             for kind in plan.stores:
                 session.check_access(kind)
             if not journal.has_progress() and plan.options.on_existing == "fail":
-                _refuse_if_target_filled(plan, session)
+                refuse_if_target_filled(plan, session)
             transfer = Transfer(plan, journal, session,
                                 progress=TqdmProgress() if show_progress and not as_json
                                 else NullProgress())
@@ -115,14 +116,3 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
                                  hint=f"details: `openim-migrate verify {plan_path}`")
     return 0
 
-
-def _refuse_if_target_filled(plan: Plan, session: Session) -> None:
-    """Between plan and a first run, someone may have written to the target."""
-    for kind in plan.stores:
-        _, target = session.pair(kind)
-        filled = [k for k in target.existing(plan.units_of(kind)) if k not in plan.existing]
-        if filled:
-            raise TargetNotEmpty(
-                f"the target now holds data for {len(filled)} unit(s) it did not hold at plan "
-                f"time: {', '.join(filled[:5])}",
-                hint="re-run `openim-migrate plan` with --on-existing overwrite or skip")

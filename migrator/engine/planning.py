@@ -45,3 +45,15 @@ def estimate(plan: Plan) -> dict[str, object]:
     return {"units": len(plan.inventory), "records": records, "bytes": size,
             "copy_seconds": round(seconds, 1),
             "basis": "nominal per-stream rates from docs/benchmarks.md; a guide, not a promise"}
+
+
+def refuse_if_target_filled(plan: Plan, session: Session) -> None:
+    """Between plan and a first run, someone may have written to the target."""
+    for kind in plan.stores:
+        _, target = session.pair(kind)
+        filled = [k for k in target.existing(plan.units_of(kind)) if k not in plan.existing]
+        if filled:
+            raise TargetNotEmpty(
+                f"the target now holds data for {len(filled)} unit(s) it did not hold at plan "
+                f"time: {', '.join(filled[:5])}",
+                hint="re-run `openim-migrate plan` with --on-existing overwrite or skip")
