@@ -28,7 +28,24 @@ Contract, in words:
   that differ once the digests disagree; ``same_record`` compares two fingerprints (a store
   with tolerances, e.g. Redis TTLs, overrides it).
 * ``schema(unit)`` returns the definitions that must match besides data (columns,
-  indexes, options) as JSON-like data; ``{}`` when the store has none.
+  indexes, options) as JSON-like data, read live from the server (never from the plan);
+  ``{}`` when the store has none.
+* ``definitions()`` returns the store-level objects that belong to no unit (MySQL views,
+  triggers, routines, events; MongoDB views; bucket policy, versioning, lifecycle) as
+  JSON-like data named the way the *source* names them, so the two sides compare as data.
+
+Coverage, so that EQUAL can never hide what the plan does not list:
+
+* ``SPEC_SCHEMA`` / ``OPTION_SCHEMA`` are JSON Schemas of a unit's ``spec`` and of the
+  endpoint options; the plan is checked against them on load, before anything connects.
+* ``check_endpoint(endpoint, role)`` (class method, no network) refuses a URL this store
+  cannot honour exactly: wrong scheme, empty host, port 0, a path or query it would ignore.
+* ``uncovered(units)`` (class method, no network) names the gaps in the units' key ranges:
+  units of one container must tile its whole key space, or the plan was narrowed.
+* ``unlisted(units)`` (source side, live) names what the selection holds now that no unit
+  covers: a table, collection, DB or bucket created after ``plan``.
+* ``adapt_units(units, source)`` (target side, at plan time) may regroup the source's units
+  for this target (e.g. several Redis DBs merged into one) and refuse what cannot work.
 * Stores raise only ``migrator.errors`` exceptions, marked transient or terminal.
 """
 
@@ -245,3 +262,35 @@ class Store(ABC):
 
     def schema(self, unit: Unit) -> dict[str, Any]:
         return {}
+
+    def definitions(self) -> dict[str, Any]:
+        """Store-level objects outside every unit (views, triggers, policies), live."""
+        return {}
+
+    # -- coverage --------------------------------------------------------------------
+    # JSON Schemas, checked when a plan is loaded; the messages name the field.
+    SPEC_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
+    OPTION_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
+
+    @classmethod
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
+        """Refuse (``PlanError`` naming ``endpoint.name``) a URL that would be misread."""
+
+    @classmethod
+    def container_of(cls, unit: Unit) -> str:
+        """What a unit is a piece of (a table, a collection, a DB, a bucket)."""
+        return str(unit.spec.get("container", unit.name))
+
+    @classmethod
+    def uncovered(cls, units: list[Unit]) -> list[str]:
+        """Gaps in the key ranges of each container's units, one line each."""
+        return []
+
+    def unlisted(self, units: list[Unit]) -> list[str]:
+        """Live source: containers the selection holds that no unit covers."""
+        planned = {self.container_of(u) for u in units}
+        return sorted({self.container_of(u) for u in self.list_units()} - planned)
+
+    def adapt_units(self, units: list[Unit], source: Store) -> list[Unit]:
+        """Target side, at plan time: the source's units as this target will take them."""
+        return units
