@@ -14,10 +14,11 @@ EXIT_CODES: dict[int, str] = {
     3: "plan or configuration error (names the field), or target not empty",
     4: "connection or authentication failure (names the endpoint)",
     5: "verification found differences",
-    6: "journal conflict (another run holds it, or the plan changed under it)",
+    6: "journal or plan conflict (journal in use or unreadable, or plan edited after `plan`)",
     7: "deploy failure",
     70: "internal error (a bug: the traceback is printed; please report it)",
     130: "interrupted (Ctrl-C); progress is saved, run again to continue",
+    143: "terminated (SIGTERM, e.g. a Kubernetes Job stopped); progress is saved",
 }
 
 
@@ -84,8 +85,16 @@ class VerificationFailed(MigrateError):
     exit_code = 5
 
 
+class VerificationIncomplete(MigrateError):
+    """Verify could not read everything (the exit code is set from the cause: 4 or 1)."""
+
+
 class JournalConflict(MigrateError):
     exit_code = 6
+
+
+class PlanChanged(JournalConflict):
+    """The plan's guarded parts were edited after ``plan`` wrote them."""
 
 
 class DeployError(MigrateError):

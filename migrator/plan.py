@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -11,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from migrator import plan_schema
 from migrator.config import Endpoint
-from migrator.errors import PlanError
-from migrator.stores.base import Selection, StoreOptions, Unit
+from migrator.errors import PlanChanged, PlanError
+from migrator.stores.base import Role, Selection, StoreOptions, Unit
 
 PLAN_VERSION = 1
 STEPS = ("copy", "verify")
@@ -76,9 +78,15 @@ class Plan:
     steps: tuple[str, ...] = STEPS
     created_at: str = ""
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # from planning; not saved
 
     def units_of(self, kind: str) -> list[Unit]:
         return [u for u in self.inventory if u.store == kind]
+
+    def integrity(self) -> str:
+        """A hash over what decides what is copied and verified (endpoints, selection,
+        inventory): an edit by hand, even before the first run, is noticed on load."""
+        return integrity_of(self.to_dict())
 
     def fingerprint(self) -> str:
         """What the journal binds to: the endpoints and units, not tunables like parallel."""
@@ -107,6 +115,7 @@ class Plan:
             "version": PLAN_VERSION,
             "name": self.name,
             "created_at": self.created_at,
+            "integrity": "",
             "stores": stores,
             "options": options,
             "steps": list(self.steps),
@@ -116,118 +125,115 @@ class Plan:
         }
 
     def save(self, path: Path) -> None:
-        header = ("# openim-migrate plan. Edit options and selection freely; re-run `plan` after\n"
-                  "# changing endpoints or selection. Secrets appear only as ${VAR} references.\n")
-        body = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        header = ("# openim-migrate plan. Edit options freely; re-run `plan` after changing\n"
+                  "# endpoints or selection: `integrity` guards them and the inventory.\n"
+                  "# Secrets appear only as ${VAR} references.\n")
+        data = self.to_dict()
+        data["integrity"] = integrity_of(data)
+        body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(header + body, encoding="utf-8")
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(header + body, encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise PlanError(str(path), f"cannot write the plan ({exc.strerror or exc})",
+                            hint="choose a writable path with -o") from None
         self.path = path
+
+
+def integrity_of(data: dict[str, Any]) -> str:
+    guarded = {"stores": {kind: {k: v for k, v in (entry or {}).items() if k != "facts"}
+                          for kind, entry in (data.get("stores") or {}).items()},
+               "existing_on_target": data.get("existing_on_target") or [],
+               "inventory": data.get("inventory") or []}
+    text = json.dumps(guarded, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_plan(path: Path) -> Plan:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise PlanError(str(path), "no such plan file",
                         hint="create one with `openim-migrate plan ... -o PATH`") from None
+    except IsADirectoryError:
+        raise PlanError(str(path), "is a directory, not a plan file") from None
+    except OSError as exc:
+        raise PlanError(str(path), f"cannot read the plan ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(str(path), f"not UTF-8 text (byte {exc.start})",
+                        hint="save the plan as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise PlanError(str(path), f"not valid YAML ({exc})") from exc
-    plan = plan_from_dict(raw)
+        problem = " ".join(str(exc).split())
+        raise PlanError(str(path), f"not valid YAML ({problem})") from None
+    plan = plan_from_dict(raw, origin=str(path))
     plan.path = path
     return plan
 
 
-def _require(data: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(data, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise PlanError(where, f"must be a {_NAMES.get(names, names)}, got "
-                        f"{_NAMES.get(type(data).__name__, type(data).__name__)}")
-    return data
+def plan_from_dict(raw: Any, *, origin: str = "plan", check_integrity: bool = True) -> Plan:
+    """Schema first (every error names its field), then what a schema cannot say: sizes,
+    secret references, each store's URL rules, key-range coverage, and the integrity hash."""
+    from migrator.stores.registry import store_class
 
-
-_NAMES = {"dict": "mapping", "list": "list", "str": "string", "int": "number",
-          "NoneType": "nothing", "bool": "true/false"}
-
-
-def _unknown(data: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(set(data) - allowed)
-    if extra:
-        raise PlanError(f"{where}.{extra[0]}" if where else extra[0], "unknown field",
-                        hint=f"allowed here: {', '.join(sorted(allowed))}")
-
-
-def plan_from_dict(raw: Any) -> Plan:
-    from migrator.stores.registry import STORES
-
-    _require(raw, dict, "plan")
-    _unknown(raw, {"version", "name", "created_at", "stores", "options", "steps", "estimate",
-                   "existing_on_target", "inventory"}, "")
-    if raw.get("version") != PLAN_VERSION:
-        raise PlanError("version", f"must be {PLAN_VERSION}, got {raw.get('version')!r}")
-    name = str(_require(raw.get("name", "plan"), str, "name"))
+    if not isinstance(raw, dict):
+        raise PlanError("plan", f"must be a mapping of fields, got {type(raw).__name__}")
+    plan_schema.validate(raw)
     stores: dict[str, StorePair] = {}
-    for kind, entry in _require(raw.get("stores"), dict, "stores").items():
+    for kind, entry in raw["stores"].items():
         where = f"stores.{kind}"
-        if kind not in STORES:
-            raise PlanError(where, "unknown store kind", hint=f"one of: {', '.join(STORES)}")
-        _require(entry, dict, where)
-        _unknown(entry, {"source", "target", "selection", "facts"}, where)
-        for side in ("source", "target"):
-            if side not in entry:
-                raise PlanError(f"{where}.{side}", "missing")
-        sel = _require(entry.get("selection") or {}, dict, f"{where}.selection")
-        _unknown(sel, {"preset", "include", "exclude"}, f"{where}.selection")
-        selection = Selection(
-            include=tuple(_require(sel.get("include") or [], list, f"{where}.selection.include")),
-            exclude=tuple(_require(sel.get("exclude") or [], list, f"{where}.selection.exclude")),
-            preset=sel.get("preset"))
+        sel = entry.get("selection") or {}
         stores[kind] = StorePair(
             kind=kind,
             source=Endpoint.from_dict(kind, entry["source"], f"{where}.source"),
             target=Endpoint.from_dict(kind, entry["target"], f"{where}.target"),
-            selection=selection, facts=entry.get("facts") or {})
-    if not stores:
-        raise PlanError("stores", "names no store")
+            selection=Selection(include=tuple(sel.get("include") or ()),
+                                exclude=tuple(sel.get("exclude") or ()),
+                                preset=sel.get("preset")),
+            facts=entry.get("facts") or {})
     options = _options(raw.get("options") or {})
-    steps = tuple(_require(raw.get("steps") or list(STEPS), list, "steps"))
-    for i, step in enumerate(steps):
-        if step not in STEPS:
-            raise PlanError(f"steps[{i}]", f"unknown step {step!r}", hint=f"one of {STEPS}")
+    steps = tuple(raw.get("steps") or STEPS)
     inventory = []
-    for i, entry in enumerate(_require(raw.get("inventory") or [], list, "inventory")):
-        where = f"inventory[{i}]"
-        _require(entry, dict, where)
-        for key in ("store", "name"):
-            if key not in entry:
-                raise PlanError(f"{where}.{key}", "missing")
+    for i, entry in enumerate(raw.get("inventory") or []):
         if entry["store"] not in stores:
-            raise PlanError(f"{where}.store", f"{entry['store']!r} is not in stores")
+            raise PlanError(f"inventory[{i}].store", f"{entry['store']!r} is not in stores")
         inventory.append(Unit.from_dict(entry))
-    return Plan(name=name, stores=stores, options=options, inventory=inventory,
+    for kind, pair in stores.items():
+        cls = store_class(kind)
+        cls.check_endpoint(pair.source, Role.SOURCE)
+        cls.check_endpoint(pair.target, Role.TARGET)
+        gaps = cls.uncovered([u for u in inventory if u.store == kind])
+        if gaps:
+            more = f" (and {len(gaps) - 3} more)" if len(gaps) > 3 else ""
+            raise PlanError(f"inventory ({kind})",
+                            f"the units no longer cover the selection: {'; '.join(gaps[:3])}"
+                            f"{more}", hint="re-run `openim-migrate plan`; units are measured, "
+                            "not edited by hand")
+    plan = Plan(name=raw.get("name") or "plan", stores=stores, options=options, inventory=inventory,
                 existing=list(raw.get("existing_on_target") or []),
                 estimate=raw.get("estimate") or {}, steps=steps,
                 created_at=str(raw.get("created_at") or ""))
+    if check_integrity:
+        stated = raw.get("integrity")
+        if not stated:
+            raise PlanChanged(f"{origin}: has no integrity hash, so edits to its endpoints, "
+                              "selection or inventory cannot be detected",
+                              hint="write plans with `openim-migrate plan -o PATH`")
+        if stated != integrity_of(raw):
+            raise PlanChanged(f"{origin}: endpoints, selection or inventory were edited after "
+                              "`plan` wrote it (integrity hash differs)",
+                              hint="re-run `openim-migrate plan`; only options and steps "
+                              "may be edited by hand")
+    return plan
 
 
-def _options(data: dict) -> Options:
-    _require(data, dict, "options")
-    defaults = Options()
-    _unknown(data, set(vars(defaults)), "options")
-    values: dict[str, Any] = {}
-    for key, default in vars(defaults).items():
-        if key not in data:
-            continue
-        value, where = data[key], f"options.{key}"
-        if key in ("batch_bytes", "rate_limit"):
-            value = parse_size(value, where)
-        elif key == "on_existing":
-            if value not in ON_EXISTING:
-                raise PlanError(where, f"must be one of {', '.join(ON_EXISTING)}, got {value!r}")
-        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise PlanError(where, f"must be a whole number, got {value!r}")
-        if isinstance(value, int) and value < (0 if key in ("retries",) else 1):
-            raise PlanError(where, f"must be at least {0 if key == 'retries' else 1}")
-        values[key] = value
+def _options(data: dict[str, Any]) -> Options:
+    """Types and bounds were checked by the schema; sizes are read here."""
+    values = dict(data)
+    for key in ("batch_bytes", "rate_limit"):
+        if key in values:
+            values[key] = parse_size(values[key], f"options.{key}")
     return Options(**values)

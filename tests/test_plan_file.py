@@ -12,7 +12,8 @@ import yaml
 
 from migrator.config import Endpoint, redact_url
 from migrator.errors import PlanError
-from migrator.plan import load_plan, parse_size
+from migrator.errors import PlanChanged
+from migrator.plan import integrity_of, load_plan, parse_size
 
 GOOD = {
     "version": 1,
@@ -24,7 +25,10 @@ GOOD = {
 }
 
 
-def write(tmp_path, data) -> str:
+def write(tmp_path, data, *, seal: bool = True) -> Path:
+    """Write a plan as `plan` would, with its integrity hash (unless ``seal`` is off)."""
+    if seal:
+        data = {**data, "integrity": integrity_of(data)}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -54,6 +58,10 @@ def test_a_good_plan_loads_and_round_trips(tmp_path):
     (lambda d: d["stores"]["redis"].pop("target"), "stores.redis.target"),
     (lambda d: d["stores"].update(cassandra={}), "stores.cassandra"),
     (lambda d: d["inventory"][0].pop("name"), "inventory[0].name"),
+    (lambda d: d["inventory"][0].update(spec="oops"), "inventory[0].spec"),
+    (lambda d: d["inventory"][0].update(records="many"), "inventory[0].records"),
+    (lambda d: d["options"].update(rate_limit=True), "options.rate_limit"),
+    (lambda d: d["options"].update(retries=-1), "options.retries"),
     (lambda d: d.update(version=9), "version"),
     (lambda d: d["stores"]["redis"]["source"].update(url="redis://u:hunter2@h:1"),
      "stores.redis.source.url"),
@@ -64,6 +72,26 @@ def test_a_malformed_plan_error_names_the_field(tmp_path, mutate, field):
     error = bad(tmp_path, mutate)
     assert error.field == field
     assert "hunter2" not in str(error)
+
+
+def test_an_edited_inventory_is_refused_even_before_the_first_run(tmp_path):
+    path = write(tmp_path, GOOD)
+    text = path.read_text().replace("records: 1", "records: 2")
+    path.write_text(text)
+    with pytest.raises(PlanChanged, match="edited after"):
+        load_plan(path)
+
+
+def test_a_plan_without_integrity_hash_is_refused(tmp_path):
+    with pytest.raises(PlanChanged, match="no integrity hash"):
+        load_plan(write(tmp_path, GOOD, seal=False))
+
+
+def test_a_saved_plan_carries_a_hash_that_loads(tmp_path):
+    plan = load_plan(write(tmp_path, GOOD))
+    plan.options.parallel = 7  # options are free to edit
+    plan.save(tmp_path / "saved.yaml")
+    assert load_plan(tmp_path / "saved.yaml").options.parallel == 7
 
 
 def test_redaction_hides_literal_passwords_but_shows_references():

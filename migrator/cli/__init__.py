@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -39,24 +40,40 @@ cli.add_command(run_command)
 cli.add_command(verify_command)
 
 
+_TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a Kubernetes Job being stopped) stops like Ctrl-C: at a batch boundary."""
+    if _TERMINATED:
+        return  # already stopping; the grace period's SIGKILL ends us if it must
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the only place that turns errors into exit codes."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    message: str | None = None
     try:
         code = cli.main(args=argv, prog_name="openim-migrate", standalone_mode=False)
     except click.exceptions.Abort:
-        render.error("interrupted")
-        code = 130
+        code, message = 130, "interrupted"
     except click.ClickException as exc:
         exc.show()
         code = 2 if isinstance(exc, click.UsageError) else exc.exit_code
     except MigrateError as exc:
-        render.error(str(exc))
-        code = exc.exit_code
+        code, message = exc.exit_code, str(exc)
     except KeyboardInterrupt:
-        render.error("interrupted; progress up to the last checkpoint is saved")
-        code = 130
+        code, message = 130, "interrupted; progress up to the last checkpoint is saved"
     except Exception:  # noqa: BLE001 - a bug: show everything
         traceback.print_exc()
-        render.error("internal error (a bug); please report it with the traceback above")
         code = 70
+        message = "internal error (a bug); please report it with the traceback above"
+    if code == 130 and _TERMINATED:
+        code = 143
+        message = ("stopped by SIGTERM at a batch boundary; progress is saved in the journal; "
+                   "run the same command again to continue")
+    if message:
+        render.error(message)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,7 +10,8 @@ import click
 
 from migrator.config import redact_url
 from migrator.engine.transfer import RunResult
-from migrator.engine.verify import MATCH, VerifyReport, summary
+from migrator.engine.verify import ERROR, MATCH, VerifyReport, summary
+from migrator.errors import MigrateError, VerificationFailed, VerificationIncomplete
 from migrator.plan import Plan
 
 
@@ -64,7 +65,40 @@ def plan_summary(plan: Plan, path: str) -> None:
                    f"on_existing: {plan.options.on_existing}")
 
 
-def run_summary(result: RunResult) -> None:
+def dry_run(rows: list[dict[str, Any]], as_json_output: bool) -> None:
+    todo = [r for r in rows if r["to_copy"]]
+    if as_json_output:
+        as_json({"dry_run": True, "would_copy": [
+            {"unit": r["unit"], "state": r["state"], "records": r["records_left"],
+             "bytes": r["bytes"]} for r in todo]})
+        return
+    table([[r["unit"], r["state"], f"{r['records']:,}", human_bytes(r["bytes"])] for r in rows],
+          ["unit", "state", "records (plan)", "bytes (plan)"])
+    click.echo(f"dry run: would copy {len(todo)} unit(s), about "
+               f"{sum(r['records_left'] for r in todo):,} records, "
+               f"{human_bytes(sum(r['bytes'] for r in todo))}; nothing was written")
+
+
+def verify_failure(report: VerifyReport, plan_path: object) -> MigrateError:
+    """The error that ends a verify that is not EQUAL, with the exit code it deserves."""
+    if report.exit_code == 5:
+        return VerificationFailed(
+            "verification found differences",
+            hint=f"run `openim-migrate run {plan_path}` again: units that differ are copied "
+            "again (records only on the target are not deleted); for data that no unit "
+            f"covers, re-run `openim-migrate plan`")
+    failed = [u for u in report.units if u.status == ERROR]
+    first = failed[0].error.splitlines()[0] if failed and failed[0].error else "a check failed"
+    error = VerificationIncomplete(
+        f"verification could not finish: {len(failed)} unit(s) could not be read ({first})",
+        hint="nothing was proven; fix the cause and verify again")
+    error.exit_code = report.exit_code
+    return error
+
+
+def run_summary(result: RunResult, recopied: list[str] | None = None) -> None:
+    if recopied:
+        click.echo(f"copying again {len(recopied)} unit(s) that verify found different")
     rows = [[o.key, o.state, f"{o.records:,}", human_bytes(o.bytes),
              str(o.skipped or ""), (o.error or "")[:80]] for o in result.outcomes]
     table(rows, ["unit", "state", "records", "bytes", "skipped", "error"])

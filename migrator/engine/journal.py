@@ -63,14 +63,33 @@ class Journal:
         self._db: sqlite3.Connection | None = None
 
     def open(self, *, exclusive: bool = True) -> Journal:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if exclusive:
-            self._take_file_lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        """Open (or create) the journal; one that cannot be used is a conflict (exit 6)
+        that names the file, never a traceback: it holds the only record of progress."""
+        if self.path.is_dir():
+            raise JournalConflict(f"journal {self.path} is a directory, not a journal file",
+                                  hint="move it aside; the journal is created beside the plan")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._take_file_lock()
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("SELECT key, state, cursor FROM units LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalConflict(
+                f"journal {self.path} is unreadable ({exc})",
+                hint="it is damaged or not a journal: move it aside and run with --restart "
+                "(the target is then re-written from the start)") from None
+        except OSError as exc:
+            self.close()
+            raise JournalConflict(
+                f"cannot use the journal {self.path} ({exc.strerror or exc})",
+                hint="the plan's directory must be writable: the journal lives beside the "
+                "plan; copy the plan to a writable directory") from None
         return self
 
     def _take_file_lock(self) -> None:

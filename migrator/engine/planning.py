@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from migrator.engine.session import Session
 from migrator.errors import TargetNotEmpty
-from migrator.plan import Options, Plan, StorePair
+from migrator.plan import Options, Plan, StorePair, plan_from_dict
 
 # Conservative copy rates per unit stream, from docs/benchmarks.md, for the estimate only.
 NOMINAL_BYTES_PER_SECOND = {"redis": 20e6, "mysql": 30e6, "mongo": 30e6, "objects": 60e6}
@@ -16,12 +16,15 @@ NOMINAL_BYTES_PER_SECOND = {"redis": 20e6, "mysql": 30e6, "mongo": 30e6, "object
 def build_plan(name: str, pairs: dict[str, StorePair], options: Options) -> Plan:
     plan = Plan(name=name, stores=pairs, options=options,
                 created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    # The same checks a saved plan gets on load, before anything connects.
+    plan_from_dict(plan.to_dict(), check_integrity=False)
     with Session(pairs, options) as session:
         for kind, pair in pairs.items():
             session.check_access(kind)
             source, target = session.pair(kind)
-            units = source.list_units()
+            units = target.adapt_units(source.list_units(), source)
             plan.inventory.extend(units)
+            plan.warnings.extend(selection_warnings(kind, pair, units))
             plan.existing.extend(target.existing(units))
             pair.facts = {"source": source.describe(), "target": target.describe()}
     if plan.existing and options.on_existing == "fail":
@@ -32,6 +35,20 @@ def build_plan(name: str, pairs: dict[str, StorePair], options: Options) -> Plan
             "(leave those units alone); no plan was written")
     plan.estimate = estimate(plan)
     return plan
+
+
+def selection_warnings(kind: str, pair: StorePair, units: list) -> list[str]:
+    """A selection that matches nothing is almost always a typo (or an escape the store reads
+    differently): say so, instead of planning an empty copy that verifies EQUAL."""
+    sel = pair.selection
+    if not (sel.include or sel.exclude or sel.preset):
+        return [f"stores.{kind}: the source holds nothing to copy"] if not units else []
+    if not units:
+        given = ", ".join([*(f"include {p!r}" for p in sel.include),
+                           *(f"exclude {p!r}" for p in sel.exclude),
+                           *([f"preset {sel.preset!r}"] if sel.preset else [])])
+        return [f"stores.{kind}.selection matches nothing on the source ({given})"]
+    return []
 
 
 def estimate(plan: Plan) -> dict[str, object]:

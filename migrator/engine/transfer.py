@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from migrator.engine.journal import (
     COPIED,
     COPYING,
-    DIFFERS,
     FAILED,
     SKIPPED,
     VERIFIED,
@@ -158,8 +157,8 @@ class Transfer:
         skip_existing = self.plan.options.on_existing == "skip"
         for unit in self.plan.inventory:
             state = self.journal.unit(unit.key).state
-            if state in (COPIED, VERIFIED, DIFFERS, SKIPPED):
-                continue  # a differing unit is re-copied only on request (--restart)
+            if state in (COPIED, VERIFIED, SKIPPED):
+                continue  # a unit verify found different (DIFFERS) is copied again
             if skip_existing and unit.key in self.plan.existing:
                 self.journal.set_state(unit.key, unit.store, unit.name, SKIPPED,
                                        error="already had data on the target (on_existing: skip)")

@@ -3,6 +3,11 @@ style: missing on target, missing on source, differ), never stopping at the firs
 
 Chunk digests are compared first; only a chunk whose digests disagree is listed record by
 record, so a clean run moves almost nothing and a dirty one names the exact keys.
+
+Units are not the whole truth: a table created after ``plan`` has none. So a full verify
+also asks each live source what its selection holds that no unit covers (reported as
+missing on target) and compares the store-level definitions (views, triggers, bucket
+policies) of both sides.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class UnitReport:
     chunks: list[str] = field(default_factory=list)  # ids of chunks with differences
     schema: list[str] = field(default_factory=list)  # schema differences, one line each
     error: str | None = None
+    error_code: int | None = None  # the error's exit code (4: endpoint, 1: other)
     seconds: float = 0.0
 
 
@@ -55,8 +61,20 @@ class VerifyReport:
         return all(u.status == MATCH for u in self.units) and not any(
             check.get("missing") for check in self.extra.values())
 
+    @property
+    def exit_code(self) -> int:
+        """5 on any difference; else 4 when an endpoint failed, 1 for other errors."""
+        if self.ok:
+            return 0
+        if any(u.status == DIFFER for u in self.units) or any(
+                check.get("missing") and not check.get("error") for check in self.extra.values()):
+            return 5
+        codes = {u.error_code for u in self.units if u.status == ERROR}
+        codes |= {check["error_code"] for check in self.extra.values() if "error_code" in check}
+        return 4 if 4 in codes else 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "seconds": round(self.seconds, 3),
+        return {"ok": self.ok, "exit_code": self.exit_code, "seconds": round(self.seconds, 3),
                 "units": [asdict(u) for u in self.units], "checks": self.extra}
 
 
@@ -128,10 +146,41 @@ def verify_unit(source: Store, target: Store, unit: Unit) -> UnitReport:
         if report.chunks or report.schema:
             report.status = DIFFER
     except MigrateError as exc:
-        report.status, report.error = ERROR, str(exc)
+        report.status, report.error, report.error_code = ERROR, str(exc), exc.exit_code
     except Exception as exc:  # noqa: BLE001 - reported per unit, the others still run
-        report.status = ERROR
+        report.status, report.error_code = ERROR, 70
         report.error = f"internal error: {exc!r}\n" + "".join(traceback.format_exception(exc))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def verify_coverage(kind: str, units: list[Unit], source: Store) -> UnitReport:
+    """What the live source's selection holds that no unit covers, as missing on target."""
+    report = UnitReport(unit=f"{kind}:(not in plan)", store=kind)
+    unlisted = source.unlisted(units)
+    if unlisted:
+        report.status = DIFFER
+        report.n_missing_on_target = len(unlisted)
+        report.missing_on_target = unlisted[:SAMPLE]
+    return report
+
+
+def verify_definitions(kind: str, source: Store, target: Store) -> UnitReport:
+    """Store-level objects outside every unit (views, triggers, routines, bucket policy)."""
+    report = UnitReport(unit=f"{kind}:(definitions)", store=kind)
+    report.schema = schema_differences(source.definitions(), target.definitions())
+    if report.schema:
+        report.status = DIFFER
+    return report
+
+
+def _store_check(kind: str, check: Callable[[], UnitReport]) -> UnitReport:
+    started = time.monotonic()
+    try:
+        report = check()
+    except MigrateError as exc:
+        report = UnitReport(f"{kind}:(store checks)", kind, ERROR, error=str(exc),
+                            error_code=exc.exit_code)
     report.seconds = time.monotonic() - started
     return report
 
@@ -140,18 +189,21 @@ def verify(units: list[Unit], session: Session, *, parallel: int = 4,
            journal: Journal | None = None,
            on_unit: Callable[[UnitReport], None] | None = None,
            stop: threading.Event | None = None,
-           checks: dict[str, Callable[[Session], dict[str, Any]]] | None = None
-           ) -> VerifyReport:
+           checks: dict[str, Callable[[Session], dict[str, Any]]] | None = None,
+           whole: dict[str, list[Unit]] | None = None) -> VerifyReport:
+    """``whole`` maps each store kind verified in full to all its planned units: those
+    stores are also checked for uncovered data and store-level definitions."""
     started = time.monotonic()
     report = VerifyReport()
 
     def one(unit: Unit) -> UnitReport:
         if stop is not None and stop.is_set():
-            return UnitReport(unit.key, unit.store, ERROR, error="interrupted")
+            return UnitReport(unit.key, unit.store, ERROR, error="interrupted", error_code=130)
         try:
             source, target = session.pair(unit.store)
         except MigrateError as exc:
-            return UnitReport(unit.key, unit.store, ERROR, error=str(exc))
+            return UnitReport(unit.key, unit.store, ERROR, error=str(exc),
+                              error_code=exc.exit_code)
         result = verify_unit(source, target, unit)
         if journal is not None and result.status != ERROR:
             journal.set_state(unit.key, unit.store, unit.name,
@@ -161,13 +213,27 @@ def verify(units: list[Unit], session: Session, *, parallel: int = 4,
             on_unit(result)
         return result
 
+    def store_checks(kind: str) -> list[UnitReport]:
+        try:
+            source, target = session.pair(kind)
+        except MigrateError as exc:
+            return [UnitReport(f"{kind}:(store checks)", kind, ERROR, error=str(exc),
+                               error_code=exc.exit_code)]
+        planned = (whole or {})[kind]
+        return [_store_check(kind, lambda: verify_coverage(kind, planned, source)),
+                _store_check(kind, lambda: verify_definitions(kind, source, target))]
+
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="verify") as pool:
+        whole_checks = [pool.submit(store_checks, kind) for kind in (whole or {})]
         report.units = list(pool.map(one, units))
+        for future in whole_checks:
+            report.units.extend(future.result())
     for name, check in (checks or {}).items():
         try:
             report.extra[name] = check(session)
         except MigrateError as exc:
-            report.extra[name] = {"error": str(exc), "missing": ["(check failed)"]}
+            report.extra[name] = {"error": str(exc), "missing": ["(check failed)"],
+                                  "error_code": exc.exit_code}
     report.seconds = time.monotonic() - started
     return report
 

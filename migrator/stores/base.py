@@ -273,7 +273,7 @@ class Store(ABC):
     OPTION_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
 
     @classmethod
-    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:  # noqa: B027
         """Refuse (``PlanError`` naming ``endpoint.name``) a URL that would be misread."""
 
     @classmethod
