@@ -83,10 +83,6 @@ class Plan:
     def units_of(self, kind: str) -> list[Unit]:
         return [u for u in self.inventory if u.store == kind]
 
-    def integrity(self) -> str:
-        """A hash over what decides what is copied and verified (endpoints, selection,
-        inventory): an edit by hand, even before the first run, is noticed on load."""
-        return integrity_of(self.to_dict())
 
     def fingerprint(self) -> str:
         """What the journal binds to: the endpoints and units, not tunables like parallel."""
@@ -111,7 +107,7 @@ class Plan:
                 entry["facts"] = pair.facts
             stores[kind] = entry
         options = dict(vars(self.options))
-        return {
+        data = {
             "version": PLAN_VERSION,
             "name": self.name,
             "created_at": self.created_at,
@@ -123,14 +119,14 @@ class Plan:
             "existing_on_target": list(self.existing),
             "inventory": [u.to_dict() for u in self.inventory],
         }
+        data["integrity"] = integrity_of(data)
+        return data
 
     def save(self, path: Path) -> None:
         header = ("# openim-migrate plan. Edit options freely; re-run `plan` after changing\n"
                   "# endpoints or selection: `integrity` guards them and the inventory.\n"
                   "# Secrets appear only as ${VAR} references.\n")
-        data = self.to_dict()
-        data["integrity"] = integrity_of(data)
-        body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        body = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
         tmp = path.with_suffix(path.suffix + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +141,8 @@ class Plan:
 
 
 def integrity_of(data: dict[str, Any]) -> str:
+    """A hash over what decides what is copied and verified (endpoints, selection,
+    inventory): an edit by hand, even before the first run, is noticed on load."""
     guarded = {"stores": {kind: {k: v for k, v in (entry or {}).items() if k != "facts"}
                           for kind, entry in (data.get("stores") or {}).items()},
                "existing_on_target": data.get("existing_on_target") or [],

@@ -156,6 +156,36 @@ def test_redis_run_killed_with_sigkill_resumes_without_duplicates(redis_env, red
     assert cluster_keys(dst) == total
 
 
+def test_a_target_that_lost_its_data_is_found_by_verify_and_refilled_by_run(
+        redis_env, redis_pair, tmp_path):
+    """A target restarted without persistence: verify exits 5, and `run` again (no
+    --restart) copies the units verify found different, so the next verify is EQUAL."""
+    src, dst = redis_pair
+    load_redis(redis_env, 0.1)
+    plan = tmp_path / "lost.yaml"
+    assert cli("plan", *redis_plan_args(redis_env), "-o", str(plan)).returncode == 0
+    assert cli("run", str(plan)).returncode == 0
+    dst.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    check = cli("verify", str(plan))
+    assert check.returncode == 5 and "run `openim-migrate run" in check.stderr
+    again = cli("run", str(plan), "--json")
+    assert again.returncode == 0, again.stderr + again.stdout
+    report = json.loads(again.stdout)
+    assert report["copy"]["recopied"] and report["verify"]["ok"] is True
+    assert cluster_keys(dst) == src.dbsize()
+
+
+def test_verify_with_a_wrong_password_is_a_connection_error_not_a_difference(
+        redis_env, redis_pair, tmp_path):
+    load_redis(redis_env, 0.02)
+    plan = tmp_path / "pw.yaml"
+    assert cli("plan", *redis_plan_args(redis_env), "-o", str(plan)).returncode == 0
+    out = cli("verify", str(plan), env={"OIM_REDIS_SRC_READER_PASSWORD": "wrong-horse"})
+    assert out.returncode == 4, out.stderr + out.stdout
+    assert "stores.redis.source" in out.stderr and "DIFFERENT" not in out.stdout
+    assert "--restart" not in out.stderr and "wrong-horse" not in out.stderr + out.stdout
+
+
 def test_redis_wrong_password_names_the_endpoint_without_the_password(redis_env, redis_pair,
                                                                       tmp_path):
     args = redis_plan_args(redis_env)
@@ -411,8 +441,11 @@ def test_mongo_and_objects_run_killed_with_sigkill_resumes_without_duplicates(
     assert sum(1 for _ in dst_bucket.list_objects("openim", recursive=True)) == objects
 
 
-def test_ctrl_c_stops_at_a_batch_boundary_exits_130_and_run_again_finishes(
-        redis_env, redis_pair, tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_at_a_batch_boundary_and_run_again_finishes(
+        redis_env, redis_pair, tmp_path, sig, code, word):
     src, dst = redis_pair
     load_redis(redis_env, 4.0)  # several SCAN pages, so several batches
     total = src.dbsize()
@@ -425,10 +458,11 @@ def test_ctrl_c_stops_at_a_batch_boundary_exits_130_and_run_again_finishes(
     deadline = time.monotonic() + 60
     while journal_records(plan) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert proc.returncode == code, stderr
+    assert word in stderr and "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if line.startswith("error:")]) == 1
     copied = journal_records(plan)
     assert 0 < copied < total
     final = cli("run", str(plan), "--json")
