@@ -23,6 +23,7 @@ from migrator.stores.base import (
 # name of the "server" (the URL's host) -> unit name -> key -> value
 SERVERS: dict[str, dict[str, dict[str, str]]] = {}
 FAULTS: dict[str, list[Any]] = {}  # server -> actions consumed by write_batch, see below
+DEFINITIONS: dict[str, dict[str, Any]] = {}  # server -> store-level objects (like views)
 LOCK = threading.Lock()
 
 
@@ -40,6 +41,9 @@ class MemoryStore(Store):
 
     def check_access(self, role: Role) -> None:
         pass
+
+    def definitions(self) -> dict[str, Any]:
+        return dict(DEFINITIONS.get(self.server, {}))
 
     def list_units(self) -> list[Unit]:
         return [Unit("memory", name, {}, len(keys), sum(map(len, keys.values())))

@@ -14,7 +14,7 @@ from migrator.engine.session import Session
 from migrator.engine.throttle import Throttle
 from migrator.engine.transfer import Transfer
 from migrator.engine.verify import DIFFER, MATCH, verify
-from migrator.errors import JournalConflict, StoreError, TransientError
+from migrator.errors import JournalConflict, PlanError, StoreError, TransientError
 from migrator.plan import Options, Plan, StorePair
 from migrator.stores import registry
 from tests import memstore
@@ -25,6 +25,7 @@ def memory_kind(monkeypatch):
     monkeypatch.setitem(registry.STORES, "memory", ("tests.memstore", "MemoryStore"))
     memstore.SERVERS.clear()
     memstore.FAULTS.clear()
+    memstore.DEFINITIONS.clear()
     yield
 
 
@@ -189,3 +190,89 @@ def test_failed_state_is_recorded_with_the_error_message(tmp_path):
     memstore.FAULTS["dst"] = ["terminal"]
     _, states = run(plan, tmp_path)
     assert states["memory:a"].state == FAILED
+
+
+# -- what no unit covers, store-level definitions, drift, re-copy ------------------------
+def whole(plan: Plan) -> dict:
+    return {kind: plan.units_of(kind) for kind in plan.stores}
+
+
+def test_verify_reports_a_unit_created_on_the_source_after_plan_as_missing(tmp_path):
+    plan = make_plan({"a": 5})
+    run(plan, tmp_path)
+    memstore.SERVERS["src"]["late"] = {"k1": "v"}  # e.g. a table created after `plan`
+    with Session(plan.stores, plan.options) as session:
+        report = verify(plan.inventory, session, whole=whole(plan))
+    assert not report.ok and report.exit_code == 5
+    row = next(u for u in report.units if u.unit == "memory:(not in plan)")
+    assert row.status == DIFFER and row.missing_on_target == ["late"]
+
+
+def test_verify_compares_store_definitions_of_both_sides(tmp_path):
+    plan = make_plan({"a": 5})
+    memstore.DEFINITIONS["src"] = {"views": {"v1": "select 1"}}
+    memstore.DEFINITIONS["dst"] = {"views": {"v1": "select 1"}}
+    run(plan, tmp_path)
+    with Session(plan.stores, plan.options) as session:
+        assert verify(plan.inventory, session, whole=whole(plan)).ok
+        del memstore.DEFINITIONS["dst"]["views"]["v1"]  # a view dropped on the target
+        report = verify(plan.inventory, session, whole=whole(plan))
+    row = next(u for u in report.units if u.unit == "memory:(definitions)")
+    assert row.status == DIFFER and any("views.v1" in line for line in row.schema)
+
+
+def test_narrowed_verify_skips_whole_store_checks_but_says_nothing_false(tmp_path):
+    plan = make_plan({"a": 5})
+    run(plan, tmp_path)
+    memstore.SERVERS["src"]["late"] = {"k1": "v"}
+    with Session(plan.stores, plan.options) as session:
+        report = verify(plan.inventory, session)  # no `whole`: units only
+    assert report.ok and all(":(" not in u.unit for u in report.units)
+
+
+def test_run_refuses_a_source_that_grew_a_container_after_plan(tmp_path):
+    from migrator.engine import operations
+
+    plan = make_plan({"a": 5})
+    memstore.SERVERS["src"]["late"] = {"k1": "v"}
+    with pytest.raises(PlanError, match="late"):
+        operations.run_plan(plan, tmp_path / "p.yaml")
+    assert "dst" not in memstore.SERVERS or not memstore.SERVERS["dst"].get("a")
+
+
+def test_run_copies_again_what_verify_found_different(tmp_path):
+    from migrator.engine import operations
+
+    plan = make_plan({"a": 30, "b": 4})
+    first = operations.run_plan(plan, tmp_path / "p.yaml")
+    assert first.verify is not None and first.verify.ok
+    del memstore.SERVERS["dst"]["a"]["k00007"]  # the target lost a record
+    report = operations.verify_plan(plan, tmp_path / "p.yaml")
+    assert report.exit_code == 5
+    second = operations.run_plan(plan, tmp_path / "p.yaml")
+    assert second.recopied == ["memory:a"]
+    assert second.verify is not None and second.verify.ok
+    assert memstore.SERVERS["dst"]["a"]["k00007"] == "v7"
+
+
+def test_verify_exit_code_is_4_for_an_unreachable_side_and_5_for_differences(tmp_path):
+    from migrator.engine.verify import ERROR, UnitReport, VerifyReport
+
+    unreachable = VerifyReport(units=[UnitReport("memory:a", "memory", ERROR, error="x",
+                                                 error_code=4)])
+    assert unreachable.exit_code == 4
+    both = VerifyReport(units=[*unreachable.units,
+                               UnitReport("memory:b", "memory", DIFFER)])
+    assert both.exit_code == 5
+
+
+@pytest.mark.parametrize("content", [b"", b"not a journal at all, just text\n" * 40,
+                                     b"SQLite format 3\x00" + b"\x00" * 50])
+def test_an_unreadable_journal_is_a_conflict_naming_the_file(tmp_path, content):
+    path = tmp_path / "j.sqlite"
+    path.write_bytes(content)
+    if not content:
+        path.unlink()
+        path.mkdir()  # a directory where the journal should be
+    with pytest.raises(JournalConflict, match="j.sqlite"):
+        Journal(path).open()
