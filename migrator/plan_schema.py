@@ -121,29 +121,30 @@ def field_path(parts: Iterable[Any]) -> str:
 
 def _problem(error: ValidationError) -> tuple[str, str]:
     where = field_path(error.absolute_path)
-    value = error.instance
+    value: Any = error.instance
+    schema: Any = error.schema
+    rule: Any = error.validator_value
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     if error.validator == "additionalProperties" and isinstance(value, dict):
-        allowed = set(error.schema.get("properties", {}))
+        allowed = set(schema.get("properties", {}))
         extra = sorted(k for k in value if k not in allowed)
         if extra:
             name = f"{where}.{extra[0]}" if where != "plan" else extra[0]
             return name, f"unknown field (allowed here: {', '.join(sorted(allowed))})"
     if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in (value or {})]
+        missing = [k for k in rule if k not in (value or {})]
         name = f"{where}.{missing[0]}" if where != "plan" else missing[0]
         return name, "missing"
     if error.validator == "type":
-        wanted = error.validator_value
-        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        wanted = " or ".join(rule) if isinstance(rule, list) else str(rule)
         return where, f"must be {_ARTICLE.get(wanted, wanted)}, got {shown}"
     if error.validator == "enum":
-        return where, f"must be one of {', '.join(map(str, error.validator_value))}, got {shown}"
+        return where, f"must be one of {', '.join(map(str, rule))}, got {shown}"
     if error.validator == "const":
-        return where, f"must be {error.validator_value!r}, got {shown}"
+        return where, f"must be {rule!r}, got {shown}"
     if error.validator in ("minimum", "maximum"):
         word = "at least" if error.validator == "minimum" else "at most"
-        return where, f"must be {word} {error.validator_value}, got {shown}"
+        return where, f"must be {word} {rule}, got {shown}"
     if error.validator == "oneOf" and error.context:
         deepest = best_match(error.context)
         if deepest is not None and list(deepest.absolute_path) != list(error.absolute_path):

@@ -61,7 +61,7 @@ class TqdmProgress:
             bar = self._tqdm(total=records or None, initial=done, unit="rec", unit_scale=True,
                              desc=unit[-40:], position=position, leave=False,
                              dynamic_ncols=True)
-            bar.position_slot = position  # type: ignore[attr-defined]
+            bar.position_slot = position
             self._units[unit] = bar
 
     def advance(self, unit: str, records: int, bytes_: int) -> None:

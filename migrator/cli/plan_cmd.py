@@ -91,7 +91,7 @@ def plan_command(sources: tuple[str, ...], targets: tuple[str, ...],
                                              **dst_opts.get(kind, {})}, f"stores.{kind}.target"),
             selection=Selection(include=tuple(includes.get(kind, ())),
                                 exclude=tuple(excludes.get(kind, ())),
-                                preset=(presets.get(kind) or [None])[-1]))
+                                preset=presets[kind][-1] if presets.get(kind) else None))
     options = apply_tunables(Options(on_existing=on_existing), parallel=parallel,
                              rate_limit=rate_limit)
     for field_name, value in (("batch_records", batch_records), ("unit_records", unit_records),

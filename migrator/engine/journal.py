@@ -13,9 +13,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from migrator.errors import JournalConflict
 
@@ -59,7 +60,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
         self._db: sqlite3.Connection | None = None
 
     def open(self, *, exclusive: bool = True) -> Journal:
@@ -214,9 +215,9 @@ class Journal:
         return JournalCache(self, scope)
 
 
-class JournalCache:
+class JournalCache(MutableMapping[Any, str]):
     """A dict-like string cache in the journal (e.g. streamed object hashes); keys may be
-    any JSON-able value such as a tuple."""
+    any JSON-able value such as a tuple. Iteration yields the stored (JSON) key text."""
 
     def __init__(self, journal: Journal, scope: str) -> None:
         self._journal = journal
@@ -226,21 +227,26 @@ class JournalCache:
     def _key(key: object) -> str:
         return key if isinstance(key, str) else json.dumps(key, default=str)
 
-    def get(self, key: object, default: str | None = None) -> str | None:
+    def __getitem__(self, key: object) -> str:
         rows = self._journal._exec("SELECT value FROM cache WHERE scope = ? AND key = ?",
                                    (self._scope, self._key(key)))
-        return rows[0][0] if rows else default
-
-    def __getitem__(self, key: object) -> str:
-        value = self.get(key)
-        if value is None:
+        if not rows:
             raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None
+        return rows[0][0]
 
     def __setitem__(self, key: object, value: str) -> None:
         self._journal._exec("INSERT INTO cache(scope, key, value) VALUES (?, ?, ?) "
                             "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value",
                             (self._scope, self._key(key), value))
+
+    def __delitem__(self, key: object) -> None:
+        self._journal._exec("DELETE FROM cache WHERE scope = ? AND key = ?",
+                            (self._scope, self._key(key)))
+
+    def __iter__(self) -> Iterator[Any]:
+        rows = self._journal._exec("SELECT key FROM cache WHERE scope = ?", (self._scope,))
+        return iter([key for (key,) in rows])
+
+    def __len__(self) -> int:
+        return self._journal._exec("SELECT COUNT(*) FROM cache WHERE scope = ?",
+                                   (self._scope,))[0][0]

@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 
 from migrator.engine.journal import (
     COPIED,
@@ -92,7 +93,7 @@ def batches_through_queue(source: Store, unit: Unit, cursor: Cursor, depth: int,
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer to raise
             put(exc)
         finally:
-            export.close()
+            getattr(export, "close", lambda: None)()  # a generator: end it now
 
     thread = threading.Thread(target=produce, name=f"export {unit.key}", daemon=True)
     thread.start()
@@ -173,7 +174,7 @@ class Transfer:
             units = self.plan.units_of(kind)
             try:
                 source, target = self.session.pair(kind)
-                call_with_retry(lambda s=source, t=target, us=units: t.prepare_target(us, s),
+                call_with_retry(partial(target.prepare_target, units, source),
                                 self.retry, stop=self.stop,
                                 on_retry=self._on_retry(f"{kind}:prepare"))
                 self.journal.event(None, "prepared", kind)
@@ -269,7 +270,7 @@ class Transfer:
                 continue
             source, target = self.session.pair(kind)
             try:
-                call_with_retry(lambda s=source, t=target, us=units: t.finalize_target(us, s),
+                call_with_retry(partial(target.finalize_target, units, source),
                                 self.retry, stop=self.stop,
                                 on_retry=self._on_retry(f"{kind}:finalize"))
             except MigrateError as exc:
