@@ -25,6 +25,9 @@ from migrator.stores.base import Role, Selection, StoreOptions, Unit
 from migrator.stores.objects import ObjectStore, missing_objects, separator, split_ranges
 
 MiB = 1 << 20
+READ_SETTINGS = ("s3:GetBucketPolicy", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration",
+                 "s3:GetBucketObjectLockConfiguration", "s3:GetEncryptionConfiguration",
+                 "s3:GetBucketTagging")
 SMALL = StoreOptions(batch_records=50, chunk_records=20, unit_records=1000)
 
 
@@ -198,7 +201,7 @@ def test_100_mib_object_streams_with_bounded_memory(s3_env) -> None:
 
 # -- policy, naming, selection -------------------------------------------------------------
 
-def test_bucket_policy_copied_to_renamed_bucket_and_schema_equal(pair) -> None:
+def test_bucket_policy_copied_to_renamed_bucket_and_definitions_equal(pair) -> None:
     src, _, bucket = pair
     renamed = f"r-{uuid.uuid4().hex[:16]}"
     dst = store("DST", bucket_map={bucket: renamed})
@@ -210,10 +213,10 @@ def test_bucket_policy_copied_to_renamed_bucket_and_schema_equal(pair) -> None:
     units = copy(src, dst)
     stored = json.loads(dst.client.get_bucket_policy(renamed))
     assert stored["Statement"][0]["Resource"] == [f"arn:aws:s3:::{renamed}/openim/*"]
-    assert src.schema(units[0]) == dst.schema(units[0])
-    assert src.schema(units[0])["bucket_policy"] is not None
+    assert src.definitions(units) == dst.definitions(units)
+    assert src.definitions(units)[bucket]["policy"] is not None
     src.client.delete_bucket_policy(bucket)
-    assert src.schema(units[0]) != dst.schema(units[0])
+    assert src.definitions(units) != dst.definitions(units)
 
 
 def test_target_url_bucket_and_prefix_receive_the_keys(pair) -> None:
@@ -425,17 +428,24 @@ def test_read_only_user_suffices_for_the_source_but_not_the_target(pair, monkeyp
     with pytest.raises(EndpointError) as err:
         store("SRC", f"/{bucket}", var="OIM_RO").check_access(Role.SOURCE)
     assert "s3:GetBucketPolicy" in str(err.value)  # the hint says what to grant or set
-    no_policy = Selection(options={"bucket_policy": False})
-    reader = store("SRC", f"/{bucket}", var="OIM_RO", selection=no_policy)
+    assert "s3:GetBucketVersioning" in str(err.value)  # all of it at once
+    no_settings = Selection(options={"bucket_settings": False})
+    reader = store("SRC", f"/{bucket}", var="OIM_RO", selection=no_settings)
     reader.check_access(Role.SOURCE)
-    units = copy(reader, store("DST", selection=no_policy))
+    units = copy(reader, store("DST", selection=no_settings))
+    assert reader.definitions(units) == {}
     assert body(dst, bucket, "openim/data/hash/r") == b"readable"
     assert equal(reader, dst, units)
 
     allow("s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:GetBucketPolicy")
+    with pytest.raises(EndpointError) as err:  # the other bucket settings are read too
+        store("SRC", f"/{bucket}", var="OIM_RO").check_access(Role.SOURCE)
+    assert "s3:GetBucketVersioning" in str(err.value)
+    assert "s3:GetBucketPolicy" not in str(err.value)
+    allow("s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", *READ_SETTINGS)
     reader = store("SRC", f"/{bucket}", var="OIM_RO")
     reader.check_access(Role.SOURCE)
-    assert reader.schema(units[0]) == dst.schema(units[0])
+    assert reader.definitions(units) == dst.definitions(units)
     with pytest.raises(EndpointError, match="AccessDenied"):
         reader.check_access(Role.TARGET)
 

@@ -1,19 +1,6 @@
-"""Object storage store: any S3-compatible service (MinIO, AWS S3, OSS, COS).
+"""The object storage store: listing, units, access checks, naming and verification.
 
-Only the S3 API of the ``minio`` client is used, so nothing here depends on MinIO itself.
-
-* Units are contiguous key ranges of a bucket. A bucket above ``unit_records`` objects is
-  split at leading characters after a common prefix (OpenIM's ``openim/data/hash/<md5>``
-  splits by hex digit), found in one streaming pass over the sorted listing. A range is
-  ``start`` (inclusive) to ``end`` (exclusive), so units never overlap and a key created
-  between two split prefixes still belongs to exactly one unit.
-* Batches hold object descriptors, never bodies. Each record carries a reference to the
-  source store; the importer streams the body from it straight into ``put_object``, with
-  a memory budget shared by all copies of the store.
-* Verification compares size, a content MD5, content type, user metadata and the standard
-  headers we copy. A single-part ETag *is* the MD5; for a multipart ETag the MD5 is
-  streamed once and kept in ``hash_cache`` (keyed by the object's version), so both sides
-  always yield comparable fingerprints whatever part sizes each side used.
+See ``migrator/stores/objects/__init__.py`` for the design in words.
 """
 
 from __future__ import annotations
@@ -26,14 +13,13 @@ import threading
 import uuid
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from itertools import pairwise
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -41,7 +27,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from migrator.errors import MigrateError, PlanError, StoreError, TransientError
+from migrator.config import Endpoint
+from migrator.errors import EndpointError, MigrateError, PlanError, StoreError, TransientError
 from migrator.stores.base import (
     Batch,
     Capabilities,
@@ -54,238 +41,50 @@ from migrator.stores.base import (
     Unit,
     record_hash,
 )
+from migrator.stores.objects import endpoint as url_rules
+from migrator.stores.objects import settings
+from migrator.stores.objects.ranges import range_name, separator, split_ranges, tiling_gaps
+from migrator.stores.objects.records import (
+    CHANGED,
+    GONE,
+    MD5_ETAG,
+    MIN_PART,
+    CacheKey,
+    HashCache,
+    MiB,
+    ObjectRecord,
+    epoch,
+    etag,
+    split_headers,
+)
+from migrator.stores.objects.transfer import Budget, ObjectImporter
 
-MiB = 1 << 20
-MIN_PART = 5 * MiB  # S3's smallest multipart part
-MAX_PARTS = 10_000
-COPIED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language")
-_MD5_ETAG = re.compile(r"[0-9a-fA-F]{32}")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                "ExpiredToken", "AllAccessDisabled", "AccountProblem", "InvalidSecurity"}
-GONE = "(deleted during verify)"
-CHANGED = "(changed during verify)"
-_POLICY_LISTS = ("Action", "NotAction", "Resource", "NotResource", "AWS")
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                     "OperationAborted", "XMinioServerNotInitialized", "Throttling"}
-
-
-class CacheKey(NamedTuple):
-    """One version of one object; any change to it gives a different key."""
-
-    endpoint: str
-    bucket: str
-    key: str
-    etag: str
-    size: int
-    last_modified: int
-
-
-class HashCache(dict[CacheKey, str]):
-    """Streamed content MD5s, so a second verify does not re-read unchanged objects.
-
-    A plain dict on purpose (its single operations are atomic under the GIL): the engine
-    can swap in any mapping with ``get`` and ``__setitem__``, e.g. one backed by its journal.
-    """
-
-
-class _Budget:
-    """Bytes of object data held in memory at once, shared by every copy of a store."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def take(self, nbytes: int) -> Iterator[None]:
-        nbytes = min(nbytes, self.limit)  # an oversized object waits until it runs alone
-        with self._cond:
-            self._cond.wait_for(lambda: self.used + nbytes <= self.limit)
-            self.used += nbytes
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.used -= nbytes
-                self._cond.notify_all()
-
-
-@dataclass(frozen=True)
-class ObjectRecord:
-    """One object as listed: what a batch carries instead of the bytes.
-
-    ``metadata``/``headers`` are None when the listing did not include them (plain S3);
-    ``source`` is the store the importer streams the body from.
-    """
-
-    bucket: str
-    key: str
-    size: int
-    etag: str
-    last_modified: int = 0  # seconds since the epoch
-    content_type: str | None = None
-    metadata: dict[str, str] | None = None
-    headers: dict[str, str] | None = None
-    source: ObjectStore | None = field(default=None, compare=False, repr=False)
-
-    def open(self) -> Any:
-        """The body as a readable HTTP response (close and release it), or None if gone."""
-        if self.source is None:
-            raise StoreError(f"object {self.bucket}/{self.key}: record has no source")
-        return self.source.open_object(self.bucket, self.key)
-
-
-@dataclass
-class _Part:
-    first: str
-    last: str
-    count: int
-    nbytes: int
-
-
-class _Node:
-    """An inner node of the compressed key trie while the sorted listing streams by."""
-
-    __slots__ = ("depth", "parts", "count", "nbytes")
-
-    def __init__(self, depth: int) -> None:
-        self.depth, self.parts, self.count, self.nbytes = depth, [], 0, 0
-
-    def add(self, part: _Part, limit: int) -> None:
-        self.count += part.count
-        self.nbytes += part.nbytes
-        last = self.parts[-1] if self.parts else None
-        if last is not None and last.count + part.count <= limit:
-            self.parts[-1] = _Part(last.first, part.last, last.count + part.count,
-                                   last.nbytes + part.nbytes)
-        else:
-            self.parts.append(part)
-
-    def finish(self, limit: int) -> list[_Part]:
-        if self.count <= limit:
-            return [_Part(self.parts[0].first, self.parts[-1].last, self.count, self.nbytes)]
-        return self.parts
-
-
-def _lcp(a: str, b: str) -> int:
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:  # binary search: slice compares run in C
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def separator(last: str, first: str) -> str:
-    """The shortest string s with last < s <= first: a readable range boundary."""
-    return first[:_lcp(last, first) + 1]
-
-
-def split_ranges(entries: Iterable[tuple[str, int]], limit: int) -> list[_Part]:
-    """Cut sorted (key, size) pairs into runs of <= limit keys at prefix boundaries.
-
-    One pass, memory O(key length + runs): in sorted order every prefix's keys are
-    contiguous, so a prefix is complete (and its count known) as soon as the listing
-    leaves it. Subtrees that fit stay whole; neighbours that fit together are merged.
-    """
-    stack = [_Node(0)]
-    prev: str | None = None
-    prev_size = 0
-
-    def close_to(depth: int) -> None:
-        while stack[-1].depth > depth:
-            parts = stack.pop().finish(limit)
-            if stack[-1].depth < depth:
-                stack.append(_Node(depth))
-            for part in parts:
-                stack[-1].add(part, limit)
-
-    for key, size in entries:
-        if prev is not None:
-            right = _lcp(prev, key)
-            if right > stack[-1].depth:
-                stack.append(_Node(right))
-            stack[-1].add(_Part(prev, prev, 1, prev_size), limit)
-            close_to(right)
-        prev, prev_size = key, size
-    if prev is not None:
-        stack[-1].add(_Part(prev, prev, 1, prev_size), limit)
-        close_to(0)
-    return stack[0].parts
-
-
-def parse_size(value: Any, where: str) -> int:
-    """``16777216``, ``"16MiB"`` or ``"64M"`` -> bytes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", str(value), re.IGNORECASE)
-    if not match:
-        raise PlanError(where, f"not a size: {value!r}", hint="write e.g. 16MiB")
-    return int(match.group(1)) << (10 * " kmgt".index((match.group(2) or " ").lower()))
-
-
-def _etag(raw: str | None) -> str:
-    return (raw or "").strip('"')
-
-
-def _epoch(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        value = parsedate_to_datetime(value)
-    return int(value.timestamp())
-
-
-def _split_headers(raw: Mapping[str, str]) -> tuple[str | None, dict[str, str], dict[str, str]]:
-    """(content type, user metadata, copied standard headers) with names lowercased."""
-    content_type, metadata, headers = None, {}, {}
-    for name, value in raw.items():
-        low = name.lower()
-        if low == "content-type":
-            content_type = value
-        elif low.startswith("x-amz-meta-"):
-            metadata[low[len("x-amz-meta-"):]] = value
-        elif low in COPIED_HEADERS:
-            headers[low] = value
-    return content_type, metadata, headers
-
-
-def _normalise_policy(text: str, bucket_from: str, bucket_to: str) -> Any:
-    """A policy as comparable data: lists sorted, single strings listed, bucket renamed."""
-    arn = f"arn:aws:s3:::{bucket_from}"
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: walk([v] if k in _POLICY_LISTS and isinstance(v, str) else v)
-                    for k, v in value.items() if not (k == "Sid" and v == "")}
-        if isinstance(value, list):
-            return sorted((walk(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-        if isinstance(value, str) and (value == arn or value.startswith(arn + "/")):
-            return f"arn:aws:s3:::{bucket_to}" + value[len(arn):]
-        return value
-
-    data = json.loads(text)
-    for statement in data.get("Statement") or []:
-        if statement.get("Principal") == "*":
-            statement["Principal"] = {"AWS": ["*"]}
-    return walk(data)
 
 
 class ObjectStore(Store):
     kind = "objects"
     capabilities = Capabilities(resumable_units=True,
                                 wire_format="object byte streams + S3 metadata")
+    SPEC_SCHEMA: ClassVar[dict[str, Any]] = url_rules.SPEC_SCHEMA
+    OPTION_SCHEMA: ClassVar[dict[str, Any]] = url_rules.OPTION_SCHEMA
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.check_endpoint(self.endpoint, Role.SOURCE)  # a bad URL never half-works
+        url_rules.check_options(self.endpoint)
         opts, name = self.endpoint.options, self.endpoint.name or "objects"
         parts = urlsplit(self.endpoint.url)
-        path = unquote(parts.path.lstrip("/"))
-        self.bucket, _, self.prefix = path.partition("/")
-        self.bucket = self.bucket or None
+        bucket, _, self.prefix = unquote(parts.path.lstrip("/")).partition("/")
+        self.bucket: str | None = bucket or None
         self.secure = parts.scheme == "https" or self.endpoint.tls.enabled
         port = f":{parts.port}" if parts.port else ""
         self.endpoint_id = f"{'https' if self.secure else 'http'}://{parts.hostname}{port}"
         self.bucket_map: dict[str, str] = dict(opts.get("bucket_map") or {})
+        parse_size = url_rules.parse_size
         self.threshold = parse_size(opts.get("multipart_threshold", 16 * MiB),
                                     f"{name}.multipart_threshold")
         self.part_size = max(MIN_PART, parse_size(opts.get("multipart_part_size", self.threshold),
@@ -294,10 +93,13 @@ class ObjectStore(Store):
         self.transfers = int(opts.get("transfers", 8))
         self.checkers = int(opts.get("checkers", 8))
         self.etag_is_md5 = bool(opts.get("etag_is_md5", True))
-        # Selection option, so both sides agree: copy and compare bucket policies.
-        self.with_policy = bool(self.selection.options.get("bucket_policy", True))
+        # Selection options, so both sides agree on which bucket settings count.
+        sel = self.selection.options
+        self.setting_names = tuple(
+            n for n in settings.SETTINGS if sel.get("bucket_settings", True)
+            and (n != "policy" or sel.get("bucket_policy", True)))
         self.hash_cache: Any = HashCache()
-        self._budget = _Budget(parse_size(opts.get("memory_budget", 256 * MiB),
+        self.budget = Budget(parse_size(opts.get("memory_budget", 256 * MiB),
                                           f"{name}.memory_budget"))
         self._client: Minio | None = None
         self._http: urllib3.PoolManager | None = None
@@ -306,7 +108,7 @@ class ObjectStore(Store):
     # -- lifecycle -------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_client", "_http", "_lock", "_budget"):
+        for name in ("_client", "_http", "_lock", "budget"):
             del state[name]
         return state
 
@@ -336,7 +138,8 @@ class ObjectStore(Store):
             # (connect=1) so the engine's retry policy decides about waiting.
             retries=urllib3.Retry(total=3, connect=1, backoff_factor=0.2,
                                   status_forcelist=[500, 502, 503, 504]))
-        host = f"{conn.host}:{conn.port}" if conn.port else conn.host
+        host = f"[{conn.host}]" if ":" in conn.host else conn.host  # IPv6 literal
+        host = f"{host}:{conn.port}" if conn.port else host
         return Minio(host, access_key=access, secret_key=secret,
                      session_token=self.endpoint.resolved("session_token"), secure=self.secure,
                      region=self.endpoint.options.get("region"), http_client=self._http)
@@ -371,7 +174,9 @@ class ObjectStore(Store):
             if exc.code == "NoSuchBucket":
                 raise self.endpoint.fail(problem) from exc
             raise StoreError(f"{self.endpoint.label}: {problem}") from exc
-        except (ServerError, InvalidResponseError) as exc:
+        except InvalidResponseError as exc:
+            raise self._not_s3(what, exc) from exc
+        except ServerError as exc:
             raise TransientError(f"{self.endpoint.label}: {what}: {exc}") from exc
         except MinioException as exc:
             raise StoreError(f"{self.endpoint.label}: {what}: {exc}") from exc
@@ -387,12 +192,34 @@ class ObjectStore(Store):
         except OSError as exc:
             raise TransientError(f"{self.endpoint.label}: {what}: {exc}") from exc
 
+    def _not_s3(self, what: str, exc: InvalidResponseError) -> MigrateError:
+        """An answer that is not S3's XML: a proxy's 5xx may pass; a 4xx means the URL
+        does not lead to an S3 API as written (most often http:// to an HTTPS port)."""
+        status = int(getattr(exc, "_code", 0) or 0)
+        body = " ".join(str(getattr(exc, "_body", "") or "").split())[:120]
+        problem = f"{what}: HTTP {status} that is not an S3 answer ({body or 'no body'})"
+        if status >= 500:
+            return TransientError(f"{self.endpoint.label}: {problem}")
+        if not self.secure and "HTTPS" in body:
+            return self.endpoint.fail(f"{what}: this port speaks HTTPS; the URL says http://",
+                                      hint="write https:// (or set tls:), with tls.ca_file "
+                                      "for a private CA")
+        return self.endpoint.fail(problem, hint="check the URL's scheme, host and port: "
+                                  "they must lead to the S3 API itself")
+
     # -- naming: units speak the source's names; each side maps them to its own -------
     def here_bucket(self, bucket: str) -> str:
         return self.bucket or self.bucket_map.get(bucket, bucket)
 
-    def _here_key(self, unit: Unit, key: str | None) -> str | None:
-        return None if key is None else self.prefix + key[len(unit.spec["prefix"]):]
+    def source_bucket(self, here: str) -> str:
+        """The source's name for a bucket here (``bucket_map`` read backwards)."""
+        return {v: k for k, v in self.bucket_map.items()}.get(here, here)
+
+    def here_key(self, unit: Unit, key: str) -> str:
+        return self.prefix + key[len(unit.spec["prefix"]):]
+
+    def _here_bound(self, unit: Unit, key: str | None) -> str | None:
+        return None if key is None else self.here_key(unit, key)
 
     def _unit_key(self, unit: Unit, key: str) -> str:
         return unit.spec["prefix"] + key[len(self.prefix):]
@@ -406,8 +233,11 @@ class ObjectStore(Store):
 
     def _bucket_selected(self, bucket: str) -> bool:
         def may_match(pattern: str) -> bool:
-            head = pattern.split("/", 1)[0]
-            return "*" in head or fnmatchcase(bucket, head)
+            # Patterns match "bucket/key" and * crosses "/", so only the literal text
+            # before the first wildcard pins the bucket down.
+            literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+            head, slash, _ = literal.partition("/")
+            return bucket == head if slash else bucket.startswith(literal)
         sel = self.selection
         if sel.include and not any(may_match(p) for p in sel.include):
             return False
@@ -416,11 +246,11 @@ class ObjectStore(Store):
     # -- listing -----------------------------------------------------------------------
     def _record(self, bucket: str, obj: Any) -> ObjectRecord:
         raw = obj.metadata
-        content_type, metadata, headers = _split_headers(raw) if raw else (None, None, None)
+        content_type, metadata, headers = split_headers(raw) if raw else (None, None, None)
         if content_type is None:  # incomplete (plain S3 listing): fingerprint will HEAD
             metadata = headers = None
-        return ObjectRecord(bucket, obj.object_name, int(obj.size or 0), _etag(obj.etag),
-                            _epoch(obj.last_modified), content_type, metadata, headers)
+        return ObjectRecord(bucket, obj.object_name, int(obj.size or 0), etag(obj.etag),
+                            epoch(obj.last_modified), content_type, metadata, headers)
 
     def stat(self, bucket: str, key: str) -> ObjectRecord | None:
         """HEAD one object; None when it does not exist."""
@@ -438,19 +268,24 @@ class ObjectStore(Store):
         """Objects under this endpoint's prefix with start <= key < end, in key order.
 
         S3's start-after is exclusive, so the key equal to ``start`` is fetched by HEAD.
+        A bucket that does not exist lists as empty: on a target, its objects are missing.
         """
         if after is None and start:
             first = self.stat(bucket, start)
             if first is not None and first.key.startswith(self.prefix):
                 yield first
         after = after or start or None
-        with self._errors(f"list {bucket}"):
-            for obj in self.client.list_objects(bucket, prefix=self.prefix or None,
-                                                recursive=True, start_after=after,
-                                                include_user_meta=metadata):
-                if end is not None and obj.object_name >= end:
-                    return
-                yield self._record(bucket, obj)
+        try:
+            with self._errors(f"list {bucket}"):
+                for obj in self.client.list_objects(bucket, prefix=self.prefix or None,
+                                                    recursive=True, start_after=after,
+                                                    include_user_meta=metadata):
+                    if end is not None and obj.object_name >= end:
+                        return
+                    yield self._record(bucket, obj)
+        except MigrateError as exc:
+            if getattr(exc.__cause__, "code", None) != "NoSuchBucket":
+                raise
 
     def _unit_objects(self, unit: Unit, start: str | None, end: str | None,
                       after: str | None = None, metadata: bool = True
@@ -458,13 +293,15 @@ class ObjectStore(Store):
         """The selected objects of a unit's range on this side, keys in unit (source) names."""
         bucket = unit.spec["bucket"]
         here = self.here_bucket(bucket)
-        for rec in self.list_range(here, self._here_key(unit, start), self._here_key(unit, end),
-                                   self._here_key(unit, after), metadata):
+        for rec in self.list_range(here, self._here_bound(unit, start),
+                                   self._here_bound(unit, end), self._here_bound(unit, after),
+                                   metadata):
             key = self._unit_key(unit, rec.key)
             if self._selected(bucket, key):
                 yield replace(rec, key=key)
 
     def buckets(self) -> list[str]:
+        """The selected buckets here, by the names they have here."""
         if self.bucket:
             with self._errors(f"bucket {self.bucket}"):
                 if not self.client.bucket_exists(self.bucket):
@@ -472,7 +309,7 @@ class ObjectStore(Store):
             return [self.bucket]
         with self._errors("list buckets"):
             return sorted(b.name for b in self.client.list_buckets()
-                          if self._bucket_selected(b.name))
+                          if self._bucket_selected(self.source_bucket(b.name)))
 
     # -- access --------------------------------------------------------------------------
     def check_access(self, role: Role) -> None:
@@ -481,8 +318,7 @@ class ObjectStore(Store):
                 first = next(self.list_range(bucket, None, None, metadata=False), None)
                 if first is not None:
                     self.stat(bucket, first.key)
-                if self.with_policy:
-                    self.bucket_policy(bucket)
+                self._check_settings_readable(bucket)
             return
         if self.bucket:
             with self._errors(f"bucket {self.bucket}"):
@@ -501,6 +337,23 @@ class ObjectStore(Store):
             with self._errors(f"remove probe bucket {probe}"):
                 self.client.remove_bucket(probe)
 
+    def _check_settings_readable(self, bucket: str) -> None:
+        """The rights to read every bucket setting verify compares, all named at once."""
+        denied = []
+        for name in self.setting_names:
+            try:
+                settings.read(self, bucket, name)
+            except EndpointError as exc:
+                if "AccessDenied" not in str(exc):
+                    raise
+                denied.append(name)
+        if denied:
+            actions = ", ".join(settings.READ_ACTIONS[n] for n in denied)
+            raise self.endpoint.fail(
+                f"bucket {bucket}: AccessDenied reading its {', '.join(denied)}",
+                hint=f"grant {actions}; or set bucket_settings: false (bucket_policy: false "
+                "for the policy alone) in the objects selection options to leave them out")
+
     def _probe_put(self, bucket: str) -> None:
         key = f"{self.prefix}.oim-migrate-probe-{uuid.uuid4().hex}"
         with self._errors(f"write probe {bucket}/{key}"):
@@ -510,7 +363,8 @@ class ObjectStore(Store):
     def describe(self) -> dict[str, Any]:
         return {"consistency": "object storage has no snapshot; objects written during the "
                 "copy are found by re-listing (catch-up) and by verify",
-                "multipart_threshold": self.threshold, "part_size": self.part_size}
+                "multipart_threshold": self.threshold, "part_size": self.part_size,
+                "bucket_settings": list(self.setting_names)}
 
     # -- source side -------------------------------------------------------------------
     def list_units(self) -> list[Unit]:
@@ -528,7 +382,7 @@ class ObjectStore(Store):
             bounds = [None, *(separator(a.last, b.first) for a, b in pairwise(parts)), None]
             for i, part in enumerate(parts):
                 start, end = bounds[i], bounds[i + 1]
-                units.append(Unit(self.kind, f"{bucket}/[{start or ''}..{end or ''})",
+                units.append(Unit(self.kind, f"{bucket}/{range_name(start, end)}",
                                   dict(spec, start=start, end=end), part.count, part.nbytes))
         return units
 
@@ -553,7 +407,8 @@ class ObjectStore(Store):
         stored with ``Content-Encoding: gzip`` and we would copy different bytes.
         """
         here = bucket if mapped else self.here_bucket(bucket)
-        headers = {"If-Match": f'"{etag}"'} if etag else None
+        headers: dict[str, str | list[str] | tuple[str]] | None = \
+            {"If-Match": f'"{etag}"'} if etag else None
         try:
             with self._errors(f"get {here}/{key}"):
                 return self.client.get_object(here, key, request_headers=headers)
@@ -561,21 +416,6 @@ class ObjectStore(Store):
             code = getattr(exc.__cause__, "code", None)
             if code == "NoSuchKey" or (etag and code == "PreconditionFailed"):
                 return None
-            raise
-
-    def bucket_policy(self, bucket: str) -> str | None:
-        """The bucket's policy JSON as stored, None when it has none."""
-        try:
-            with self._errors(f"read bucket policy of {bucket}"):
-                return self.client.get_bucket_policy(bucket)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, S3Error) and exc.__cause__.code == "NoSuchBucketPolicy":
-                return None
-            raise
-        except MigrateError as exc:
-            if "AccessDenied" in str(exc):
-                exc.hint = ("grant s3:GetBucketPolicy, or set bucket_policy: false in the "
-                            "objects selection options to leave policies out")
             raise
 
     # -- target side -------------------------------------------------------------------
@@ -591,84 +431,40 @@ class ObjectStore(Store):
         return names
 
     def prepare_target(self, units: list[Unit], source: Store) -> None:
+        """Buckets, with the source's settings except lifecycle rules (after the data)."""
+        origin = self._object_source(source)
         buckets = sorted({u.spec["bucket"] for u in units})
         if self.bucket and len(buckets) > 1:
             raise PlanError(f"{self.endpoint.name or 'target'}.url",
                             f"names one bucket but the source has {len(buckets)}",
                             hint="drop the bucket from the target URL, or use bucket_map")
-        read_policy = getattr(source, "bucket_policy", None)
-        if read_policy is None:
-            raise StoreError(f"{self.endpoint.label}: the source is not an object store")
         for bucket in buckets:
             here = self.here_bucket(bucket)
             with self._errors(f"create bucket {here}"):
-                if not self.client.bucket_exists(here):
-                    self.client.make_bucket(here, location=self.endpoint.options.get("region"))
-            if not self.with_policy:
-                continue
-            policy = read_policy(bucket)
-            with self._errors(f"set bucket policy of {here}"):
-                if policy is None:
-                    if self.bucket_policy(here) is not None:
-                        self.client.delete_bucket_policy(here)
-                else:
-                    self.client.set_bucket_policy(here, json.dumps(
-                        _normalise_policy(policy, bucket, here)))
+                exists = self.client.bucket_exists(here)
+            if not exists:
+                # Object lock can only be switched on when a bucket is created.
+                locked = "object_lock" in self.setting_names and settings.read(
+                    origin, origin.here_bucket(bucket), "object_lock") is not None
+                with self._errors(f"create bucket {here}"):
+                    self.client.make_bucket(here, location=self.endpoint.options.get("region"),
+                                            object_lock=locked)
+            settings.copy(self, origin, bucket, [n for n in self.setting_names
+                                                 if n not in settings.AFTER_DATA])
+
+    def finalize_target(self, units: list[Unit], source: Store) -> None:
+        origin = self._object_source(source)
+        for bucket in sorted({u.spec["bucket"] for u in units}):
+            settings.copy(self, origin, bucket, [n for n in self.setting_names
+                                                 if n in settings.AFTER_DATA])
+
+    def _object_source(self, source: Store) -> ObjectStore:
+        if not isinstance(source, ObjectStore):
+            raise StoreError(f"{self.endpoint.label}: the source is not an object store")
+        return source
 
     def importer(self, unit: Unit) -> Importer:
         return ObjectImporter(self, unit)
-
-    def _part_size(self, size: int) -> int:
-        needed = -(-size // MAX_PARTS)
-        return max(self.part_size, -(-needed // MiB) * MiB)
-
-    def copy_object(self, rec: ObjectRecord, bucket: str, key: str) -> bool:
-        """Stream one object from its source into ``bucket/key`` here; False if it vanished.
-
-        The MD5 of the streamed bytes is checked against both ETags where they are MD5
-        based, so a corrupted transfer fails here rather than at verify time.
-        """
-        multipart = rec.size > self.threshold
-        with self._budget.take(self._part_size(rec.size) * (self.parallel_parts + 1)
-                               if multipart else rec.size):
-            resp = rec.open()
-            if resp is None:
-                return False
-            try:
-                return self._put_stream(rec, resp, bucket, key)
-            finally:
-                resp.close()
-                resp.release_conn()
-
-    def _put_stream(self, rec: ObjectRecord, resp: Any, bucket: str, key: str) -> bool:
-        length = int(resp.headers.get("Content-Length", rec.size))
-        content_type, metadata, headers = _split_headers(resp.headers)
-        multipart = length > self.threshold
-        reader = _HashingReader(resp)
-        meta: dict[str, Any] = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
-        meta.update(headers)
-        with self._errors(f"put {bucket}/{key}"):
-            result = self.client.put_object(
-                bucket, key, reader, length, content_type=content_type or "binary/octet-stream",
-                metadata=meta, part_size=self._part_size(length) if multipart else
-                max(MIN_PART, length), num_parallel_uploads=self.parallel_parts)
-        md5, stored = reader.md5.hexdigest(), _etag(result.etag).lower()
-        src_etag = _etag(resp.headers.get("ETag")).lower()
-        sse = any(h.lower().startswith("x-amz-server-side-encryption") for h in resp.headers)
-        if rec.source.etag_is_md5 and not sse and _MD5_ETAG.fullmatch(src_etag) \
-                and src_etag != md5:
-            raise TransientError(f"{rec.source.endpoint.label}: get {rec.bucket}/{rec.key}: "
-                                 f"read bytes with MD5 {md5}, ETag says {src_etag}")
-        if self.etag_is_md5 and _MD5_ETAG.fullmatch(stored) and stored != md5:
-            raise TransientError(f"{self.endpoint.label}: put {bucket}/{key}: stored ETag "
-                                 f"{stored} does not match the bytes sent ({md5})")
-        if multipart:
-            # The server checked every part's payload hash (SigV4 SHA-256, or Content-MD5
-            # over TLS), so this MD5 is the stored content's: spare the verify a re-read.
-            there = self.stat(bucket, key)
-            if there is not None and there.etag.lower() == stored:
-                self.hash_cache[self._cache_key(bucket, there)] = md5
-        return True
 
     # -- verification ------------------------------------------------------------------
     def chunks(self, unit: Unit) -> list[Chunk]:
@@ -676,7 +472,7 @@ class ObjectStore(Store):
         if unit.records <= self.options.chunk_records // 2:  # surely one chunk: no listing
             return [Chunk("0", {"start": start, "end": end})]
         bounds: list[str | None] = [start]
-        count, last = 0, None
+        count, last = 0, ""
         for rec in self._unit_objects(unit, start, end, metadata=False):
             if count == self.options.chunk_records:
                 bounds.append(separator(last, rec.key))
@@ -706,15 +502,56 @@ class ObjectStore(Store):
                            json.dumps(fp["metadata"], sort_keys=True).encode(),
                            json.dumps(fp["headers"], sort_keys=True).encode())
 
-    def schema(self, unit: Unit) -> dict[str, Any]:
-        if not self.with_policy:
+    def definitions(self, units: list[Unit] | None = None) -> dict[str, Any]:
+        """Per bucket (by its source name), its settings as data; None for a bucket that
+        does not exist here. ``units`` names the buckets; without them, every selected
+        bucket here is listed (the target's bucket_map read backwards)."""
+        if not self.setting_names:
             return {}
-        bucket = unit.spec["bucket"]
-        policy = self.bucket_policy(self.here_bucket(bucket))
-        return {"bucket_policy": None if policy is None else
-                _normalise_policy(policy, self.here_bucket(bucket), bucket)}
+        if units is not None:
+            buckets = sorted({u.spec["bucket"] for u in units if u.store == self.kind})
+        else:
+            buckets = [self.source_bucket(here) for here in self.buckets()]
+        return {bucket: self.bucket_settings(bucket) for bucket in buckets}
 
-    def _cache_key(self, bucket: str, rec: ObjectRecord) -> CacheKey:
+    def bucket_settings(self, bucket: str) -> dict[str, Any] | None:
+        here = self.here_bucket(bucket)
+        with self._errors(f"bucket {here}"):
+            if not self.client.bucket_exists(here):
+                return None
+        return {name: settings.as_data(name, settings.read(self, here, name), here, bucket,
+                                       self.prefix) for name in self.setting_names}
+
+    # -- coverage ----------------------------------------------------------------------
+    @classmethod
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
+        url_rules.check_url(endpoint)
+
+    @classmethod
+    def container_of(cls, unit: Unit) -> str:
+        bucket, prefix = unit.spec.get("bucket"), unit.spec.get("prefix") or ""
+        if not bucket:
+            return unit.name.partition("/")[0]
+        return f"{bucket}/{prefix}" if prefix else str(bucket)
+
+    @classmethod
+    def uncovered(cls, units: list[Unit]) -> list[str]:
+        """Each bucket's units must tile its key space: one line per hole or overlap."""
+        ranges: dict[str, list[tuple[str | None, str | None]]] = {}
+        for unit in units:
+            ranges.setdefault(cls.container_of(unit), []).append(
+                (unit.spec.get("start"), unit.spec.get("end")))
+        return [f"{container}: {problem}" for container, found in sorted(ranges.items())
+                for problem in tiling_gaps(found)]
+
+    def unlisted(self, units: list[Unit]) -> list[str]:
+        """Selected buckets with no unit (created after plan, even empty ones): one
+        bucket listing, no object listing."""
+        planned = {self.container_of(u) for u in units if u.store == self.kind}
+        prefix = f"/{self.prefix}" if self.prefix else ""
+        return sorted({f"{b}{prefix}" for b in self.buckets()} - planned)
+
+    def cache_key(self, bucket: str, rec: ObjectRecord) -> CacheKey:
         return CacheKey(self.endpoint_id, bucket, rec.key, rec.etag, rec.size, rec.last_modified)
 
     def _fingerprints(self, unit: Unit, objects: Iterable[ObjectRecord]
@@ -737,13 +574,13 @@ class ObjectStore(Store):
 
     def _known_md5(self, here: str, unit: Unit, rec: ObjectRecord) -> str | None:
         """The content MD5 without reading the body: a single-part ETag, or the cache."""
-        if self.etag_is_md5 and _MD5_ETAG.fullmatch(rec.etag):
+        if self.etag_is_md5 and MD5_ETAG.fullmatch(rec.etag):
             return rec.etag.lower()
-        here_rec = replace(rec, key=self._here_key(unit, rec.key) or "")
-        return self.hash_cache.get(self._cache_key(here, here_rec))
+        here_rec = replace(rec, key=self.here_key(unit, rec.key))
+        return self.hash_cache.get(self.cache_key(here, here_rec))
 
     def _fingerprint(self, unit: Unit, here: str, rec: ObjectRecord) -> dict[str, Any]:
-        here_key = self._here_key(unit, rec.key) or ""
+        here_key = self.here_key(unit, rec.key)
         if rec.metadata is None:
             stat = self.stat(here, here_key)
             if stat is None:  # deleted since the listing
@@ -754,7 +591,7 @@ class ObjectStore(Store):
         if md5 is None:
             md5 = self._stream_md5(here, here_key, rec.etag)
             if md5 != CHANGED:
-                self.hash_cache[self._cache_key(here, replace(rec, key=here_key))] = md5
+                self.hash_cache[self.cache_key(here, replace(rec, key=here_key))] = md5
         return {"size": rec.size, "md5": md5, "content_type": rec.content_type,
                 "metadata": dict(sorted((rec.metadata or {}).items())),
                 "headers": dict(sorted((rec.headers or {}).items()))}
@@ -773,77 +610,3 @@ class ObjectStore(Store):
                 resp.close()
                 resp.release_conn()
         return md5.hexdigest()
-
-
-class _HashingReader:
-    """Passes a body through to put_object while computing its MD5."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw, self.md5 = raw, hashlib.md5(usedforsecurity=False)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size, decode_content=False)
-        self.md5.update(data)
-        return data
-
-
-class ObjectImporter(Importer):
-    """Copies a batch's objects in parallel; the batch returns only when all are stored."""
-
-    def __init__(self, store: ObjectStore, unit: Unit) -> None:
-        self.store, self.unit = store, unit
-        self.bucket = store.here_bucket(unit.spec["bucket"])
-        self._check_replay = False
-
-    def prepare(self, resumed: bool) -> None:
-        self._check_replay = resumed
-
-    def write_batch(self, batch: Batch) -> None:
-        store, unit = self.store, self.unit
-        todo = []
-        for rec in batch.records:
-            key = store._here_key(unit, rec.key) or ""
-            if self._check_replay:  # the batch after a checkpoint may be stored already
-                there = store.stat(self.bucket, key)
-                if there is not None and (there.size, there.etag) == (rec.size, rec.etag):
-                    continue
-            todo.append((rec, key))
-        self._check_replay = False
-        with ThreadPoolExecutor(store.transfers, thread_name_prefix="oim-s3-copy") as pool:
-            futures = [(rec, pool.submit(store.copy_object, rec, self.bucket, key))
-                       for rec, key in todo]
-            for rec, future in futures:
-                if not future.result():
-                    batch.skipped.append(f"{rec.bucket}/{rec.key} (deleted on the source)")
-
-
-def missing_objects(object_store: ObjectStore, keys: Iterable[str],
-                    workers: int = 16) -> list[str]:
-    """Which ``bucket/key`` names (e.g. from OpenIM's MongoDB ``s3`` collection) are absent.
-
-    Streams: at most a window of HEAD requests in flight; duplicates (OpenIM points many
-    names at one content key) are checked once per recent window.
-    """
-    missing: dict[str, None] = {}
-    seen: dict[str, None] = {}
-    window: deque[tuple[str, Future[ObjectRecord | None]]] = deque()
-
-    def drain(limit: int) -> None:
-        while len(window) > limit:
-            name, future = window.popleft()
-            if future.result() is None:
-                missing[name] = None
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="oim-s3-exists") as pool:
-        for name in keys:
-            if name in seen:
-                continue
-            seen[name] = None
-            if len(seen) > 100_000:
-                seen.pop(next(iter(seen)))
-            bucket, _, key = name.partition("/")
-            here = object_store.here_bucket(bucket)
-            window.append((name, pool.submit(object_store.stat, here, key)))
-            drain(4 * workers)
-        drain(0)
-    return list(missing)

@@ -1,0 +1,178 @@
+"""Moving bytes: a source GET streamed into a target PUT, MD5-checked in flight, with a
+memory budget shared by every copy of the store; and the existence check for the
+cross-store reference test."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from migrator.errors import TransientError
+from migrator.stores.base import Batch, Importer, Unit
+from migrator.stores.objects.records import (
+    MAX_PARTS,
+    MD5_ETAG,
+    MIN_PART,
+    MiB,
+    ObjectRecord,
+    etag,
+    split_headers,
+)
+
+if TYPE_CHECKING:
+    from migrator.stores.objects.store import ObjectStore
+
+
+class Budget:
+    """Bytes of object data held in memory at once, shared by every copy of a store."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def take(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(nbytes, self.limit)  # an oversized object waits until it runs alone
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + nbytes <= self.limit)
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+class _HashingReader:
+    """Passes a body through to put_object while computing its MD5."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.md5 = raw, hashlib.md5(usedforsecurity=False)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size, decode_content=False)
+        self.md5.update(data)
+        return data
+
+
+def part_size(store: ObjectStore, size: int) -> int:
+    needed = -(-size // MAX_PARTS)
+    return max(store.part_size, -(-needed // MiB) * MiB)
+
+
+def copy_object(store: ObjectStore, rec: ObjectRecord, bucket: str, key: str) -> bool:
+    """Stream one object from its source into ``bucket/key`` of ``store``; False if it
+    vanished. The MD5 of the streamed bytes is checked against both ETags where they are
+    MD5 based, so a corrupted transfer fails here rather than at verify time."""
+    multipart = rec.size > store.threshold
+    with store.budget.take(part_size(store, rec.size) * (store.parallel_parts + 1)
+                           if multipart else rec.size):
+        resp = rec.open()
+        if resp is None:
+            return False
+        try:
+            return _put_stream(store, rec, resp, bucket, key)
+        finally:
+            resp.close()
+            resp.release_conn()
+
+
+def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
+                key: str) -> bool:
+    length = int(resp.headers.get("Content-Length", rec.size))
+    content_type, metadata, headers = split_headers(resp.headers)
+    multipart = length > store.threshold
+    reader = _HashingReader(resp)
+    meta: dict[str, Any] = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+    meta.update(headers)
+    with store._errors(f"put {bucket}/{key}"):
+        result = store.client.put_object(
+            bucket, key, cast(BinaryIO, reader),  # put_object only calls read()
+            length, content_type=content_type or "binary/octet-stream",
+            metadata=meta, part_size=part_size(store, length) if multipart else
+            max(MIN_PART, length), num_parallel_uploads=store.parallel_parts)
+    md5, stored = reader.md5.hexdigest(), etag(result.etag).lower()
+    src_etag = etag(resp.headers.get("ETag")).lower()
+    sse = any(h.lower().startswith("x-amz-server-side-encryption") for h in resp.headers)
+    source = rec.origin()
+    if source.etag_is_md5 and not sse and MD5_ETAG.fullmatch(src_etag) and src_etag != md5:
+        raise TransientError(f"{source.endpoint.label}: get {rec.bucket}/{rec.key}: "
+                             f"read bytes with MD5 {md5}, ETag says {src_etag}")
+    if store.etag_is_md5 and MD5_ETAG.fullmatch(stored) and stored != md5:
+        raise TransientError(f"{store.endpoint.label}: put {bucket}/{key}: stored ETag "
+                             f"{stored} does not match the bytes sent ({md5})")
+    if multipart:
+        # The server checked every part's payload hash (SigV4 SHA-256, or Content-MD5
+        # over TLS), so this MD5 is the stored content's: spare the verify a re-read.
+        there = store.stat(bucket, key)
+        if there is not None and there.etag.lower() == stored:
+            store.hash_cache[store.cache_key(bucket, there)] = md5
+    return True
+
+
+class ObjectImporter(Importer):
+    """Copies a batch's objects in parallel; the batch returns only when all are stored."""
+
+    def __init__(self, store: ObjectStore, unit: Unit) -> None:
+        self.store, self.unit = store, unit
+        self.bucket = store.here_bucket(unit.spec["bucket"])
+        self._check_replay = False
+
+    def prepare(self, resumed: bool) -> None:
+        self._check_replay = resumed
+
+    def write_batch(self, batch: Batch) -> None:
+        store, unit = self.store, self.unit
+        todo = []
+        for rec in batch.records:
+            key = store.here_key(unit, rec.key)
+            if self._check_replay:  # the batch after a checkpoint may be stored already
+                there = store.stat(self.bucket, key)
+                if there is not None and (there.size, there.etag) == (rec.size, rec.etag):
+                    continue
+            todo.append((rec, key))
+        self._check_replay = False
+        with ThreadPoolExecutor(store.transfers, thread_name_prefix="oim-s3-copy") as pool:
+            futures = [(rec, pool.submit(copy_object, store, rec, self.bucket, key))
+                       for rec, key in todo]
+            for rec, future in futures:
+                if not future.result():
+                    batch.skipped.append(f"{rec.bucket}/{rec.key} (deleted on the source)")
+
+
+def missing_objects(object_store: ObjectStore, keys: Iterable[str],
+                    workers: int = 16) -> list[str]:
+    """Which ``bucket/key`` names (e.g. from OpenIM's MongoDB ``s3`` collection) are absent.
+
+    Streams: at most a window of HEAD requests in flight; duplicates (OpenIM points many
+    names at one content key) are checked once per recent window.
+    """
+    missing: dict[str, None] = {}
+    seen: dict[str, None] = {}
+    window: deque[tuple[str, Future[ObjectRecord | None]]] = deque()
+
+    def drain(limit: int) -> None:
+        while len(window) > limit:
+            name, future = window.popleft()
+            if future.result() is None:
+                missing[name] = None
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="oim-s3-exists") as pool:
+        for name in keys:
+            if name in seen:
+                continue
+            seen[name] = None
+            if len(seen) > 100_000:
+                seen.pop(next(iter(seen)))
+            bucket, _, key = name.partition("/")
+            here = object_store.here_bucket(bucket)
+            window.append((name, pool.submit(object_store.stat, here, key)))
+            drain(4 * workers)
+        drain(0)
+    return list(missing)
