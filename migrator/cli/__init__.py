@@ -12,6 +12,7 @@ from migrator import __version__
 from migrator.cli import render
 from migrator.cli.plan_cmd import plan_command
 from migrator.cli.run_cmd import run_command
+from migrator.cli.schema_cmd import schema_command
 from migrator.cli.verify_cmd import verify_command
 from migrator.errors import EXIT_CODES, MigrateError
 
@@ -38,6 +39,7 @@ def cli() -> None:
 cli.add_command(plan_command)
 cli.add_command(run_command)
 cli.add_command(verify_command)
+cli.add_command(schema_command)
 
 
 _TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM
