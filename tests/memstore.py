@@ -64,6 +64,15 @@ class MemoryStore(Store):
     def importer(self, unit: Unit) -> Importer:
         return MemoryImporter(self, unit)
 
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        values = self.data.get(unit.name, {})
+        records = [(k, values[k]) for k in keys if k in values]
+        return Batch(records, None, sum(len(v) for _, v in records))
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        for key in keys:
+            self.data.get(unit.name, {}).pop(key, None)
+
     def chunks(self, unit: Unit) -> list[Chunk]:
         return [Chunk("lo", ["", "m"]), Chunk("hi", ["m", None])]
 

@@ -276,3 +276,42 @@ def test_an_unreadable_journal_is_a_conflict_naming_the_file(tmp_path, content):
         path.mkdir()  # a directory where the journal should be
     with pytest.raises(JournalConflict, match="j.sqlite"):
         Journal(path).open()
+
+
+# -- catch-up ---------------------------------------------------------------------------
+def test_sync_copies_changes_deletes_leftovers_and_then_proves_equal(tmp_path):
+    from migrator.engine import operations
+
+    plan = make_plan({"a": 40, "b": 5})
+    assert operations.run_plan(plan, tmp_path / "p.yaml").verify.ok
+    src, dst = memstore.SERVERS["src"], memstore.SERVERS["dst"]
+    src["a"]["k00003"] = "changed"          # changed on the source
+    src["a"]["k99999"] = "new"              # added
+    del src["b"]["k00001"]                  # deleted
+    dst["a"]["k00010"] = "tampered"         # changed behind our back on the target
+    outcome = operations.sync_plan(plan, tmp_path / "p.yaml")
+    first = outcome.passes[0]
+    assert (sum(u.copied for u in first.units), sum(u.deleted for u in first.units)) == (3, 1)
+    assert dst["a"] == src["a"] and dst["b"] == src["b"]
+    again = operations.sync_plan(plan, tmp_path / "p.yaml")
+    assert again.passes[0].changed == 0 and again.stable
+    assert operations.verify_plan(plan, tmp_path / "p.yaml").ok
+
+
+def test_sync_until_stable_stops_when_a_pass_changes_nothing(tmp_path):
+    from migrator.engine import operations
+
+    plan = make_plan({"a": 20})
+    operations.run_plan(plan, tmp_path / "p.yaml")
+    memstore.SERVERS["src"]["a"]["k00001"] = "x"
+    outcome = operations.sync_plan(plan, tmp_path / "p.yaml", until_stable=True)
+    assert [p.changed for p in outcome.passes] == [1, 0] and outcome.stable
+
+
+def test_sync_refuses_a_plan_that_was_never_run(tmp_path):
+    from migrator.engine import operations
+    from migrator.errors import UsageError
+
+    plan = make_plan({"a": 3})
+    with pytest.raises(UsageError, match="run"):
+        operations.sync_plan(plan, tmp_path / "p.yaml")

@@ -13,6 +13,7 @@ from migrator.cli import render
 from migrator.cli.plan_cmd import plan_command
 from migrator.cli.run_cmd import run_command
 from migrator.cli.schema_cmd import schema_command
+from migrator.cli.sync_cmd import sync_command
 from migrator.cli.verify_cmd import verify_command
 from migrator.errors import EXIT_CODES, MigrateError
 
@@ -39,6 +40,7 @@ def cli() -> None:
 cli.add_command(plan_command)
 cli.add_command(run_command)
 cli.add_command(verify_command)
+cli.add_command(sync_command)
 cli.add_command(schema_command)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from migrator.config import redact_url
+from migrator.engine.sync import SyncPass
 from migrator.engine.transfer import RunResult
 from migrator.engine.verify import ERROR, MATCH, VerifyReport, summary
 from migrator.errors import MigrateError, VerificationFailed, VerificationIncomplete
@@ -84,9 +85,9 @@ def verify_failure(report: VerifyReport, plan_path: object) -> MigrateError:
     if report.exit_code == 5:
         return VerificationFailed(
             "verification found differences",
-            hint=f"run `openim-migrate run {plan_path}` again: units that differ are copied "
-            "again (records only on the target are not deleted); for data that no unit "
-            f"covers, re-run `openim-migrate plan`")
+            hint=f"`openim-migrate sync {plan_path}` repairs the named units (copies what "
+            "differs, deletes what the source no longer has); data that no unit covers "
+            "needs a new `openim-migrate plan`")
     failed = [u for u in report.units if u.status == ERROR]
     first = failed[0].error.splitlines()[0] if failed and failed[0].error else "a check failed"
     error = VerificationIncomplete(
@@ -144,6 +145,18 @@ def verify_table(report: VerifyReport) -> None:
                                                                                 fg="red")
     click.echo(f"\n{matched}/{len(report.units)} unit(s) match in {report.seconds:.1f} s: "
                f"{verdict}")
+
+
+def sync_pass(result: SyncPass) -> None:
+    rows = [[u.unit, f"{u.copied:,}", f"{u.deleted:,}", human_bytes(u.bytes),
+             str(len(u.chunks)), (u.error or "")[:80]] for u in result.units if u.changed
+            or u.error]
+    if rows:
+        table(rows, ["unit", "copied", "deleted", "bytes", "chunks", "error"])
+    click.echo(f"pass {result.number}: {sum(u.copied for u in result.units):,} record(s) "
+               f"copied, {sum(u.deleted for u in result.units):,} deleted, "
+               f"{human_bytes(sum(u.bytes for u in result.units))} in {result.seconds:.1f} s"
+               + (f"; {len(result.failed)} unit(s) failed" if result.failed else ""))
 
 
 def stream_is_tty() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,9 @@ from typing import Any
 
 from migrator.engine.journal import COPIED, DIFFERS, SKIPPED, VERIFIED, Journal, journal_path
 from migrator.engine.planning import refuse_if_target_filled
+from migrator.engine.retry import RetryPolicy
 from migrator.engine.session import Session
+from migrator.engine.sync import SyncPass, UnitSync, sync_pass
 from migrator.engine.transfer import RunResult, Transfer
 from migrator.engine.verify import VerifyReport, verify
 from migrator.errors import PlanError, UsageError
@@ -95,6 +97,56 @@ def run_plan(plan: Plan, plan_path: Path, *, restart: bool = False,
                 outcome.verify = verify(copied, session, parallel=plan.options.parallel,
                                         journal=journal, checks=cross_checks(plan),
                                         whole={k: plan.units_of(k) for k in plan.stores})
+    return outcome
+
+
+@dataclass
+class SyncOutcome:
+    passes: list[SyncPass] = field(default_factory=list)
+    stable: bool = False  # the last pass changed no more than the threshold
+    interrupted: bool = False
+
+
+def sync_plan(plan: Plan, plan_path: Path, *, until_stable: bool = False, threshold: int = 0,
+              max_passes: int = 10, stop: threading.Event | None = None,
+              on_unit: Callable[[UnitSync], None] | None = None,
+              on_pass: Callable[[SyncPass], None] | None = None) -> SyncOutcome:
+    """Catch-up passes over every unit of an already copied plan."""
+    stop = stop or threading.Event()
+    with Journal(journal_path(plan_path)).open() as journal:
+        journal.bind_plan(plan.fingerprint(), restart=False)
+        states = journal.units()
+        not_copied = [u.key for u in plan.inventory
+                      if (states.get(u.key) is None
+                          or states[u.key].state not in (COPIED, VERIFIED, DIFFERS))]
+        if not_copied:
+            raise UsageError(f"sync brings a copied target up to date, but {len(not_copied)} "
+                             f"unit(s) were never copied (e.g. {not_copied[0]}); run "
+                             f"`openim-migrate run {plan_path}` first")
+        outcome = SyncOutcome()
+        with Session(plan.stores, plan.options, journal) as session:
+            connect_all(plan, session, access=True)
+            refuse_source_drift(plan, session)
+            for number in range(1, (max_passes if until_stable else 1) + 1):
+                try:
+                    result = sync_pass(number, plan.inventory, session, journal,
+                                       parallel=plan.options.parallel,
+                                       batch_records=plan.options.batch_records,
+                                       retry=RetryPolicy(attempts=plan.options.retries),
+                                       stop=stop, on_unit=on_unit)
+                except KeyboardInterrupt:
+                    stop.set()
+                    outcome.interrupted = True
+                    break
+                outcome.passes.append(result)
+                if on_pass is not None:
+                    on_pass(result)
+                if stop.is_set():
+                    outcome.interrupted = True
+                    break
+                outcome.stable = not result.failed and result.changed <= threshold
+                if outcome.stable or result.failed:
+                    break
     return outcome
 
 

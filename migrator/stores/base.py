@@ -46,6 +46,12 @@ Coverage, so that EQUAL can never hide what the plan does not list:
   covers: a table, collection, DB or bucket created after ``plan``.
 * ``adapt_units(units, source)`` (target side, at plan time) may regroup the source's units
   for this target (e.g. several Redis DBs merged into one) and refuse what cannot work.
+Catch-up (``sync``), so a target can be brought up to date chunk by chunk:
+
+* ``fetch(unit, keys)`` (source side) returns one ``Batch`` with the records named by
+  ``records()`` keys, in the wire form the importer takes; keys gone meanwhile are absent.
+* ``delete(unit, keys)`` (target side) removes those records; absent keys are no error.
+
 * Stores raise only ``migrator.errors`` exceptions, marked transient or terminal.
 """
 
@@ -59,6 +65,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from migrator.config import Endpoint
+from migrator.errors import CapabilityMissing
 
 Cursor = Any  # JSON-serialisable position inside a unit; None means "from the start"
 
@@ -259,6 +266,17 @@ class Store(ABC):
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         return source_fp == target_fp
+
+    # -- catch-up --------------------------------------------------------------------
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        """Source side: the named records as one batch for the importer."""
+        raise CapabilityMissing(f"the {self.kind} store cannot fetch single records yet; "
+                                "`sync` is not available for it")
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        """Target side: remove the named records (absent ones are no error)."""
+        raise CapabilityMissing(f"the {self.kind} store cannot delete single records yet; "
+                                "`sync` is not available for it")
 
     def schema(self, unit: Unit) -> dict[str, Any]:
         return {}
