@@ -12,15 +12,22 @@ import random
 import socket
 import tracemalloc
 import uuid
+from dataclasses import replace
 from typing import Any
 
+import jsonschema
 import pytest
 from minio import MinioAdmin
+from minio.commonconfig import ENABLED, Filter, Tags
 from minio.credentials import StaticProvider
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+from minio.objectlockconfig import DAYS, GOVERNANCE, ObjectLockConfig
+from minio.versioningconfig import SUSPENDED, VersioningConfig
 
 from fixtures import objects_data
 from migrator.config import Endpoint
-from migrator.errors import EndpointError
+from migrator.engine.verify import schema_differences
+from migrator.errors import EndpointError, PlanError, StoreError
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
 from migrator.stores.objects import ObjectStore, missing_objects, separator, split_ranges
 
@@ -522,3 +529,209 @@ def test_credentials_may_come_from_url_userinfo_references(s3_env) -> None:
     s.open()
     s.check_access(Role.SOURCE)
     assert [u.name for u in s.list_units()] == [f"{bucket}/*"]
+
+
+# -- bucket settings: copied, then compared as store-level definitions ---------------------
+
+def lifecycle(*rules: tuple[str, str, int]) -> LifecycleConfig:
+    return LifecycleConfig([Rule(ENABLED, rule_filter=Filter(prefix=prefix), rule_id=rule_id,
+                                 expiration=Expiration(days=days))
+                            for rule_id, prefix, days in rules])
+
+
+def test_versioning_lifecycle_and_tags_are_copied_and_compared(pair) -> None:
+    src, dst, bucket = pair
+    src.client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+    src.client.set_bucket_lifecycle(bucket, lifecycle(("temp", "openim/temp/", 1)))
+    tags = Tags.new_bucket_tags()
+    tags["owner"] = "openim"
+    src.client.set_bucket_tags(bucket, tags)
+    put(src, bucket, "openim/temp/x", b"x")
+    units = copy(src, dst)
+    assert dst.client.get_bucket_versioning(bucket).status == ENABLED
+    rule = dst.client.get_bucket_lifecycle(bucket).rules[0]
+    assert (rule.rule_id, rule.rule_filter.prefix, rule.expiration.days) == \
+        ("temp", "openim/temp/", 1)
+    assert dict(dst.client.get_bucket_tags(bucket)) == {"owner": "openim"}
+    ours = src.definitions(units)
+    assert ours == dst.definitions(units)
+    assert ours[bucket]["versioning"] == {"Status": "Enabled"}
+    assert ours[bucket]["lifecycle"]["Rule"]["Filter"] == {"Prefix": "openim/temp/"}
+
+    dst.client.set_bucket_lifecycle(bucket, lifecycle(("temp", "openim/temp/", 30)))
+    dst.client.set_bucket_versioning(bucket, VersioningConfig(SUSPENDED))
+    lines = schema_differences(src.definitions(units), dst.definitions(units))
+    assert [line.split(":")[0] for line in lines] == [
+        f"{bucket}.lifecycle.Rule.Expiration.Days", f"{bucket}.versioning.Status"]
+    copy(src, dst)  # a second run puts the settings back
+    assert src.definitions(units) == dst.definitions(units)
+
+
+def test_object_lock_bucket_is_created_locked_with_its_default_retention(pair) -> None:
+    src, dst, _ = pair
+    locked = f"l-{uuid.uuid4().hex[:16]}"
+    src.client.make_bucket(locked, object_lock=True)
+    src.client.set_object_lock_config(locked, ObjectLockConfig(GOVERNANCE, 3, DAYS))
+    put(src, locked, "a", b"a")
+    src = store("SRC", f"/{locked}")
+    units = copy(src, dst)
+    config = dst.client.get_object_lock_config(locked)
+    assert (config.mode, config.duration) == (GOVERNANCE, 3)
+    assert body(dst, locked, "a") == b"a"
+    assert src.definitions(units) == dst.definitions(units)
+    assert src.definitions(units)[locked]["object_lock"]["Rule"]["DefaultRetention"] == \
+        {"Mode": "GOVERNANCE", "Days": "3"}
+
+
+def test_settings_follow_the_bucket_and_key_prefix_of_each_side(pair) -> None:
+    src, _, bucket = pair
+    other = f"m-{uuid.uuid4().hex[:16]}"
+    dst = store("DST", f"/{other}/mirror/")
+    src.client.set_bucket_lifecycle(bucket, lifecycle(("temp", "openim/temp/", 1)))
+    src.client.set_bucket_policy(bucket, json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{bucket}/openim/*"}]}))
+    put(src, bucket, "openim/a", b"a")
+    units = copy(src, dst)
+    assert dst.client.get_bucket_lifecycle(other).rules[0].rule_filter.prefix == \
+        "mirror/openim/temp/"
+    assert json.loads(dst.client.get_bucket_policy(other))["Statement"][0]["Resource"] == \
+        [f"arn:aws:s3:::{other}/mirror/openim/*"]
+    assert src.definitions(units) == dst.definitions(units)
+
+
+def test_a_versioned_target_bucket_for_an_unversioned_source_is_refused(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "a", b"a")
+    dst.client.make_bucket(bucket)
+    dst.client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+    with pytest.raises(StoreError, match=f"bucket {bucket}: versioning.*cannot be switched off"):
+        copy(src, dst)
+
+
+def test_bucket_settings_false_leaves_settings_out(pair) -> None:
+    src, _, bucket = pair
+    src.client.set_bucket_lifecycle(bucket, lifecycle(("temp", "t/", 1)))
+    off = Selection(options={"bucket_settings": False})
+    src = store("SRC", f"/{bucket}", selection=off)
+    units = copy(src, store("DST", selection=off))
+    assert store("DST").client.get_bucket_lifecycle(bucket) is None
+    assert src.definitions(units) == {}
+
+
+def test_a_deleted_target_bucket_is_missing_objects_not_an_error(pair) -> None:
+    src, dst, bucket = pair
+    for key in ("a", "b"):
+        put(src, bucket, key, b"x")
+    units = copy(src, dst)
+    for key in ("a", "b"):
+        dst.client.remove_object(bucket, key)
+    dst.client.remove_bucket(bucket)
+    assert compare(src, dst, units)["missing"] == {"a", "b"}
+    assert dst.definitions(units) == {bucket: None}
+
+
+# -- coverage: units must tile each bucket; buckets without units are named ----------------
+
+def test_units_of_a_split_bucket_tile_it_and_edits_are_named(pair) -> None:
+    src, _, bucket = pair
+    rng = random.Random(5)
+    for _ in range(90):
+        put(src, bucket, f"openim/data/hash/{rng.randbytes(16).hex()}", b"h")
+    units = store("SRC", f"/{bucket}", options=StoreOptions(unit_records=30)).list_units()
+    assert len(units) >= 3 and ObjectStore.uncovered(units) == []
+    assert {ObjectStore.container_of(u) for u in units} == {bucket}
+    for unit in units:
+        jsonschema.validate(unit.spec, ObjectStore.SPEC_SCHEMA)
+    middle = units[1]
+    cut = middle.spec["start"] + "8"  # inside the unit: the rest of it is left out
+    narrowed = [replace(u, spec=dict(u.spec, end=cut)) if u is middle else u for u in units]
+    hole = f"[{cut}..{middle.spec['end']})"
+    assert ObjectStore.uncovered(narrowed) == [f"{bucket}: keys {hole} are in no unit"]
+    deleted = [u for u in units if u is not middle]
+    assert ObjectStore.uncovered(deleted) == [
+        f"{bucket}: keys [{middle.spec['start']}..{middle.spec['end']}) are in no unit"]
+    assert ObjectStore.uncovered(units[1:]) == [
+        f"{bucket}: keys [..{units[1].spec['start']}) are in no unit"]
+    assert ObjectStore.uncovered(units + [units[0]]) == [
+        f"{bucket}: keys [..{units[0].spec['end']}) are in two units"]
+
+
+def test_unlisted_names_selected_buckets_created_after_plan_even_empty(s3_env) -> None:
+    tag = uuid.uuid4().hex[:10]
+    admin = store("SRC")
+    admin.client.make_bucket(f"sel-{tag}-a")
+    put(admin, f"sel-{tag}-a", "k", b"k")
+    src = store("SRC", selection=Selection(include=(f"sel-{tag}-*",)))
+    units = src.list_units()
+    assert [u.name for u in units] == [f"sel-{tag}-a/*"] and src.unlisted(units) == []
+    admin.client.make_bucket(f"sel-{tag}-b")  # empty, in the selection
+    admin.client.make_bucket(f"other-{tag}")  # outside it
+    assert src.unlisted(units) == [f"sel-{tag}-b"]
+    assert src.unlisted([]) == [f"sel-{tag}-a", f"sel-{tag}-b"]  # a deleted unit, too
+
+
+def test_spec_schema_refuses_edited_specs() -> None:
+    validator = jsonschema.Draft202012Validator(ObjectStore.SPEC_SCHEMA)
+    validator.check_schema(ObjectStore.SPEC_SCHEMA)
+    good = {"bucket": "openim", "prefix": "", "start": None, "end": "openim/data/hash/8"}
+    assert not list(validator.iter_errors(good))
+    for bad in ({"bucket": "openim"}, dict(good, start=5), dict(good, end=""),
+                dict(good, bucket=None), dict(good, strat="a"), "oops"):
+        assert list(validator.iter_errors(bad)), bad
+
+
+# -- endpoint URLs and options: refused before anything connects ---------------------------
+
+BAD_ENDPOINTS = [  # (url, options, field after "stores.objects.source.", words in the message)
+    ("ftp://h:9000/openim", {}, "url", "scheme 'ftp'"),
+    ("h:9000", {}, "url", "has no scheme"),
+    ("http://:9000/openim", {}, "url", "has no host"),
+    ("http://h:0/openim", {}, "url", "port 0"),
+    ("http://h:/openim", {}, "url", "empty port"),
+    ("http://h:99999", {}, "url", "not a valid URL"),
+    ("http://h:9000/openim?region=cn", {}, "url", "'?region=cn' would be ignored"),
+    ("http://h:9000/openim#x", {}, "url", "'#x' would be ignored"),
+    ("http://h:9000/Open_IM!", {}, "url", "'Open_IM!' is not a bucket name"),
+    ("http://h:9000/openim", {"bucket_map": {"a": "b"}}, "bucket_map", "would be ignored"),
+    ("http://${U}@h:9000", {"access_key": "${A}"}, "url", "user name would be ignored"),
+    ("http://h:9000", {"bucket_map": {"a": "No_Such!"}}, "bucket_map.a", "not a bucket name"),
+    ("http://h:9000", {"bucket_map": ["a"]}, "bucket_map", "expected a mapping"),
+    ("http://h:9000", {"acess_key": "${A}"}, "acess_key", "unknown option"),
+    ("http://h:9000", {"access_key": "AKIAPLAIN"}, "access_key", "expected a ${VAR}"),
+    ("http://h:9000", {"transfers": "8x"}, "transfers", "whole number"),
+    ("http://h:9000", {"transfers": True}, "transfers", "whole number"),
+    ("http://h:9000", {"checkers": 0}, "checkers", "whole number"),
+    ("http://h:9000", {"parallel_parts": 1000}, "parallel_parts", "from 1 to 64"),
+    ("http://h:9000", {"multipart_threshold": "16XB"}, "multipart_threshold", "a size"),
+    ("http://h:9000", {"memory_budget": -1}, "memory_budget", "a size"),
+    ("http://h:9000", {"etag_is_md5": "no"}, "etag_is_md5", "true or false"),
+    ("http://h:9000", {"region": ""}, "region", "region name"),
+]
+
+
+@pytest.mark.parametrize(("url", "options", "field", "words"), BAD_ENDPOINTS)
+def test_bad_endpoint_is_one_plan_error_naming_the_field(url, options, field, words) -> None:
+    where = "stores.objects.source"
+    with pytest.raises(PlanError) as err:
+        ObjectStore(Endpoint("objects", url, name=where, options=options))
+    assert err.value.exit_code == 3 and err.value.field == f"{where}.{field}"
+    assert words in err.value.message and "\n" not in err.value.message
+    if field == "url" or "bucket_map" in field and "would be ignored" in words:
+        with pytest.raises(PlanError):  # the check the plan loader runs, no network
+            ObjectStore.check_endpoint(Endpoint("objects", url, name=where, options=options),
+                                       Role.SOURCE)
+
+
+def test_option_schema_is_a_json_schema_that_accepts_the_documented_forms() -> None:
+    jsonschema.Draft202012Validator.check_schema(ObjectStore.OPTION_SCHEMA)
+    options = {"access_key": "${AK}", "secret_key": "${SK}", "region": "us-east-1",
+               "bucket_map": {"openim": "openim-new"}, "multipart_threshold": "64MiB",
+               "multipart_part_size": 8 * MiB, "memory_budget": "1G", "parallel_parts": 4,
+               "transfers": 16, "checkers": 8, "etag_is_md5": False}
+    jsonschema.validate(options, ObjectStore.OPTION_SCHEMA)
+    for url in ("s3://h:9000/openim/some/prefix/", "https://s3.amazonaws.com/openim",
+                "http://[::1]:9000", "http://${AK}:${SK}@h:9000/openim"):
+        ObjectStore.check_endpoint(Endpoint("objects", url, name="x"), Role.TARGET)
+    s = ObjectStore(Endpoint("objects", "s3://h:9000", name="x", options=options))
+    assert (s.threshold, s.part_size, s.transfers) == (64 * MiB, 8 * MiB, 16)
