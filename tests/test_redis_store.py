@@ -23,13 +23,14 @@ from migrator.stores.redis import RedisStore
 from migrator.stores.redis_value import key_text
 
 
-def _with_auth(url_var: str, auth: str) -> str:
+def _with_auth(url_var: str, auth: str, path: str = "") -> str:
+    """The test server's URL with credentials and ``path`` (no path: every DB)."""
     scheme, rest = os.environ[url_var].split("://", 1)
-    return f"{scheme}://{auth}@{rest}"
+    return f"{scheme}://{auth}@{rest.split('/', 1)[0]}{path}"
 
 
-def source_ep(**options: Any) -> Endpoint:
-    return Endpoint("redis", _with_auth("OIM_REDIS_SRC_URL", ":${OIM_REDIS_SRC_PASSWORD}"),
+def source_ep(path: str = "", **options: Any) -> Endpoint:
+    return Endpoint("redis", _with_auth("OIM_REDIS_SRC_URL", ":${OIM_REDIS_SRC_PASSWORD}", path),
                     name="source.redis", options=options)
 
 
@@ -38,11 +39,11 @@ def reader_ep() -> Endpoint:
     return Endpoint("redis", _with_auth("OIM_REDIS_SRC_URL", auth), name="source.redis")
 
 
-def target_ep(kind: str, **options: Any) -> Endpoint:
+def target_ep(kind: str, path: str = "", **options: Any) -> Endpoint:
     if kind == "cluster":
-        url = _with_auth("OIM_REDIS_CLUSTER_URL", ":${OIM_REDIS_CLUSTER_PASSWORD}")
+        url = _with_auth("OIM_REDIS_CLUSTER_URL", ":${OIM_REDIS_CLUSTER_PASSWORD}", path)
     else:
-        url = _with_auth("OIM_REDIS_DST_URL", ":${OIM_REDIS_DST_PASSWORD}")
+        url = _with_auth("OIM_REDIS_DST_URL", ":${OIM_REDIS_DST_PASSWORD}", path)
     return Endpoint("redis", url, name="target.redis", options=options)
 
 
@@ -653,3 +654,335 @@ def test_cluster_source_units_resume_per_master(clean):
     chunks = source.chunks(unit)
     assert source.digest(unit, chunks) == target.digest(unit, chunks)
 
+
+
+# -- URLs, options and unit specs (no server) ---------------------------------------------
+
+
+def endpoint(url: str, name: str = "source.redis", **options: Any) -> Endpoint:
+    return Endpoint("redis", url, name=name, options=options)
+
+
+@pytest.mark.parametrize("url, options, role, field, words", [
+    ("redis://h:6379/abc", {}, Role.SOURCE, "source.redis.url", "not a database number"),
+    ("redis://h:6379/1/2", {}, Role.TARGET, "source.redis.url", "not a database number"),
+    ("redis://:6379/0", {}, Role.SOURCE, "source.redis.url", "names no host"),
+    ("redis://", {}, Role.TARGET, "source.redis.url", "names no host"),
+    ("redis://h:0/0", {}, Role.SOURCE, "source.redis.url", "port 0"),
+    ("redis://h:99999", {}, Role.SOURCE, "source.redis.url", "not a valid URL"),
+    ("redis://h:6379/0?ssl=true", {}, Role.SOURCE, "source.redis.url", "'?ssl=true' would be"),
+    ("redis://h:6379/0#x", {}, Role.TARGET, "source.redis.url", "would be ignored"),
+    ("http://h:6379", {}, Role.SOURCE, "source.redis.url", "unsupported scheme"),
+    ("redis+cluster://h:7000/3", {}, Role.TARGET, "source.redis.url", "only DB 0"),
+    ("redis://h", {"scan_count": "many"}, Role.SOURCE, "source.redis.scan_count",
+     "must be a whole number, got 'many'"),
+    ("redis://h", {"scan_count": 0}, Role.SOURCE, "source.redis.scan_count", "at least 1"),
+    ("redis://h", {"timeout": "5s"}, Role.SOURCE, "source.redis.timeout", "must be a number"),
+    ("redis://h", {"timeout": 0}, Role.SOURCE, "source.redis.timeout", "more than 0"),
+    ("redis://h", {"mode": "fast"}, Role.TARGET, "source.redis.mode", "one of auto, restore"),
+    ("redis://h", {"dbs": [0, "x"]}, Role.SOURCE, "source.redis.dbs[1]", "whole number"),
+    ("redis://h", {"dbs": []}, Role.SOURCE, "source.redis.dbs", "[]"),
+    ("redis://h", {"dbs": [-1]}, Role.SOURCE, "source.redis.dbs[0]", "at least 0"),
+    ("redis://h", {"db_map": {"a": 0}}, Role.TARGET, "source.redis.db_map", "'a'"),
+    ("redis://h", {"db_map": {0: "x"}}, Role.TARGET, "source.redis.db_map.0", "whole number"),
+    ("redis://h", {"scan_cout": 10}, Role.SOURCE, "source.redis.scan_cout", "unknown option"),
+    ("redis://h", {"db_map": {1: 0}}, Role.SOURCE, "source.redis.db_map", "target option"),
+    ("redis://h/3", {"dbs": [4]}, Role.SOURCE, "source.redis.dbs", "disagrees with the URL's /3"),
+    ("redis+cluster://h:7000", {"dbs": [1]}, Role.SOURCE, "source.redis.dbs", "only DB 0"),
+    ("redis://h", {"dbs": [1]}, Role.TARGET, "source.redis.dbs", "source option"),
+    ("redis+cluster://h:7000", {"db_map": {1: 2}}, Role.TARGET, "source.redis.db_map",
+     "only DB 0"),
+])
+def test_check_endpoint_refuses_what_would_be_misread(url, options, role, field, words):
+    with pytest.raises(PlanError) as caught:
+        RedisStore.check_endpoint(endpoint(url, **options), role)
+    assert caught.value.field == field and words in caught.value.message
+    # The store refuses the same at construction, before any connection.
+    if role is Role.SOURCE and "option" not in caught.value.message \
+            and "disagrees" not in caught.value.message \
+            and "only DB 0" not in caught.value.message:
+        with pytest.raises(PlanError, match=field.replace("[", r"\[")):
+            RedisStore(endpoint(url, **options))
+
+
+@pytest.mark.parametrize("url, options, role", [
+    ("redis://h", {}, Role.SOURCE),
+    ("redis://h:6380/", {}, Role.TARGET),
+    ("rediss://u:${P}@h:6380/15", {"dbs": [15]}, Role.SOURCE),
+    ("redis+cluster://h:7000/0", {"db_map": {"3": 0, 4: 0}}, Role.TARGET),
+    ("redis://h", {"mode": "typed", "scan_count": 50, "timeout": 2.5}, Role.TARGET),
+])
+def test_check_endpoint_accepts_what_it_can_honour(url, options, role):
+    RedisStore.check_endpoint(endpoint(url, **options), role)
+
+
+def spec_errors(spec: Any) -> list[tuple[list, str]]:
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(RedisStore.SPEC_SCHEMA)
+    return [(list(e.absolute_path), e.validator) for e in validator.iter_errors(spec)]
+
+
+def test_spec_schema_names_the_bad_field():
+    assert spec_errors({"db": 0, "slots": [0, 16383]}) == []
+    assert spec_errors({"dbs": [0, 1], "target_db": 0, "slots": [0, 100]}) == []
+    assert (["slots", 0], "type") in spec_errors({"db": 0, "slots": ["a", None]})
+    assert (["slots", 1], "type") in spec_errors({"db": 0, "slots": ["a", None]})
+    assert (["slots", 1], "maximum") in spec_errors({"db": 0, "slots": [0, 16384]})
+    assert (["db"], "minimum") in spec_errors({"db": -1, "slots": [0, 1]})
+    assert spec_errors({"slots": [0, 1]}) == [([], "required")]  # no db
+    assert ([], "required") in spec_errors({"dbs": [0, 1], "slots": [0, 1]})  # no target_db
+    assert spec_errors({"db": 0, "slots": [0, 1], "slot": 3}) == [([], "additionalProperties")]
+
+
+def plain(db: int, lo: int, hi: int) -> Unit:
+    return Unit("redis", f"db{db}/slots-{lo:05d}-{hi:05d}", {"db": db, "slots": [lo, hi]})
+
+
+def test_uncovered_names_each_gap_per_group_of_dbs():
+    whole = [plain(0, 0, 8191), plain(0, 8192, 16383), plain(3, 0, 16383)]
+    assert RedisStore.uncovered(whole) == []
+    assert RedisStore.container_of(whole[0]) == "db 0"
+    union = Unit("redis", "db0+1/slots-00000-16383",
+                 {"dbs": [0, 1], "target_db": 0, "slots": [0, 16383]})
+    assert RedisStore.container_of(union) == "db 0+1" and RedisStore.uncovered([union]) == []
+    narrowed = [plain(0, 0, 100), plain(0, 8192, 16383), plain(3, 0, 16383)]
+    assert RedisStore.uncovered(narrowed) == ["db 0: slots 101-8191 are in no unit"]
+    deleted = [plain(0, 8192, 16383), plain(3, 0, 10), plain(3, 20, 30)]
+    assert RedisStore.uncovered(deleted) == ["db 0: slots 0-8191 are in no unit",
+                                             "db 3: slots 11-19 are in no unit",
+                                             "db 3: slots 31-16383 are in no unit"]
+    backwards = [plain(0, 16383, 0)]
+    assert RedisStore.uncovered(backwards) == [
+        "db0/slots-16383-00000: slots [16383, 0] run backwards (covers nothing)"]
+    assert RedisStore.uncovered([union, plain(0, 0, 16383)]) == [
+        "db 0 is in more than one group of units: db 0, db 0+1"]
+
+
+# -- key patterns: Redis' own MATCH -------------------------------------------------------
+
+
+def scan_match(client: Any, pattern: bytes) -> set[bytes]:
+    found: set[bytes] = set()
+    cursor = 0
+    while True:
+        cursor, keys = client.scan(cursor, match=pattern, count=100_000)
+        found.update(keys)
+        if not cursor:
+            return found
+
+
+def test_patterns_match_exactly_what_scan_match_matches(clean):
+    """Our matcher against the server's SCAN MATCH: escapes, classes, ranges, stray
+    brackets and backslashes, the empty key, on random patterns as well as known traps."""
+    import random
+    rng = random.Random(6)
+    alphabet = "ab*?[]^-\\c"
+    keys = {b"", b"a*b", b"a\\b", b"a]b", b"[", b"]", b"\\", b"-", b"^", b"\xff\xfe", "é".encode()}
+    keys |= {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))).encode()
+             for _ in range(300)}
+    src = clean["src"]
+    for key in keys:
+        src.set(key, 1)
+    patterns = ["a\\*b", "a\\\\b", "[", "[^", "[]", "[^]", "[]a]", "[a-]", "[-a]", "[\\",
+                "a\\", "\\", "*", "**", "", "[z-a]", "[a-\\]]", "a[b", "?*", "*?*", "[\\]]",
+                "[^\\]", "é", "?", "??"]
+    patterns += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7)))
+                 for _ in range(400)]
+    for pattern in patterns:
+        keep = rv.KeyFilter(Selection(include=(pattern,)))
+        assert {k for k in keys if keep(k)} == scan_match(src, pattern.encode()), pattern
+
+
+def test_escaped_glob_selects_the_literal_key_and_excludes_work_alike(clean):
+    for key in (b"a*b", b"axb", b"a\\b", b"keep:1", b"keep:[x]"):
+        clean["src"].set(key, 1)
+    selection = Selection(include=("a\\*b", "keep:*"), exclude=("keep:\\[x]",))
+    copy(open_store(source_ep(), selection=selection), open_store(target_ep("dst")))
+    assert sorted(clean["dst"].keys()) == [b"a*b", b"keep:1"]
+
+
+def test_pattern_redis_reads_differently_by_cpu_is_refused():
+    with pytest.raises(PlanError) as caught:
+        RedisStore(endpoint("redis://h"), Selection(include=("ok:*",), exclude=("[a-é]",)))
+    assert caught.value.field == "stores.redis.selection.exclude[0]"
+    assert "x86 and ARM" in caught.value.message
+
+
+# -- which databases ----------------------------------------------------------------------
+
+
+def test_source_url_db_means_only_that_db_even_while_empty(clean):
+    redis_data.client(source_ep(), db=2).set("two", "2")
+    clean["src"].set("zero", "0")
+    source = open_store(source_ep("/3"))
+    assert [u.name for u in source.list_units()] == ["db3/slots-00000-16383"]
+    assert [u.spec["db"] for u in open_store(source_ep("/2")).list_units()] == [2]
+    units = open_store(source_ep(dbs=[0, 2])).list_units()
+    assert [u.spec["db"] for u in units] == [0, 2]
+    # A key that arrives in the empty DB after plan is still copied: the unit exists.
+    redis_data.client(source_ep(), db=3).set("three", "3")
+    target = open_store(target_ep("dst"))
+    copy(source, target)
+    assert redis_data.client(target_ep("dst"), db=3).get("three") == b"3"
+    assert clean["dst"].get("zero") is None  # DB 0 was not asked for
+
+
+def test_target_url_db_is_where_the_source_db_lands(clean):
+    clean["src"].set("zero", "0")
+    source = open_store(source_ep("/0"))
+    target = open_store(target_ep("dst", "/4"))
+    units = target.adapt_units(source.list_units(), source)
+    copy_units(source, target, units)
+    assert redis_data.client(target_ep("dst"), db=4).get("zero") == b"0"
+    assert clean["dst"].dbsize() == 0
+    assert verify_unit(source, target, units[0]).status == "match"
+
+
+def test_dbs_the_server_does_not_have_are_refused_with_its_count(clean):
+    for ep, field in ((source_ep(dbs=[0, 99]), "source.redis.dbs"),
+                      (source_ep("/16"), "source.redis.url"),
+                      (reader_ep_with(dbs=[99]), "source.redis.dbs")):  # no CONFIG: SELECT
+        with pytest.raises(PlanError) as caught:
+            open_store(ep).list_units()
+        assert caught.value.field == field
+        assert "the server has 16 databases (0-15)" in caught.value.message
+    clean["src"].set("zero", "0")
+    source = open_store(source_ep())
+    with pytest.raises(PlanError, match="DB 20, but the server has 16") as caught:
+        open_store(target_ep("dst", db_map={0: 20})).adapt_units(source.list_units(), source)
+    assert caught.value.field == "target.redis.db_map"
+
+
+def reader_ep_with(**options: Any) -> Endpoint:
+    return Endpoint("redis", reader_ep().url, name="source.redis", options=options)
+
+
+def test_a_merge_only_the_target_url_makes_is_refused(clean):
+    clean["src"].set("zero", "0")
+    redis_data.client(source_ep(), db=5).set("five", "5")
+    source = open_store(source_ep())
+    with pytest.raises(PlanError) as caught:
+        open_store(target_ep("dst", "/0")).adapt_units(source.list_units(), source)
+    assert caught.value.field == "target.redis.url"
+    assert "DBs 0 and 5 would all land in DB 0" in caught.value.message
+    assert "db_map: {0: 0, 5: 0}" in str(caught.value)
+
+
+def copy_units(source: RedisStore, target: RedisStore, units: list[Unit]) -> None:
+    target.prepare_target(units, source)
+    for unit in units:
+        importer = target.importer(unit)
+        for batch in source.export(unit):
+            importer.write_batch(batch)
+
+
+def test_unlisted_names_a_db_that_got_keys_after_plan(clean):
+    clean["src"].set("zero", "0")
+    source = open_store(source_ep())
+    units = source.list_units()
+    assert source.unlisted(units) == []
+    redis_data.client(source_ep(), db=4).set("late", "x")
+    assert source.unlisted(units) == ["db 4"]
+    assert source.unlisted(source.list_units()) == []
+    # Only keys in the selection count, and only DBs the endpoint names.
+    selective = open_store(source_ep(), selection=Selection(exclude=("late",)))
+    assert selective.unlisted(units) == []
+    assert open_store(source_ep(dbs=[0])).unlisted(units) == []
+
+
+# -- merging source DBs into one target DB ------------------------------------------------
+
+
+@pytest.fixture
+def two_dbs(clean):
+    """DB 0 and DB 1 of the source with different keys, every type in DB 1."""
+    redis_data.mixed(source_ep(), 300, seed=21, prefix="zero")
+    redis_data.mixed(source_ep(), 200, seed=22, prefix="one", db=1)
+    every_type(redis_data.client(source_ep(), db=1))
+    return clean
+
+
+def merged(target_kind: str, **kw: Any) -> tuple[RedisStore, RedisStore, list[Unit]]:
+    source = open_store(source_ep(), **kw)
+    target = open_store(target_ep(target_kind, db_map={0: 0, 1: 0}), **kw)
+    return source, target, target.adapt_units(source.list_units(), source)
+
+
+@pytest.mark.parametrize("target_kind", ["cluster", "dst"])
+def test_merged_dbs_verify_as_one_union(two_dbs, target_kind):
+    source, target, units = merged(target_kind)
+    assert [(u.name, u.spec) for u in units] == [
+        ("db0+1/slots-00000-16383", {"dbs": [0, 1], "target_db": 0, "slots": [0, 16383]})]
+    assert units[0].records == 507
+    assert RedisStore.uncovered(units) == [] and source.unlisted(units) == []
+    copy_units(source, target, units)
+    dst = two_dbs[target_kind]
+    assert nkeys(dst) == 507
+    report = verify_unit(source, target, units[0])
+    assert report.status == "match" and report.source_count == report.target_count == 507
+    gone = b"plain"  # from DB 1
+    dst.delete(gone)
+    dst.set(b"zero:s:0", b"changed")  # from DB 0, if it exists; else a new key
+    report = verify_unit(source, target, units[0])
+    assert report.status == "differ" and report.missing_on_target == ["plain"]
+    assert report.differ + report.missing_on_source == ["zero:s:0"]
+
+
+def test_merged_units_split_like_any_big_db_and_resume_across_dbs(two_dbs):
+    source, target, units = merged("cluster", unit_records=100, batch_records=50)
+    assert [u.spec["slots"] for u in units] == [[i, i + 2047] for i in range(0, 16384, 2048)]
+    assert RedisStore.uncovered(units) == []
+    source_cluster = open_store(source_ep(scan_count=20), batch_records=50)
+    unit = units[0]
+    batches = list(source_cluster.export(unit))
+    assert [b.cursor.get("dbi") for b in batches][-1] is None  # done
+    assert batches[-1].cursor == {"done": True}
+    middle = next(i for i, b in enumerate(batches) if b.cursor.get("dbi") == 1)
+    target.prepare_target(units, source_cluster)
+    importer = target.importer(unit)
+    for batch in source_cluster.export(unit, resume_from=batches[middle].cursor):
+        importer.write_batch(batch)  # a crash after the checkpoint in DB 1...
+    for batch in batches[: middle + 1]:
+        importer.write_batch(batch)  # ...and what came before it
+    assert verify_unit(source, target, unit).status == "match"
+
+
+def test_merge_with_a_key_in_both_dbs_is_refused_naming_it(two_dbs):
+    redis_data.client(source_ep(), db=1).set("zero:s:3", "dup")
+    redis_data.client(source_ep(), db=1).set(b"bin\xff", "dup")
+    two_dbs["src"].set(b"bin\xff", "dup")
+    with pytest.raises(PlanError) as caught:
+        merged("cluster")
+    message = caught.value.message
+    assert caught.value.field == "target.redis.db_map"
+    assert "2 key(s) exist in more than one" in message
+    assert "'bin\\\\xff' (DBs 0 and 1)" in message and "'zero:s:3' (DBs 0 and 1)" in message
+
+
+def test_a_key_that_collides_after_plan_is_a_difference(two_dbs):
+    source, target, units = merged("cluster")
+    copy_units(source, target, units)
+    value = two_dbs["src"].get("zero:s:1")
+    redis_data.client(source_ep(), db=1).set("zero:s:1", value)  # same key, same value
+    report = verify_unit(source, target, units[0])
+    assert report.status == "differ" and report.differ == ["zero:s:1"]
+
+
+def test_typed_copy_of_a_union_rereads_each_key_from_its_db(two_dbs):
+    source = open_store(source_ep())
+    target = open_store(target_ep("cluster", db_map={0: 0, 1: 0}, mode="typed"))
+    units = target.adapt_units(source.list_units(), source)
+    copy_units(source, target, units)
+    assert verify_unit(source, target, units[0]).status == "match"
+    assert contents(two_dbs["cluster"])[b"l"][1] == contents(
+        redis_data.client(source_ep(), db=1))[b"l"][1]
+
+
+def test_units_planned_apart_that_land_in_one_db_are_refused(two_dbs):
+    source = open_store(source_ep())
+    units = source.list_units()  # not adapted: db0 and db1 apart
+    target = open_store(target_ep("cluster", db_map={1: 0}))
+    with pytest.raises(PlanError, match="db 0 and db 1 all land in DB 0"):
+        target.existing(units)
+    with pytest.raises(PlanError, match="planned apart"):
+        target.prepare_target(units, source)

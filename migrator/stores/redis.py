@@ -1,11 +1,24 @@
 """Redis store: standalone or Redis Cluster, copied as DUMP payloads with absolute expiries.
 
-URLs: ``redis://[user:${VAR}@]host:port[/db]``, ``rediss://`` (or ``tls:``) for TLS, and
+URLs: ``redis://[user:${VAR}@]host[:port][/db]``, ``rediss://`` (or ``tls:``) for TLS, and
 ``redis+cluster://host:port`` for a cluster seed node (a ``redis://`` URL that reaches a
-cluster node is treated as a cluster too). The URL's db only picks where the connection
-starts: a source is read in every DB that holds keys (``dbs: [0]`` restricts it), and each
-source DB lands in the same DB on the target unless the target's ``db_map`` says otherwise.
-A cluster has only DB 0, so other DBs must be mapped there or left out, checked at plan time.
+cluster node is treated as a cluster too). The host is required and the port defaults to
+6379; port 0, a query string, or a path other than a DB number are refused, because
+they would be ignored.
+
+Which databases (``check_endpoint``, then ``list_units``/``adapt_units`` on the server):
+
+* Source: every DB that holds keys, plus DB 0. ``dbs: [...]`` or the URL's ``/N`` names
+  the DBs instead ("only these"); each named DB gets its units even while empty, and a DB
+  the server does not have is refused, naming its database count.
+* Target: each source DB lands in the DB ``db_map`` names, else in the URL's ``/N``, else
+  in the DB of the same number. A cluster has only DB 0.
+* Merge: source DBs that land in one target DB (the usual case for a cluster) are planned
+  as union units, ``{"dbs": [0, 1], "target_db": 0, "slots": [lo, hi]}``, which every side
+  reads whole: the source reads all listed DBs, the target its one DB, so verify compares
+  the union with the DB. A key present in two merged DBs is refused at plan time, and a
+  merge must be asked for with ``db_map`` (DBs moved together by the URL's ``/N`` alone
+  are refused).
 
 Units are (db, hash-slot range) with the slot computed client side (CRC16, hash tags
 respected), so a unit means the same keys on a standalone server and on a cluster.
@@ -13,8 +26,9 @@ A batch holds the keys of whole SCAN calls and carries the SCAN cursor to contin
 Batch records are ``(key, expire_at_ms or 0, payload)`` for RESTORE, or the typed form of
 ``redis_value`` when a target refuses the source's payloads or ``mode: typed`` is set.
 
-Endpoint options: ``mode`` (auto | restore | typed), ``dbs`` (source DBs to read),
-``db_map`` (target: source DB → DB here), ``scan_count`` (SCAN COUNT, 1000), ``timeout`` (s).
+Endpoint options (``OPTION_SCHEMA``): ``mode`` (auto | restore | typed), ``dbs`` (source
+DBs to read), ``db_map`` (target: source DB → DB here), ``scan_count`` (SCAN COUNT, 1000),
+``timeout`` (seconds). Selection patterns follow Redis' own MATCH (``redis_value.Glob``).
 
 Verification: chunk digests come from string values and DUMP payloads, which are exact but
 may differ for equal values (encodings, versions); a chunk that differs is then listed with
@@ -25,14 +39,18 @@ Redis offers no snapshot: consistency comes from the write freeze and the re-ver
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from binascii import crc_hqx
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
+import jsonschema
 import redis
 from redis import exceptions as rx
 from redis.backoff import NoBackoff
@@ -41,6 +59,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from migrator import presets
+from migrator.config import Endpoint
 from migrator.errors import MigrateError, PlanError, StoreError, TransientError
 from migrator.stores import redis_value as rv
 from migrator.stores import redis_wire as rw
@@ -66,6 +85,112 @@ SCAN_COUNT = 1000
 _REFUSED = "payload version or checksum are wrong"
 _SCHEMES = {"redis": False, "rediss": False, "redis+cluster": True, "rediss+cluster": True}
 _NOTE = "Redis offers no snapshot: consistency relies on the write freeze + re-verify"
+MAX_DB = 2**31 - 2  # Redis' `databases` may be up to INT_MAX
+_EXISTS = rw.key_command("EXISTS")
+_SHOWN = 5  # keys named in a refusal
+
+_DB = {"type": "integer", "minimum": 0, "maximum": MAX_DB}
+_SLOT = {"type": "integer", "minimum": 0, "maximum": SLOTS - 1}
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """What an endpoint URL says, read without resolving a secret."""
+
+    scheme: str
+    host: str
+    port: int
+    db: int | None  # the URL's /N: "only DB N" on a source, "into DB N" on a target
+    cluster: bool  # the scheme names a cluster
+
+
+def parse_url(endpoint: Endpoint) -> RedisURL:
+    """The URL's parts, or a PlanError naming ``<endpoint>.url`` for what would be ignored."""
+    where = f"{endpoint.name or 'redis'}.url"
+    try:
+        parts = urlsplit(endpoint.url)
+        port = parts.port
+    except ValueError as exc:
+        raise PlanError(where, f"not a valid URL ({exc})") from None
+    if parts.scheme not in _SCHEMES:
+        raise PlanError(where, f"unsupported scheme '{parts.scheme}'",
+                        hint="redis://, rediss://, redis+cluster:// or rediss+cluster://")
+    if not parts.hostname:
+        raise PlanError(where, "names no host", hint="write e.g. redis://host:6379")
+    if port == 0:
+        raise PlanError(where, "port 0 is not a port",
+                        hint="name the server's port, or leave it out for 6379")
+    if parts.query or parts.fragment:
+        shown = f"?{parts.query}" if parts.query else f"#{parts.fragment}"
+        raise PlanError(where, f"'{shown}' would be ignored",
+                        hint="TLS goes in tls:, the DB in the path (/N), the rest in endpoint "
+                        "options")
+    path = parts.path
+    db: int | None = None
+    if path not in ("", "/"):
+        if not re.fullmatch(r"/[0-9]{1,10}", path) or int(path[1:]) > MAX_DB:
+            raise PlanError(where, f"'{path}' is not a database number",
+                            hint="write /N for DB N, or nothing")
+        db = int(path[1:])
+    cluster = _SCHEMES[parts.scheme]
+    if cluster and db not in (None, 0):
+        raise PlanError(where, f"names DB {db}, but a Redis Cluster has only DB 0")
+    return RedisURL(parts.scheme, parts.hostname, port or 6379, db, cluster)
+
+
+def _schema_problem(error: jsonschema.ValidationError) -> str:
+    wanted_value: Any = error.validator_value
+    schema: Any = error.schema
+    shown = repr(error.instance)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if error.validator == "type":
+        wanted = {"integer": "a whole number", "number": "a number", "array": "a list",
+                  "object": "a mapping", "string": "a string"}.get(str(wanted_value),
+                                                                  str(wanted_value))
+        return f"must be {wanted}, got {shown}"
+    if error.validator == "enum":
+        return f"must be one of {', '.join(map(str, wanted_value))}, got {shown}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum"):
+        word = {"minimum": "at least", "maximum": "at most",
+                "exclusiveMinimum": "more than"}[str(error.validator)]
+        return f"must be {word} {wanted_value}, got {shown}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        return f"unknown option (known: {', '.join(sorted(schema.get('properties', {})))})"
+    return error.message
+
+
+def check_options(endpoint: Endpoint) -> None:
+    """Endpoint options against ``RedisStore.OPTION_SCHEMA``; the error names the option."""
+    validator = jsonschema.Draft202012Validator(RedisStore.OPTION_SCHEMA)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(endpoint.options))
+    if error is None:
+        return
+    where = endpoint.name or "redis"
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        path += sorted((k for k in error.instance if k not in known), key=str)[:1]
+    value: Any = endpoint.options
+    for part in path:  # a list index as [i], a mapping key (db_map's may be ints) as .key
+        where += f"[{part}]" if isinstance(value, list) else f".{part}"
+        value = value[part] if isinstance(value, list | dict) and part in (
+            range(len(value)) if isinstance(value, list) else value) else None
+    raise PlanError(where, _schema_problem(error))
+
+
+def source_dbs(unit: Unit) -> list[int]:
+    """The source DBs a unit reads: ``dbs`` of a union unit, else its ``db``."""
+    if "dbs" in unit.spec:
+        return [int(d) for d in unit.spec["dbs"]]
+    return [int(unit.spec.get("db", 0))]
+
+
+def _listing(unit: Unit, db: int) -> str:
+    return f"{unit.key}@{db}"
+
+
+def _dbs_text(dbs: list[int]) -> str:
+    return ", ".join(map(str, dbs[:-1])) + f" and {dbs[-1]}" if len(dbs) > 1 else str(dbs[0])
 
 
 def _now_ms() -> int:
@@ -78,15 +203,51 @@ class RedisStore(Store):
                                 resumable_units=True,
                                 wire_format="redis DUMP payloads + absolute expiry (ms)")
 
-    def __init__(self, endpoint: Any, selection: Selection | None = None,
+    OPTION_SCHEMA: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "mode": {"enum": ["auto", "restore", "typed"]},
+            "dbs": {"type": "array", "items": _DB, "minItems": 1, "uniqueItems": True},
+            "db_map": {"type": "object",
+                       "propertyNames": {"anyOf": [
+                           {"type": "integer", "minimum": 0, "maximum": MAX_DB},
+                           {"type": "string", "pattern": "^[0-9]{1,10}$"}]},
+                       "additionalProperties": _DB},
+            "scan_count": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86_400},
+        },
+    }
+    SPEC_SCHEMA: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "required": ["slots"],
+        "additionalProperties": False,
+        "properties": {
+            "db": _DB,
+            "dbs": {"type": "array", "items": _DB, "minItems": 2, "uniqueItems": True},
+            "target_db": _DB,
+            "slots": {"type": "array", "prefixItems": [_SLOT, _SLOT], "items": False,
+                      "minItems": 2},
+            "resumable": {"type": "boolean"},
+        },
+        # A plain unit names its db; a union unit its source dbs and the DB they land in.
+        "if": {"not": {"required": ["dbs"]}},
+        "then": {"required": ["db"]},
+        "else": {"required": ["target_db"], "not": {"required": ["db"]}},
+        "dependentRequired": {"target_db": ["dbs"]},
+    }
+
+    def __init__(self, endpoint: Endpoint, selection: Selection | None = None,
                  options: StoreOptions | None = None) -> None:
         super().__init__(endpoint, selection, options)
+        self._url = parse_url(endpoint)
+        check_options(endpoint)
+        rv.check_patterns(self.selection, f"stores.{self.kind}.selection")
         self.filter = rv.KeyFilter(presets.merged(self.kind, self.selection))
         self.mode = str(endpoint.options.get("mode", "auto"))
-        if self.mode not in ("auto", "restore", "typed"):
-            raise PlanError(f"{endpoint.name or 'redis'}.mode", f"unknown mode '{self.mode}'",
-                            hint="auto, restore or typed")
         self.scan_count = int(endpoint.options.get("scan_count", SCAN_COUNT))
+        self._map = {int(k): int(v) for k, v in (endpoint.options.get("db_map") or {}).items()}
+        self.role: Role | None = None  # learnt from the first call only one side makes
         self._page_cache = rw.PageCache()
         self._listings = rw.KeyListings()
         self._lock = threading.RLock()
@@ -96,10 +257,51 @@ class RedisStore(Store):
         self._slot_node: list[int] = []
         self._kwargs: dict[str, Any] = {}
         self._opened = False
+        self._dbcount: int | None = None
         self.version: tuple[int, ...] = ()
         self._source: RedisStore | None = None
         self._typed_export = self.mode == "typed"
         self._restore_refused = False
+
+    @property
+    def _name(self) -> str:
+        return self.endpoint.name or "redis"
+
+    # -- checks without a server -----------------------------------------------------
+    @classmethod
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
+        url = parse_url(endpoint)
+        check_options(endpoint)
+        name, options = endpoint.name or "redis", endpoint.options
+        dbs = options.get("dbs")
+        if role is Role.SOURCE:
+            if "db_map" in options:
+                raise PlanError(f"{name}.db_map", "is a target option (where source DBs land)",
+                                hint="put db_map on the target endpoint; name the source's "
+                                "DBs with dbs: [...]")
+            if dbs is not None and url.db is not None and sorted(dbs) != [url.db]:
+                raise PlanError(f"{name}.dbs", f"{dbs} disagrees with the URL's /{url.db}",
+                                hint="name the source's DBs in one place")
+            if url.cluster and dbs is not None and sorted(dbs) != [0]:
+                raise PlanError(f"{name}.dbs", f"{dbs}: a Redis Cluster has only DB 0")
+        else:
+            if dbs is not None:
+                raise PlanError(f"{name}.dbs", "is a source option (which DBs are read)",
+                                hint="say where source DBs land with db_map on the target")
+            moved = [v for v in (options.get("db_map") or {}).values() if v != 0]
+            if url.cluster and moved:
+                raise PlanError(f"{name}.db_map", f"maps to DB {moved[0]}, but a Redis Cluster "
+                                "has only DB 0")
+
+    def _bind(self, role: Role) -> None:
+        """Remember which side this store is, checking the endpoint for that side once."""
+        if self.role is role:
+            return
+        if self.role is not None:
+            raise StoreError(f"{self.endpoint.label}: used as {self.role.value} and as "
+                             f"{role.value}")
+        type(self).check_endpoint(self.endpoint, role)
+        self.role = role
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
@@ -109,28 +311,24 @@ class RedisStore(Store):
 
     def _open(self) -> None:
         conn = self.endpoint.connection()
-        name = self.endpoint.name or "redis"
-        if conn.scheme not in _SCHEMES:
-            raise PlanError(f"{name}.url", f"unsupported scheme '{conn.scheme}'",
-                            hint="redis://, rediss://, redis+cluster:// or rediss+cluster://")
         tls = self.endpoint.tls
         timeout = float(self.endpoint.options.get("timeout", 60))
-        self._kwargs = dict(host=conn.host or "127.0.0.1", port=conn.port or 6379,
+        self._kwargs = dict(host=self._url.host, port=self._url.port,
                             username=conn.username, password=conn.password,
-                            socket_timeout=timeout, socket_connect_timeout=10,
+                            socket_timeout=timeout, socket_connect_timeout=min(10.0, timeout),
                             client_name="openim-migrate",
                             # RESP2: raw replies on every server version
                             protocol=2,
                             # One immediate retry heals a stale pooled connection; waiting
                             # and retrying longer is the engine's retry policy, not ours.
                             retry=Retry(NoBackoff(), 1))
-        if tls.enabled or conn.scheme.startswith("rediss"):
+        if tls.enabled or self._url.scheme.startswith("rediss"):
             self._kwargs.update(ssl=True, ssl_ca_certs=tls.ca_file, ssl_certfile=tls.cert_file,
                                 ssl_keyfile=tls.key_file,
                                 ssl_cert_reqs="required" if tls.verify else "none",
                                 ssl_check_hostname=tls.verify)
         with self._errors("connecting"):
-            is_cluster = _SCHEMES[conn.scheme]
+            is_cluster = self._url.cluster
             if not is_cluster:
                 server = rv.info(self._client(0), "server")
                 is_cluster = rv.info(self._client(0), "cluster").get("cluster_enabled") == "1"
@@ -138,11 +336,14 @@ class RedisStore(Store):
                 self._open_cluster()
                 server = rv.info(self._nodes[0][1], "server")
             self.version = rv.server_version(server.get("redis_version", "0"))
+        if self._cluster is not None and self._url.db not in (None, 0):
+            raise PlanError(f"{self._name}.url", f"names DB {self._url.db}, but "
+                            f"{self.endpoint.label} is a Redis Cluster, which has only DB 0")
         self._opened = True
 
     def _raw(self, **extra: Any) -> redis.Redis:
         client = redis.Redis(**{**self._kwargs, **extra})
-        client.response_callbacks = {}  # raw RESP replies: bytes in, bytes out
+        client.response_callbacks.clear()  # raw RESP replies: bytes in, bytes out
         return client
 
     def _client(self, db: int) -> redis.Redis:
@@ -264,27 +465,122 @@ class RedisStore(Store):
                     counts[int(name[2:])] = counts.get(int(name[2:]), 0) + int(keys)
         return counts
 
-    def local_db(self, unit: Unit) -> int:
-        """The DB that holds ``unit`` on this endpoint: the source's DB through ``db_map``.
+    def _databases(self) -> int | None:
+        """How many DBs the server has: CONFIG GET, else found with SELECT (a read-only
+        user may not run CONFIG); None when neither is allowed."""
+        self.open()
+        if self._cluster is not None:
+            return 1
+        if self._dbcount is None:
+            with self._errors("counting databases"):
+                try:
+                    reply = self._client(0).execute_command("CONFIG", "GET", "databases")
+                    self._dbcount = int(reply[1])
+                except (rx.ResponseError, IndexError, ValueError):
+                    self._dbcount = self._count_by_select()
+        return self._dbcount or None
 
-        A cluster has only DB 0, so an unmapped other DB is refused (a PlanError at plan
-        time, from ``existing``) before anything is written.
-        """
-        source_db = int(unit.spec.get("db", 0))
-        mapping = {int(k): int(v) for k, v in (self.endpoint.options.get("db_map") or {}).items()}
-        db = mapping.get(source_db, source_db)
+    def _count_by_select(self) -> int:
+        probe = redis.Redis(**self._kwargs, single_connection_client=True)
+        try:
+            lo, hi = 1, MAX_DB + 1  # DB lo - 1 exists; DB hi does not
+            while lo < hi:
+                mid = (lo + hi) // 2
+                try:
+                    probe.execute_command("SELECT", mid)
+                    lo = mid + 1
+                except rx.NoPermissionError:
+                    return 0
+                except rx.ResponseError:
+                    hi = mid
+            return lo
+        finally:
+            probe.close()
+
+    def _explicit_dbs(self) -> tuple[list[int], str] | None:
+        """A source's named DBs and the field that names them, or None for "every DB"."""
+        if self.endpoint.options.get("dbs") is not None:
+            return sorted(int(d) for d in self.endpoint.options["dbs"]), "dbs"
+        if self._url.db is not None:
+            return [self._url.db], "url"
+        return None
+
+    def _check_db(self, db: int, field: str, doing: str) -> None:
+        """Refuse a DB this server does not have (a cluster has DB 0 only)."""
         self.open()
         if self._cluster is not None and db != 0:
-            name = self.endpoint.name or "redis"
-            raise PlanError(f"{name}.db_map",
-                            f"source DB {source_db} holds keys (unit {unit.name}) but "
-                            f"{self.endpoint.label} is a Redis Cluster, which has only DB 0",
-                            hint=f"map it with db_map: {{{source_db}: 0}} on the target "
-                            "endpoint, or leave it out with dbs: [0] on the source endpoint")
-        return db
+            raise PlanError(f"{self._name}.{field}",
+                            f"{doing} DB {db}, but {self.endpoint.label} is a Redis Cluster, "
+                            "which has only DB 0",
+                            hint="map it with db_map: {N: 0} on the target endpoint, or leave "
+                            "it out with dbs: [...] on the source endpoint")
+        count = self._databases()
+        if count is not None and db >= count:
+            raise PlanError(f"{self._name}.{field}",
+                            f"{doing} DB {db}, but the server has {count} databases "
+                            f"(0-{count - 1})")
+
+    def _landing(self, db: int) -> tuple[int, str]:
+        """Where source DB ``db`` is on this endpoint, and what says so (db_map, url, same)."""
+        if self.role is Role.SOURCE:
+            return db, "same"
+        if db in self._map:
+            return self._map[db], "db_map"
+        if self._url.db is not None and self._url.db != db:
+            return self._url.db, "url"
+        return db, "same"
+
+    def _unit_dbs(self, unit: Unit) -> list[int]:
+        """The DBs of this endpoint that hold ``unit``: on a source the unit's DBs, on a
+        target the one DB they land in."""
+        dbs = source_dbs(unit)
+        if self.role is Role.SOURCE:
+            named = self._explicit_dbs()
+            if named is not None and not set(dbs) <= set(named[0]):
+                raise PlanError(f"{self._name}.{named[1]}",
+                                f"unit {unit.name} reads DB {_dbs_text(dbs)}, which this "
+                                f"endpoint leaves out (it reads DB {_dbs_text(named[0])})")
+            return dbs
+        here = sorted({self._landing(db)[0] for db in dbs})
+        planned = unit.spec.get("target_db")
+        if planned is not None and here != dbs and here != [int(planned)]:
+            raise PlanError(f"{self._name}.db_map",
+                            f"unit {unit.name} merges source DBs {_dbs_text(dbs)} into DB "
+                            f"{planned}, but this endpoint now puts them in DB "
+                            f"{_dbs_text(here)}", hint="re-run plan")
+        for db in here:
+            field = "db_map" if self._landing(dbs[0])[1] != "url" else "url"
+            self._check_db(db, field, f"unit {unit.name} lands in")
+        return here
+
+    def _target_db(self, unit: Unit) -> int:
+        """The one DB a target writes ``unit`` into."""
+        dbs = self._unit_dbs(unit)
+        if len(dbs) != 1:
+            raise PlanError(f"{self._name}.db_map",
+                            f"unit {unit.name} would be spread over DBs {_dbs_text(dbs)}",
+                            hint="re-run plan")
+        return dbs[0]
+
+    def _check_merges(self, units: list[Unit]) -> None:
+        """Units that land in one target DB must be one union, or verify would compare each
+        with the whole DB (a plan made before merges were planned as unions)."""
+        landing: dict[int, set[str]] = {}
+        for unit in units:
+            landing.setdefault(self._target_db(unit), set()).add(self.container_of(unit))
+        for db, groups in sorted(landing.items()):
+            if len(groups) > 1:
+                raise PlanError(f"{self._name}.db_map",
+                                f"{' and '.join(sorted(groups))} all land in DB {db} but are "
+                                "planned apart, so each would be checked against the whole DB",
+                                hint="re-run plan: it plans a merge as one union")
 
     # -- access and facts ------------------------------------------------------------
     def check_access(self, role: Role) -> None:
+        if self.role is None:
+            self._bind(role)
+        else:
+            type(self).check_endpoint(self.endpoint, role)
         self.open()
         with self._errors(f"checking {role.value} rights"):
             counts = self._keyspace()
@@ -337,23 +633,25 @@ class RedisStore(Store):
 
     # -- source side -----------------------------------------------------------------
     def list_units(self) -> list[Unit]:
+        self._bind(Role.SOURCE)
         self.open()
         with self._errors("listing units"):
             counts = self._keyspace()
             clients = [c for _, c in self._nodes] if self._cluster else [self._client(0)]
             dataset = sum(int(rv.info(c, "memory").get("used_memory_dataset", 0))
                           for c in clients)
-        only = self.endpoint.options.get("dbs")
-        dbs = sorted(set(counts) | {0})
-        if only is not None:
-            dbs = [db for db in dbs if db in {int(x) for x in only}]
+        named = self._explicit_dbs()
+        if named is None:
+            dbs = sorted(set(counts) | {0})
+        else:
+            dbs = named[0]
+            for db in dbs:
+                self._check_db(db, named[1], "reads")
         total = max(1, sum(counts.values()))
         units = []
         for db in dbs:
             keys = counts.get(db, 0)
-            parts = 1
-            while keys > parts * self.options.unit_records and parts < MAX_UNIT_PARTS:
-                parts *= 2
+            parts = self._parts(keys)
             width = SLOTS // parts
             for i in range(parts):
                 lo, hi = i * width, (i + 1) * width - 1
@@ -362,13 +660,183 @@ class RedisStore(Store):
                                   bytes=dataset * keys // total // parts))
         return units
 
+    def _parts(self, keys: int) -> int:
+        parts = 1
+        while keys > parts * self.options.unit_records and parts < MAX_UNIT_PARTS:
+            parts *= 2
+        return parts
+
+    # -- coverage --------------------------------------------------------------------
+    @classmethod
+    def container_of(cls, unit: Unit) -> str:
+        return "db " + "+".join(map(str, source_dbs(unit)))
+
+    @classmethod
+    def uncovered(cls, units: list[Unit]) -> list[str]:
+        """Per group of source DBs, the slot ranges that no unit covers (one line a gap),
+        units whose range runs backwards, and a DB that is in two groups."""
+        lines: list[str] = []
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        groups: dict[int, set[str]] = {}
+        for unit in units:
+            if unit.store != cls.kind:
+                continue
+            slots = unit.spec.get("slots")
+            if not (isinstance(slots, list) and len(slots) == 2
+                    and all(isinstance(s, int) and not isinstance(s, bool) for s in slots)):
+                lines.append(f"{unit.name}: slots {slots!r} is not [first, last]")
+                continue
+            lo, hi = slots
+            if lo > hi:
+                lines.append(f"{unit.name}: slots [{lo}, {hi}] run backwards (covers nothing)")
+                continue
+            container = cls.container_of(unit)
+            ranges.setdefault(container, []).append((lo, hi))
+            for db in source_dbs(unit):
+                groups.setdefault(db, set()).add(container)
+        for container, spans in sorted(ranges.items()):
+            at = 0
+            for lo, hi in sorted(spans):
+                if lo > at:
+                    lines.append(f"{container}: slots {at}-{lo - 1} are in no unit")
+                at = max(at, hi + 1)
+            if at < SLOTS:
+                lines.append(f"{container}: slots {at}-{SLOTS - 1} are in no unit")
+        for db, containers in sorted(groups.items()):
+            if len(containers) > 1:
+                lines.append(f"db {db} is in more than one group of units: "
+                             f"{', '.join(sorted(containers))}")
+        return lines
+
+    def unlisted(self, units: list[Unit]) -> list[str]:
+        """Source DBs in the selection that hold selected keys now and are in no unit
+        (e.g. a DB that got keys after plan)."""
+        self._bind(Role.SOURCE)
+        self.open()
+        covered = {db for unit in units if unit.store == self.kind for db in source_dbs(unit)}
+        with self._errors("listing databases"):
+            counts = self._keyspace()
+        named = self._explicit_dbs()
+        out = []
+        for db in sorted(counts):
+            if counts[db] and db not in covered and (named is None or db in named[0]) \
+                    and self._holds_selected(db):
+                out.append(f"db {db}")
+        return out
+
+    def _holds_selected(self, db: int) -> bool:
+        if self.filter.include is None and self.filter.exclude is None:
+            return True
+        with self._errors(f"scanning DB {db}"):
+            return any(keys for _, keys, _ in self._pages(self._scan_nodes(db), 0, 0, 0,
+                                                          SLOTS - 1))
+
+    def adapt_units(self, units: list[Unit], source: Store) -> list[Unit]:
+        """Source DBs that land in one DB here become union units over all of them; a key
+        in two of them is refused, and so is a merge that only the URL's ``/N`` makes."""
+        self._bind(Role.TARGET)
+        if not isinstance(source, RedisStore):
+            return units
+        source._bind(Role.SOURCE)
+        self.open()
+        members: dict[int, list[Unit]] = {}
+        for unit in units:
+            if "dbs" not in unit.spec:
+                members.setdefault(int(unit.spec.get("db", 0)), []).append(unit)
+        groups: dict[int, list[int]] = {}
+        for db, group in members.items():
+            here, why = self._landing(db)
+            self._check_db(here, "url" if why == "url" else "db_map",
+                           f"source DB {db} (unit {group[0].name}) lands in")
+            groups.setdefault(here, []).append(db)
+        out: list[Unit] = []
+        merged: set[int] = set()
+        for unit in units:
+            if "dbs" in unit.spec:
+                out.append(unit)
+                continue
+            here = self._landing(int(unit.spec.get("db", 0)))[0]
+            if len(groups[here]) == 1:
+                out.append(unit)
+            elif here not in merged:
+                merged.add(here)
+                dbs = sorted(groups[here])
+                out += self._union(dbs, here, [u for db in dbs for u in members[db]], source)
+        return out
+
+    def _union(self, dbs: list[int], here: int, members: list[Unit],
+               source: RedisStore) -> list[Unit]:
+        moved = [db for db in dbs if self._landing(db)[1] == "url"]
+        if moved:
+            wanted = ", ".join(f"{db}: {here}" for db in dbs)
+            raise PlanError(f"{self._name}.url",
+                            f"source DBs {_dbs_text(dbs)} would all land in DB {here} through "
+                            f"the URL's /{here} alone; a merge must be asked for",
+                            hint=f"write db_map: {{{wanted}}} on the target, or name one "
+                            "source DB with dbs: [N] or its URL's /N")
+        shown, total = source.collisions(dbs)
+        if total:
+            keys = ", ".join(f"{key!r} (DBs {_dbs_text(where)})" for key, where in shown)
+            raise PlanError(f"{self._name}.db_map",
+                            f"merging source DBs {_dbs_text(dbs)} into DB {here} would lose "
+                            f"data: {total} key(s) exist in more than one of them, e.g. {keys}",
+                            hint="rename or delete the duplicates on the source, or map those "
+                            "DBs to different target DBs")
+        records, size = sum(u.records for u in members), sum(u.bytes for u in members)
+        parts = self._parts(records)
+        width = SLOTS // parts
+        label = "db" + "+".join(map(str, dbs))
+        return [Unit(store=self.kind, name=f"{label}/slots-{lo:05d}-{lo + width - 1:05d}",
+                     spec={"dbs": dbs, "target_db": here, "slots": [lo, lo + width - 1]},
+                     records=records // parts, bytes=size // parts)
+                for lo in range(0, SLOTS, width)]
+
+    def collisions(self, dbs: list[int]) -> tuple[list[tuple[str, list[int]]], int]:
+        """Selected keys present in more than one of the source DBs ``dbs``: a few of them
+        with their DBs, and how many there are. Every DB but the biggest is scanned once,
+        each key checked with EXISTS in the DBs after it."""
+        self._bind(Role.SOURCE)
+        self.open()
+        if self._cluster is not None or len(dbs) < 2:
+            return [], 0
+        with self._errors("looking for keys in more than one merged DB"):
+            counts = self._keyspace()
+            order = sorted(dbs, key=lambda db: (counts.get(db, 0), db))
+            found: dict[bytes, set[int]] = {}
+            for i, db in enumerate(order[:-1]):
+                for _, keys, _ in self._pages([self._client(db)], 0, 0, 0, SLOTS - 1):
+                    if not keys:
+                        continue
+                    packed = b"".join([_EXISTS % (len(k), k) for k in keys])
+                    for other in order[i + 1:]:
+                        replies = rw.run_packed(self._client(other), packed, len(keys))
+                        for key, reply in zip(keys, replies, strict=True):
+                            if isinstance(reply, Exception):
+                                raise reply
+                            if reply:
+                                found.setdefault(key, {db}).add(other)
+        shown = sorted(found.items())[:_SHOWN]
+        return [(rv.key_text(k), sorted(where)) for k, where in shown], len(found)
+
     def use_typed_export(self) -> None:
         """Export native values from now on: the target cannot read our DUMP payloads."""
         self._typed_export = True
 
-    def read_typed(self, db: int, keys: list[bytes]) -> tuple[list[tuple[Any, ...]],
-                                                               list[bytes]]:
-        """Typed records of ``keys`` in DB ``db`` (used by a target that refuses payloads)."""
+    def read_typed(self, dbs: list[int], keys: list[bytes]
+                   ) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+        """Typed records of ``keys``, looked for in the source DBs ``dbs`` in turn (used by a
+        target that refuses payloads); the keys found in none of them come back apart."""
+        records: list[tuple[Any, ...]] = []
+        missing = keys
+        for db in dbs:
+            if not missing:
+                break
+            got, missing = self._read_typed(db, missing)
+            records += got
+        return records, missing
+
+    def _read_typed(self, db: int, keys: list[bytes]
+                    ) -> tuple[list[tuple[Any, ...]], list[bytes]]:
         groups: dict[int, list[bytes]] = {}
         clients: dict[int, redis.Redis] = {}
         for key in keys:
@@ -415,19 +883,38 @@ class RedisStore(Store):
         return rw.scan_runs(nodes, start, cursor, lambda node, at: self._scan(node, at, since),
                             rv.slot_filter(lo, hi, self.filter), self.scan_count)
 
+    def _unit_pages(self, dbs: list[int], lo: int, hi: int, state: dict[str, Any] | None = None
+                    ) -> Iterator[tuple[redis.Redis, list[bytes], dict[str, Any]]]:
+        """``_pages`` over the DBs of a unit in turn; the cursor of a union unit says which
+        DB (``dbi``) it is in, a one-DB unit's cursor is the plain SCAN position."""
+        state = state or {}
+        first = int(state.get("dbi", 0))
+        for i in range(first, len(dbs)):
+            nodes = self._scan_nodes(dbs[i])
+            start = cursor = 0
+            if i == first:
+                start, cursor = int(state.get("node", 0)), int(state.get("scan", 0))
+                if state.get("nodes", len(nodes)) != len(nodes):
+                    # The cluster was resharded since the checkpoint: start over, which is
+                    # harmless because RESTORE ... REPLACE of the same key converges.
+                    start, cursor = 0, 0
+            for client, keys, at in self._pages(nodes, start, cursor, lo, hi):
+                if len(dbs) > 1:
+                    if not at.get("done"):
+                        at = {**at, "dbi": i}
+                    elif i + 1 < len(dbs):
+                        at = {"dbi": i + 1}
+                yield client, keys, at
+
     def export(self, unit: Unit, resume_from: Cursor = None) -> Iterator[Batch]:
+        self._bind(Role.SOURCE)
         self.open()
-        lo, hi = unit.spec.get("slots", [0, SLOTS - 1])
-        nodes = self._scan_nodes(self.local_db(unit))
+        lo, hi = unit.spec["slots"]
+        dbs = self._unit_dbs(unit)
         state = resume_from or {}
         if state.get("done"):
             return
-        start, cursor = int(state.get("node", 0)), int(state.get("scan", 0))
-        if state.get("nodes", len(nodes)) != len(nodes):
-            # The cluster was resharded since the checkpoint: start over, which is harmless
-            # because RESTORE ... REPLACE of the same key converges.
-            start, cursor = 0, 0
-        pages = self._pages(nodes, start, cursor, lo, hi)
+        pages = self._unit_pages(dbs, lo, hi, state)
         records: list[Any] = []
         skipped: list[bytes] = []
         nbytes = 0
@@ -443,9 +930,11 @@ class RedisStore(Store):
 
     # -- target side -----------------------------------------------------------------
     def existing(self, units: list[Unit]) -> list[str]:
+        self._bind(Role.TARGET)
+        self._check_merges(units)
         by_db: dict[int, list[Unit]] = {}
         for unit in units:
-            by_db.setdefault(self.local_db(unit), []).append(unit)
+            by_db.setdefault(self._target_db(unit), []).append(unit)
         found: set[str] = set()
         with self._errors("looking for existing keys"):
             for db, group in by_db.items():
@@ -459,16 +948,18 @@ class RedisStore(Store):
         return [u.name for u in units if u.name in found]
 
     def prepare_target(self, units: list[Unit], source: Store) -> None:
+        self._bind(Role.TARGET)
         self.open()
-        for unit in units:
-            self.local_db(unit)  # refuses unmapped DBs on a cluster before any write
+        self._check_merges(units)  # also refuses unmapped DBs on a cluster before any write
         if isinstance(source, RedisStore):
+            source._bind(Role.SOURCE)
             self._source = source
             if self.mode == "typed":
                 source.use_typed_export()
 
     def importer(self, unit: Unit) -> Importer:
-        return RedisImporter(self, unit, self.local_db(unit))
+        self._bind(Role.TARGET)
+        return RedisImporter(self, unit, self._target_db(unit))
 
     def _refresh_topology(self) -> None:
         """Re-read the slot map after a MOVED reply (the cluster was resharded)."""
@@ -486,28 +977,33 @@ class RedisStore(Store):
             out.append(Chunk(id=f"slots-{a:05d}-{b:05d}", bounds=[a, b]))
         return out
 
-    def _chunk_keys(self, unit: Unit, lo: int, hi: int) -> list[bytes]:
-        """The selected keys of the unit in slots lo..hi; the first call of a verify pass
-        scans the whole unit and keeps the other slots' keys for the chunks listed next."""
-        keys = self._listings.take(unit.key, lo, hi)
-        if keys is not None:
-            return keys
+    def _chunk_keys(self, unit: Unit, lo: int, hi: int) -> list[tuple[int, list[bytes]]]:
+        """(DB, selected keys of the unit in slots lo..hi) per DB of the unit here; the first
+        call of a verify pass scans the whole unit and keeps the other slots' keys for the
+        chunks listed next."""
+        out = []
         ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
-        started = time.monotonic()
-        by_slot: dict[int, list[bytes]] = {}
-        with self._errors(f"listing {unit.name}"):
-            for _, found, _ in self._pages(self._scan_nodes(self.local_db(unit)), 0, 0,
-                                           ulo, uhi):
-                for key in found:
-                    by_slot.setdefault(key_slot(key), []).append(key)
-        keys = [k for slot in range(lo, hi + 1) for k in by_slot.pop(slot, ())]
-        self._listings.put(unit.key, started, by_slot, (lo, hi))
-        return keys
+        for db in self._unit_dbs(unit):
+            keys = self._listings.take(_listing(unit, db), lo, hi)
+            if keys is None:
+                started = time.monotonic()
+                by_slot: dict[int, list[bytes]] = {}
+                with self._errors(f"listing {unit.name}"):
+                    for _, found, _ in self._pages(self._scan_nodes(db), 0, 0, ulo, uhi):
+                        for key in found:
+                            by_slot.setdefault(key_slot(key), []).append(key)
+                keys = [k for slot in range(lo, hi + 1) for k in by_slot.pop(slot, ())]
+                self._listings.put(_listing(unit, db), started, by_slot, (lo, hi))
+            out.append((db, keys))
+        return out
 
     def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
         """Count and hash sum per chunk, from string values and DUMP payloads (the reads a
-        copy makes, see ``rv.record_hashes``); ``records`` stays canonical."""
-        self._listings.forget(unit.key)  # a new verify pass: list the unit afresh
+        copy makes, see ``rv.record_hashes``); ``records`` stays canonical. A union unit
+        sums over all its DBs, so a merged target DB compares with the union."""
+        dbs = self._unit_dbs(unit)
+        for db in dbs:
+            self._listings.forget(_listing(unit, db))  # a new verify pass: list afresh
         owner = [-1] * SLOTS  # slot → index of its chunk
         for i, chunk in enumerate(chunks):
             lo, hi = chunk.bounds
@@ -517,8 +1013,7 @@ class RedisStore(Store):
         if wanted:
             self.open()
             ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
-            pages = self._pages(self._scan_nodes(self.local_db(unit)), 0, 0,
-                                max(wanted[0], ulo), min(wanted[-1], uhi))
+            pages = self._unit_pages(dbs, max(wanted[0], ulo), min(wanted[-1], uhi))
             tolerance = self.options.ttl_tolerance_ms
             one_mget = self._cluster is None  # a cluster refuses MGET across hash slots
 
@@ -537,18 +1032,27 @@ class RedisStore(Store):
                 for i, chunk in enumerate(chunks)}
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
-        keys, db = self._chunk_keys(unit, *chunk.bounds), self.local_db(unit)
-        groups: dict[int, tuple[redis.Redis, list[bytes]]] = {}
-        for key in keys:
-            client = self._node_for(db, key)
-            groups.setdefault(id(client), (client, []))[1].append(key)
-        with self._errors(f"checksumming {unit.name}"):
-            for client, part in groups.values():
-                for i in range(0, len(part), self.scan_count):
-                    for key, fp in rv.fingerprints(client, part[i:i + self.scan_count],
-                                                   now_ms=_now_ms(),
-                                                   pexpiretime=self._pexpiretime):
-                        yield rv.key_text(key), fp
+        """Canonical fingerprints of the chunk's keys. A key found in two DBs of a union
+        (merged DBs that collide since plan) gets a fingerprint no target key can equal."""
+        found: dict[bytes, list[tuple[int, Any]]] = {}
+        for db, keys in self._chunk_keys(unit, *chunk.bounds):
+            groups: dict[int, tuple[redis.Redis, list[bytes]]] = {}
+            for key in keys:
+                client = self._node_for(db, key)
+                groups.setdefault(id(client), (client, []))[1].append(key)
+            with self._errors(f"checksumming {unit.name}"):
+                for client, part in groups.values():
+                    for i in range(0, len(part), self.scan_count):
+                        for key, fp in rv.fingerprints(client, part[i:i + self.scan_count],
+                                                       now_ms=_now_ms(),
+                                                       pexpiretime=self._pexpiretime):
+                            found.setdefault(key, []).append((db, fp))
+        for key, seen in found.items():
+            if len(seen) == 1:
+                yield rv.key_text(key), seen[0][1]
+            else:
+                yield rv.key_text(key), (f"in DBs {_dbs_text([db for db, _ in seen])}", "",
+                                         None)
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         if source_fp is None or target_fp is None:
@@ -598,7 +1102,7 @@ class RedisImporter(Importer):
             raise StoreError(f"{self.store.endpoint.label}: the target refuses the source's "
                              "DUMP payloads and no source store is attached to re-read them",
                              hint="set mode: typed on the source endpoint")
-        records, gone = source.read_typed(int(self.unit.spec.get("db", 0)), keys)
+        records, gone = source.read_typed(source_dbs(self.unit), keys)
         batch.skipped.extend(rv.key_text(k) for k in gone)
         now = _now_ms()
         batch.skipped.extend(rv.key_text(r[0]) for r in records if r[1] and r[1] <= now)

@@ -23,12 +23,11 @@ import re
 import struct
 from array import array
 from collections.abc import Callable
-from fnmatch import translate
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from migrator.errors import CapabilityMissing, TransientError
+from migrator.errors import CapabilityMissing, PlanError, TransientError
 from migrator.stores.base import HASH_MASK, Selection
 from migrator.stores.redis_wire import ScanPage, key_command, run_commands, run_packed
 
@@ -74,28 +73,151 @@ def info(client: Any, section: str) -> dict[str, str]:
     return out
 
 
-def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[bytes] | None:
-    """One bytes regex for glob patterns: keys are bytes, a pattern's UTF-8 bytes match."""
-    if not patterns:
-        return None
-    parts = [translate(p.encode().decode("latin-1")).encode("latin-1") for p in patterns]
-    return re.compile(b"(?:" + b"|".join(parts) + b")")
+MAX_STAR_GROUPS = 1000  # Redis gives up (no match) past this nesting of `*`
+
+
+class PatternError(ValueError):
+    """A pattern this matcher cannot follow exactly as Redis would."""
+
+
+def _class_bytes(pattern: bytes, i: int) -> tuple[frozenset[int], int]:
+    """The bytes a ``[...]`` starting at ``pattern[i]`` (just after the ``[``) matches, and
+    the index after it, step for step as Redis' ``stringmatchlen`` reads it: ``^`` negates,
+    ``\\`` escapes, ``a-z`` is a range (either order), and a class the pattern ends inside
+    closes there."""
+    n = len(pattern)
+
+    def at(j: int) -> int:  # Redis reads the string's NUL terminator past the end
+        return pattern[j] if j < n else 0
+
+    negate = at(i) == ord("^")
+    if negate:
+        i += 1
+    chosen: set[int] = set()
+    while True:
+        left = n - i
+        if at(i) == ord("\\") and left >= 2:
+            i += 1
+            chosen.add(at(i))
+        elif at(i) == ord("]"):
+            break
+        elif left <= 0:
+            i -= 1
+            break
+        elif left >= 3 and at(i + 1) == ord("-"):
+            start, end = sorted((at(i), at(i + 2)))
+            if end > 0x7F:
+                # Redis compares plain C chars here: signed on x86, unsigned on ARM.
+                raise PatternError("a [a-z] range with a byte above 0x7f matches differently "
+                                   "on x86 and ARM servers; list those bytes instead")
+            chosen.update(range(start, end + 1))
+            i += 2
+        else:
+            chosen.add(at(i))
+        i += 1
+    i += 1
+    return frozenset(set(range(256)) - chosen if negate else chosen), i
+
+
+def _byte_regex(allowed: frozenset[int]) -> bytes:
+    if len(allowed) == 256:
+        return b"."
+    if not allowed:
+        return b"(?!)"
+    if len(allowed) == 1:
+        return re.escape(bytes(allowed))
+    return b"[" + b"".join(b"\\x%02x" % b for b in sorted(allowed)) + b"]"
+
+
+def glob_tokens(pattern: bytes) -> list[frozenset[int] | None]:
+    """A Redis glob as a list of steps: None for ``*`` (runs collapsed), else the set of
+    bytes one key byte may be. Each other step consumes exactly one byte, whatever the key,
+    which is what lets a regex match like ``stringmatchlen`` does."""
+    tokens: list[frozenset[int] | None] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == ord("*"):
+            if not tokens or tokens[-1] is not None:
+                tokens.append(None)
+            i += 1
+        elif c == ord("?"):
+            tokens.append(frozenset(range(256)))
+            i += 1
+        elif c == ord("["):
+            allowed, i = _class_bytes(pattern, i + 1)
+            tokens.append(allowed)
+        else:
+            if c == ord("\\") and n - i >= 2:
+                i += 1
+            tokens.append(frozenset((pattern[i],)))
+            i += 1
+    if sum(t is None for t in tokens) > MAX_STAR_GROUPS:
+        raise PatternError(f"more than {MAX_STAR_GROUPS} '*' groups; Redis matches nothing")
+    return tokens
+
+
+def glob_regex(pattern: bytes) -> bytes:
+    """A regex (for ``fullmatch`` on a non-empty key) equal to Redis' glob ``pattern``.
+
+    Fixed-length runs between stars are placed leftmost inside atomic groups, which finds
+    a match whenever one exists and never backtracks exponentially.
+    """
+    segments: list[list[frozenset[int]]] = [[]]
+    for token in glob_tokens(pattern):
+        if token is None:
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    parts = [b"".join(_byte_regex(t) for t in seg) for seg in segments]
+    if len(parts) == 1:
+        return parts[0]
+    middle = b"".join(b"(?>.*?" + p + b")" for p in parts[1:-1] if p)
+    return parts[0] + middle + b".*" + parts[-1]
+
+
+class Glob:
+    """Redis' own MATCH semantics (``stringmatchlen`` as SCAN applies it) for any number
+    of patterns: ``\\`` escapes, ``[^a-z]`` classes, bytes not characters."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        encoded = [p.encode() for p in patterns]
+        # SCAN treats the pattern "*" as no pattern at all, so it matches the empty key;
+        # for any other pattern an empty key matches only the empty pattern.
+        self.empty = any(p in (b"", b"*") for p in encoded)
+        self.regex = re.compile(b"|".join(b"(?:" + glob_regex(p) + b")" for p in encoded),
+                                re.DOTALL)
+
+    def __call__(self, key: bytes) -> bool:
+        return self.regex.fullmatch(key) is not None if key else self.empty
+
+
+def check_patterns(selection: Selection, where: str) -> None:
+    """Refuse a pattern that cannot be matched exactly, naming it (``where.include[i]``)."""
+    for name in ("include", "exclude"):
+        for i, pattern in enumerate(getattr(selection, name)):
+            try:
+                glob_tokens(pattern.encode())
+            except PatternError as exc:
+                raise PlanError(f"{where}.{name}[{i}]", f"{pattern!r}: {exc}") from None
 
 
 class KeyFilter:
-    """Which keys a selection takes part, plus a SCAN MATCH the server can apply."""
+    """Which keys a selection takes part, plus a SCAN MATCH the server can apply.
+
+    Patterns follow Redis' MATCH exactly, so a single include pattern can also be sent
+    as SCAN's MATCH; excludes and several includes are applied here.
+    """
 
     def __init__(self, selection: Selection) -> None:
-        self.include = _glob_regex(selection.include)
-        self.exclude = _glob_regex(selection.exclude)
-        single = selection.include[0] if len(selection.include) == 1 else None
-        # Redis and fnmatch agree on * and ? only; anything else is filtered here alone.
-        self.match = single if single and not re.search(r"[\[\]\\]", single) else None
+        self.include = Glob(selection.include) if selection.include else None
+        self.exclude = Glob(selection.exclude) if selection.exclude else None
+        self.match = selection.include[0] if len(selection.include) == 1 else None
 
     def __call__(self, key: bytes) -> bool:
-        if self.include is not None and not self.include.match(key):
+        if self.include is not None and not self.include(key):
             return False
-        return self.exclude is None or not self.exclude.match(key)
+        return self.exclude is None or not self.exclude(key)
 
 
 def slot_filter(lo: int, hi: int, keep: KeyFilter) -> Callable[[ScanPage], list[bytes]]:
@@ -451,10 +573,10 @@ def _hash_others(client: Any, others: list[tuple[bytes, int]], out: list[tuple[b
             else:
                 out.append((key, _hashed(b"e", key, bucket, body)))
     if canonical:  # also the keys that changed type meanwhile: re-read from the start
-        for key, (kind, value, expire) in fingerprints(client, canonical, now_ms=now_ms,
+        for key, (name, value, expire) in fingerprints(client, canonical, now_ms=now_ms,
                                                        pexpiretime=pexpiretime):
             out.append((key, _hashed(b"c", key, _bucket(expire, tolerance),
-                                     f"{kind}:{value}".encode())))
+                                     f"{name}:{value}".encode())))
 
 
 def _sorted_elements(kind: bytes, reply: list[Any]) -> bytes | None:
@@ -497,7 +619,7 @@ def access_commands(key: bytes, *, target: bool, typed: bool,
 
 # -- typed copy ------------------------------------------------------------------------
 
-_READ = {
+_READ: dict[str, Callable[[bytes], list[tuple[Any, ...]]]] = {
     "string": lambda k: [("GET", k)],
     "hash": lambda k: [("HGETALL", k)],
     "list": lambda k: [("LRANGE", k, 0, -1)],

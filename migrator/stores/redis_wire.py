@@ -67,7 +67,7 @@ class PageCache:
         with self._lock:
             entry = self._pages.get(key)
             shared = entry is not None and entry[0] >= since
-            if not shared:
+            if entry is None or not shared:
                 entry = (time.monotonic(), Future())
                 self._pages[key] = entry
                 self._pages.move_to_end(key)
