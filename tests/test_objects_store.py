@@ -9,10 +9,17 @@ import json
 import os
 import pickle
 import random
+import shutil
 import socket
+import ssl
+import subprocess
+import sys
+import time
 import tracemalloc
+import urllib.request
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -25,7 +32,7 @@ from minio.objectlockconfig import DAYS, GOVERNANCE, ObjectLockConfig
 from minio.versioningconfig import SUSPENDED, VersioningConfig
 
 from fixtures import objects_data
-from migrator.config import Endpoint
+from migrator.config import TLS, Endpoint
 from migrator.engine.verify import schema_differences
 from migrator.errors import EndpointError, PlanError, StoreError
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
@@ -735,3 +742,96 @@ def test_option_schema_is_a_json_schema_that_accepts_the_documented_forms() -> N
         ObjectStore.check_endpoint(Endpoint("objects", url, name="x"), Role.TARGET)
     s = ObjectStore(Endpoint("objects", "s3://h:9000", name="x", options=options))
     assert (s.threshold, s.part_size, s.transfers) == (64 * MiB, 8 * MiB, 16)
+
+
+# -- TLS: a MinIO that speaks only HTTPS, with a self-signed certificate -------------------
+
+@pytest.fixture(scope="module")
+def tls_minio(s3_env, tmp_path_factory):
+    """A third MinIO, HTTPS only, with the source's credentials; its certificate is its CA."""
+    bin_dir = os.environ.get("OPENIM_MIGRATE_BIN") or str(Path.home() / ".cache/openim-migrate/bin")
+    exe = shutil.which("minio", path=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    if exe is None:
+        pytest.skip("minio binary not found")
+    root = tmp_path_factory.mktemp("minio-tls")
+    certs = root / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(certs / "private.key"),
+                    "-out", str(certs / "public.crt")], check=True, capture_output=True)
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        port, console = a.getsockname()[1], b.getsockname()[1]
+    env = dict(os.environ, MINIO_ROOT_USER=os.environ["OIM_S3_SRC_ACCESS_KEY"],
+               MINIO_ROOT_PASSWORD=os.environ["OIM_S3_SRC_SECRET_KEY"], MINIO_BROWSER="off",
+               MINIO_UPDATE="off", MINIO_CI_CD="1")
+    log = (root / "minio.log").open("wb")
+    proc = subprocess.Popen([exe, "server", "--quiet", "--address", f"127.0.0.1:{port}",
+                             "--console-address", f"127.0.0.1:{console}", "--certs-dir",
+                             str(certs), str(root / "data")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    context = ssl.create_default_context(cafile=str(certs / "public.crt"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/minio/health/ready",
+                                        timeout=2, context=context):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"TLS MinIO did not start: {(root / 'minio.log').read_text()}")
+            time.sleep(0.2)
+    yield {"port": port, "ca": str(certs / "public.crt")}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def tls_store(url: str, tls: TLS | None = None) -> ObjectStore:
+    s = ObjectStore(Endpoint("objects", url, name="tls.objects", tls=tls or TLS(),
+                             options={"access_key": "${OIM_S3_SRC_ACCESS_KEY}",
+                                      "secret_key": "${OIM_S3_SRC_SECRET_KEY}"}), None, SMALL)
+    s.open()
+    return s
+
+
+def test_http_to_an_https_port_is_an_endpoint_error_naming_it(tls_minio) -> None:
+    with pytest.raises(EndpointError) as err:
+        tls_store(f"http://127.0.0.1:{tls_minio['port']}").check_access(Role.SOURCE)
+    assert not err.value.transient  # retrying cannot help: the URL is wrong
+    assert err.value.exit_code == 4 and "tls.objects" in str(err.value)
+    assert "speaks HTTPS" in err.value.message and "https://" in (err.value.hint or "")
+
+
+def test_https_checks_the_certificate_against_tls_ca_file(tls_minio) -> None:
+    url = f"https://127.0.0.1:{tls_minio['port']}"
+    with pytest.raises(EndpointError, match="TLS failure"):
+        tls_store(url).check_access(Role.TARGET)  # self-signed: not in the system CAs
+    trusted = tls_store(url, TLS(enabled=True, ca_file=tls_minio["ca"]))
+    trusted.check_access(Role.TARGET)
+    trusted.client.make_bucket("tls-bucket")
+    put(trusted, "tls-bucket", "k", b"over tls")
+    assert [u.name for u in trusted.list_units()] == ["tls-bucket/*"]
+
+
+def test_plan_with_http_to_an_https_port_exits_4_in_one_line(tls_minio, tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "migrator", "plan",
+         "--source", f"objects=http://127.0.0.1:{tls_minio['port']}",
+         "--source-option", "objects.access_key=${OIM_S3_SRC_ACCESS_KEY}",
+         "--source-option", "objects.secret_key=${OIM_S3_SRC_SECRET_KEY}",
+         "--target", f"objects={os.environ['OIM_S3_DST_URL']}",
+         "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
+         "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}",
+         "-o", str(tmp_path / "p.yaml")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 4, out.stderr
+    assert "Traceback" not in out.stderr and "speaks HTTPS" in out.stderr.splitlines()[0]
+    assert not (tmp_path / "p.yaml").exists()
