@@ -2,34 +2,51 @@
 
 Units are tables, or primary-key ranges of big tables; rows travel as the raw bytes the
 server sends (no decoding: DECIMAL, DATETIME(6), latin1 and utf8mb4 text keep their exact
-bytes) and are loaded with ``LOAD DATA LOCAL INFILE … CHARACTER SET binary``, or multi-row
-``REPLACE`` where the target forbids local files. Verification is pt-table-checksum's
-idea: the server sums per-row MD5s per key chunk; no row travels to compare.
+bytes) and are loaded with ``LOAD DATA LOCAL INFILE … CHARACTER SET binary`` streamed from
+memory, or multi-row ``REPLACE`` where the target forbids local files. Verification is
+pt-table-checksum's idea: the server sums per-row MD5s per key chunk; no row travels to
+compare.
+
+The plan fixes *which rows* a unit holds (table and key range), never *what a row is*:
+export, digest and schema read the table's columns live, so a column added after ``plan``
+is copied and checked, or the copy refuses naming it. Views, triggers, routines and events
+are compared as data (``definitions``) and made on the target after the data.
 
 Every connection is owned by one thread: exports and importers open their own, the
-metadata calls borrow one from a small pool.
+metadata calls borrow one from a small pool. Every connection has read and write
+timeouts; a stall or a dropped connection is a transient error the engine retries.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 import re
 import ssl
-import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pymysql
 import pymysql.converters
 import pymysql.cursors
+from pymysql.constants import CLIENT
 
 from migrator.config import Endpoint
-from migrator.errors import CapabilityMissing, MigrateError, PlanError, StoreError, TransientError
+from migrator.errors import (
+    CapabilityMissing,
+    MigrateError,
+    PlanError,
+    StoreError,
+    TransientError,
+)
 from migrator.stores import base
+from migrator.stores import mysql_conn as mc
+from migrator.stores import mysql_objects as mo
 from migrator.stores import mysql_schema as ms
 from migrator.stores.base import Batch, Chunk, ChunkDigest, Importer, Store, Unit
 from migrator.stores.mysql_schema import Column, Table, qualified, quote_ident, range_predicate
@@ -47,12 +64,29 @@ _SESSION = ("SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VAL
 _DENIED = {1044, 1045, 1142, 1143, 1227, 1370, 1698}
 _UNKNOWN_DB = 1049
 _CONNECTION = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031}
-_RETRY = {1205, 1213, 1317}  # lock wait timeout, deadlock, query interrupted
+# lock wait timeout, deadlock, query interrupted, table definition changed under a snapshot
+_RETRY = {1205, 1213, 1317, 1412}
+_UNKNOWN_COLUMN = 1054
 _LOCAL_INFILE_OFF = {1148, 3948, 2068, 4166}  # MySQL 5.7, MySQL 8, client, MariaDB
 _LOAD_RESULT = re.compile(rb"Records: (\d+)\s+Deleted: (\d+)\s+Skipped: (\d+)\s+Warnings: (\d+)")
 _POOL_SIZE = 8
 _DELETE_SLICE = 10_000
 Row = tuple[bytes | None, ...]
+
+# A key value in a unit spec: what mysql_schema.encode_value writes.
+_KEY_VALUE = {"oneOf": [
+    {"type": "integer"}, {"type": "string"},
+    {"type": "object", "required": ["b64"], "additionalProperties": False,
+     "properties": {"b64": {"type": "string"}}}]}
+_BOUND = {"oneOf": [{"type": "null"}, {"type": "array", "minItems": 1, "items": _KEY_VALUE}]}
+
+
+@dataclass
+class RowBatch(Batch):
+    """Rows plus the (name, type) of the source columns they hold, read live when the
+    export started, so the importer loads them into the same columns or refuses."""
+
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 class MySQLStore(Store):
@@ -61,69 +95,137 @@ class MySQLStore(Store):
         snapshot_reads=True, server_side_checksum=True, ttls=False, resumable_units=True,
         wire_format="rows of the server's raw column bytes (text protocol, not decoded)")
 
+    SPEC_SCHEMA = {
+        "type": "object",
+        "required": ["db", "table"],
+        "additionalProperties": False,
+        "properties": {
+            "db": {"type": "string", "minLength": 1},
+            "table": {"type": "string", "minLength": 1},
+            "key": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "index": {"type": ["string", "null"]},
+            "lo": _BOUND,
+            "hi": _BOUND,
+            "resumable": {"type": "boolean"},
+            "note": {"type": "string"},
+            # written by plans before columns were read live; ignored
+            "columns": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    OPTION_SCHEMA = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "db_map": {"type": "object", "propertyNames": {"minLength": 1},
+                       "additionalProperties": {"type": "string", "minLength": 1}},
+            "timeout": {"type": "number", "exclusiveMinimum": 0},
+            "ddl_timeout": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+
     def __init__(self, endpoint: Endpoint, selection: base.Selection | None = None,
                  options: base.StoreOptions | None = None) -> None:
         super().__init__(endpoint, selection, options)
-        db_map = endpoint.options.get("db_map") or {}
-        if not isinstance(db_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and v for k, v in db_map.items()):
-            raise PlanError(f"{endpoint.name or 'mysql'}.db_map",
-                            "must map source database names to target database names")
-        self.db_map: dict[str, str] = dict(db_map)
+        self.settings = mc.settings(endpoint)
+        self.db_map: dict[str, str] = mc.check_db_map(endpoint)
+        # Objects created with another DEFINER than the source's, one line each (target).
+        self.definer_rewrites: list[str] = []
         self._lock = threading.Lock()
-        self._idle: dict[bool, list[pymysql.Connection]] = {False: [], True: []}
-        self._tables: dict[tuple[str, str], Table] = {}
+        self._idle: dict[tuple[bool, bool], list[mc.Connection]] = {}
         self._facts: dict[str, Any] = {}
         self._local_infile: bool | None = None
         self._said_fallback = False
+        self._hidden: dict[str, str] | None = None
+        self._cache: MutableMapping[Any, str] = {}
+
+    def use_cache(self, cache: MutableMapping[Any, str]) -> None:
+        """The journal's mapping: the target keeps the definer rewrites and the databases
+        it was given there, so a later ``verify`` compares definitions the same way."""
+        self._cache = cache
+
+    # -- coverage --------------------------------------------------------------------
+    @classmethod
+    def check_endpoint(cls, endpoint: Endpoint, role: base.Role) -> None:
+        mc.settings(endpoint)
+        db_map = mc.check_db_map(endpoint)
+        name = endpoint.name or "mysql"
+        if role == base.Role.SOURCE and db_map:
+            raise PlanError(f"{name}.db_map", "db_map renames databases on the target; set it"
+                            " there", hint="move db_map to the target endpoint")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(endpoint.tls, key)
+            if path and not os.path.isfile(path):
+                raise PlanError(f"{name}.tls.{key}", f"no such file: {path}")
+
+    @classmethod
+    def container_of(cls, unit: Unit) -> str:
+        return f"{unit.spec.get('db')}.{unit.spec.get('table')}"
+
+    @classmethod
+    def uncovered(cls, units: list[Unit]) -> list[str]:
+        """Per table: its units split on one key, the first starts open (``lo: null``),
+        every unit's ``hi`` is where another starts, the last ends open. A gap is named by
+        the bound where it begins (key order is the server's collation, not Python's)."""
+        groups: dict[str, list[Unit]] = {}
+        for unit in units:
+            groups.setdefault(cls.container_of(unit), []).append(unit)
+        gaps: list[str] = []
+        for table, group in groups.items():
+            gaps.extend(_range_gaps(table, group))
+        return gaps
+
+    def unlisted(self, units: list[Unit]) -> list[str]:
+        """Selected tables with no unit (one information_schema query; no measuring)."""
+        planned = {self.container_of(u) for u in units}
+        with self._session() as conn, conn.cursor() as cur:
+            tables = self._selected_tables(cur)
+        return sorted({f"{db}.{table}" for db, table, *_ in tables} - planned)
 
     # -- connections -----------------------------------------------------------------
-    def _ssl(self) -> ssl.SSLContext | None:
-        """Verified TLS by default (system CAs when no CA file is named); PyMySQL alone
-        would skip verification when no CA is given."""
-        tls = self.endpoint.tls
-        if not tls.enabled:
-            return None
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-        ctx.check_hostname = tls.verify
-        ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE
-        if tls.cert_file:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        return ctx
-
-    def _connect(self, *, raw: bool = False, local_infile: bool = False) -> pymysql.Connection:
-        """A new connection set up for this store (raw: results stay the server's bytes)."""
+    def _connect(self, *, raw: bool = False, local_infile: bool = False,
+                 long: bool = False) -> mc.Connection:
+        """A new connection set up for this store (raw: results stay the server's bytes;
+        long: for statements that answer only when done, such as index builds)."""
         info = self.endpoint.connection()
+        s = self.settings
         init = _SESSION + (", character_set_results = binary" if raw else "")
         extra: dict[str, Any] = {"conv": _ENCODERS, "use_unicode": False} if raw else {}
         try:
-            context = self._ssl()
+            context = s.ssl_context()
         except (OSError, ssl.SSLError) as exc:
             raise self.endpoint.fail(f"cannot use the TLS files: {exc}") from exc
         try:
-            return pymysql.connect(
-                host=info.host or "127.0.0.1", port=info.port or 3306, user=info.username,
-                password=info.password or "", database=info.path or None, charset="utf8mb4",
-                autocommit=True, connect_timeout=15, local_infile=local_infile,
-                ssl=context, init_command=init, max_allowed_packet=256 << 20, **extra)
+            conn = mc.Connection(
+                host=s.host, port=s.port, user=info.username, password=info.password or "",
+                database=s.database or None, charset="utf8mb4", autocommit=True,
+                connect_timeout=min(s.timeout, 15.0),
+                read_timeout=s.ddl_timeout if long else s.timeout, write_timeout=s.timeout,
+                local_infile=local_infile, ssl=context, ssl_disabled=context is None,
+                init_command=init, max_allowed_packet=256 << 20, **extra)
         except pymysql.MySQLError as exc:
-            raise self._error(exc, "cannot connect") from exc
+            raise self._error(exc, "cannot connect", connecting=True) from exc
+        if context is not None and not conn.server_capabilities & CLIENT.SSL:
+            _close_quietly(conn)
+            raise self.endpoint.fail("the server does not offer TLS; not continuing in plain"
+                                     " text", hint="enable TLS on the server, or drop tls:")
+        return conn
 
     @contextmanager
-    def _session(self, raw: bool = False) -> Iterator[pymysql.Connection]:
+    def _session(self, raw: bool = False, long: bool = False) -> Iterator[mc.Connection]:
         """Borrow a pooled connection for the current thread; a connection that saw an
         error, or was abandoned mid-result, is closed rather than returned."""
         conn = None
+        kind = (raw, long)
         with self._lock:
-            if self._idle[raw]:
-                conn = self._idle[raw].pop()
+            if self._idle.get(kind):
+                conn = self._idle[kind].pop()
         if conn is not None:
             try:
                 conn.ping(reconnect=False)
             except pymysql.MySQLError:
                 _close_quietly(conn)
                 conn = None
-        conn = conn or self._connect(raw=raw)
+        conn = conn or self._connect(raw=raw, long=long)
         healthy = False
         try:
             yield conn
@@ -133,15 +235,19 @@ class MySQLStore(Store):
         finally:
             if healthy and conn.open:
                 with self._lock:
-                    if len(self._idle[raw]) < _POOL_SIZE:
-                        self._idle[raw].append(conn)
+                    idle = self._idle.setdefault(kind, [])
+                    if len(idle) < _POOL_SIZE:
+                        idle.append(conn)
                         conn = None
             if conn is not None:
                 _close_quietly(conn)
 
-    def _error(self, exc: BaseException, doing: str) -> MigrateError:
-        """A driver exception as the project's error: access problems are terminal
-        endpoint errors, dropped connections transient, lock timeouts retryable."""
+    def _error(self, exc: BaseException, doing: str, *, connecting: bool = False
+               ) -> MigrateError:
+        """A driver exception as the project's error: access problems and a certificate
+        that fails verification are terminal endpoint errors; a server that cannot be
+        reached is a transient endpoint error; a stall (timeout), a dropped connection or
+        a lock timeout mid-work is a ``TransientError`` the engine retries."""
         if isinstance(exc, MigrateError):
             return exc
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
@@ -150,13 +256,22 @@ class MySQLStore(Store):
         if password and len(password) >= 3:
             text = text.replace(password, "***")
         problem = f"{doing}: ({code}) {text}" if code else f"{doing}: {text}"
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, ssl.SSLError):
+            return self.endpoint.fail(
+                f"{doing}: TLS failed: {original}",
+                hint="name the server's CA in tls.ca_file, or for a test server with a"
+                " self-signed certificate set tls.verify: false (the plan then says NOT"
+                " verified)")
         if code in _DENIED:
             return self.endpoint.fail(problem, hint="check the user, password and grants"
                                       " (a source needs SELECT and SHOW VIEW)")
         if code == _UNKNOWN_DB:
             return self.endpoint.fail(problem, hint="check the database named in the URL")
         if code in _CONNECTION or isinstance(exc, pymysql.InterfaceError):
-            return self.endpoint.fail(problem, transient=True)
+            if connecting:
+                return self.endpoint.fail(problem, transient=True)
+            return TransientError(f"{self.endpoint.label}: {problem}")
         if code in _RETRY:
             return TransientError(f"{self.endpoint.label}: {problem}")
         return StoreError(f"{self.endpoint.label}: {problem}")
@@ -165,30 +280,45 @@ class MySQLStore(Store):
     def open(self) -> None:
         with self._session() as conn, conn.cursor() as cur:
             cur.execute("SELECT VERSION(), @@version_comment, @@local_infile,"
-                        " @@max_allowed_packet")
-            version, comment, local_infile, packet = cur.fetchone()
+                        " @@max_allowed_packet, CURRENT_USER()")
+            version, comment, local_infile, packet, user = cur.fetchone()
         flavour = "mariadb" if "mariadb" in f"{version} {comment}".lower() else "mysql"
-        self._facts = {"version": version, "flavour": flavour, "max_allowed_packet": int(packet)}
+        self._facts = {"version": version, "flavour": flavour, "max_allowed_packet": int(packet),
+                       "user": user}
         self._local_infile = bool(int(local_infile))
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle[False] + self._idle[True], {False: [], True: []}
+            idle = [conn for conns in self._idle.values() for conn in conns]
+            self._idle = {}
         for conn in idle:
             _close_quietly(conn)
 
     def describe(self) -> dict[str, Any]:
         if not self._facts:
             self.open()
+        notes = [f"tls: {self.settings.tls_state}"]
+        for why in dict.fromkeys(self._hidden_kinds().values()):
+            notes.append(f"NOT copied nor verified: {why}")
+        notes.extend(self.definer_rewrites)
         return {
-            **self._facts,
+            **{k: v for k, v in self._facts.items() if k != "user"},
+            "tls": self.settings.tls_state,
             "consistency": "each unit is read in its own REPEATABLE READ transaction started"
             " WITH CONSISTENT SNAPSHOT; units (and tables) are not consistent with each"
             " other: that relies on the write freeze at cutover (one global snapshot would"
             " need FLUSH TABLES WITH READ LOCK, i.e. the RELOAD privilege)",
-            "import": "LOAD DATA LOCAL INFILE (REPLACE)" if self._local_infile else
+            "import": "LOAD DATA LOCAL INFILE (REPLACE), streamed from memory"
+            if self._local_infile else
             "multi-row REPLACE statements (the server has local_infile=OFF)",
-            "checksum": "per key chunk: COUNT(*) and the sum of per-row MD5s, by the server",
+            "checksum": "per key chunk: COUNT(*) and the sum of per-row MD5s, by the server,"
+            " over the columns each side has when the digest starts",
+            "objects": "views, triggers, routines and events are created after the data;"
+            " a DEFINER is kept when that account exists on the target, otherwise the target"
+            " user becomes the definer and the plan/run says so",
+            "timeouts": f"{self.settings.timeout:g} s per read or write"
+            f" ({self.settings.ddl_timeout:g} s for index builds)",
+            "notes": notes,
         }
 
     def check_access(self, role: base.Role) -> None:
@@ -197,7 +327,7 @@ class MySQLStore(Store):
             return
         # probe with a scratch table: grants (roles, wildcards, partial revokes) are too
         # varied to read reliably from SHOW GRANTS
-        path = self.endpoint.connection().path
+        path = self.settings.database
         scratch = f"oim_migrate_probe_{os.getpid()}_{threading.get_ident() % 100000}"
         databases = sorted({path, *self.db_map.values()} - {""}) or [scratch]
         with self._session() as conn, conn.cursor() as cur:
@@ -209,7 +339,8 @@ class MySQLStore(Store):
                         raise self.endpoint.fail(
                             f"cannot create and fill tables in database {db}: {exc.args[1]}",
                             hint="the target user needs CREATE, INSERT, DELETE, ALTER, INDEX,"
-                            " DROP (and CREATE VIEW for views)") from exc
+                            " DROP (and CREATE VIEW, TRIGGER, CREATE ROUTINE, EVENT for"
+                            " those objects)") from exc
                     raise
 
     def _check_source(self) -> None:
@@ -225,23 +356,32 @@ class MySQLStore(Store):
         """The database a unit lives in on this side (db_map is set on the target)."""
         return self.db_map.get(spec["db"], spec["db"])
 
-    def _table(self, db: str, table: str, *, required: bool = True) -> Table | None:
-        with self._lock:
-            known = self._tables.get((db, table))
-        if known is not None:
-            return known
+    def _live(self, db: str, table: str) -> Table | None:
+        """The table as it is now (never cached: the plan may be days old)."""
         with self._session() as conn, conn.cursor() as cur:
-            meta = ms.load_table(cur, db, table)
+            return ms.load_table(cur, db, table)
+
+    def _table(self, db: str, table: str) -> Table:
+        meta = self._live(db, table)
         if meta is None:
-            if required:
-                raise StoreError(f"{self.endpoint.label}: table {db}.{table} does not exist")
-            return None
-        with self._lock:
-            self._tables[(db, table)] = meta
+            raise StoreError(f"{self.endpoint.label}: table {db}.{table} does not exist")
         return meta
 
     def _key(self, meta: Table, spec: dict[str, Any]) -> list[Column]:
         return [meta.column(name) for name in spec.get("key") or []]
+
+    def _checked_key(self, meta: Table, spec: dict[str, Any]) -> list[Column]:
+        """The plan's range key, refused when the live table no longer has it unique:
+        ranges and resume cursors over a non-unique key would skip rows."""
+        names = list(spec.get("key") or [])
+        missing = [n for n in names if n not in {c.name for c in meta.columns}]
+        if missing or (names and not meta.unique_on(names)):
+            raise StoreError(
+                f"{self.endpoint.label}: table {meta.db}.{meta.name}: the plan splits it on"
+                f" ({', '.join(names)}), which is no longer a unique key"
+                + (f" (column {missing[0]} is gone)" if missing else ""),
+                hint="re-run `openim-migrate plan`")
+        return self._key(meta, spec)
 
     def _one(self, sql: str, args: Any = None) -> Any:
         with self._session() as conn, conn.cursor() as cur:
@@ -249,7 +389,7 @@ class MySQLStore(Store):
             return cur.fetchone()
 
     def show_create_table(self, db: str, table: str) -> str:
-        return self._one(f"SHOW CREATE TABLE {qualified(db, table)}")[1]
+        return str(self._one(f"SHOW CREATE TABLE {qualified(db, table)}")[1])
 
     def referenced(self, db: str, table: str) -> bool:
         """Whether a foreign key points at this table (its indexes are then left alone)."""
@@ -264,22 +404,24 @@ class MySQLStore(Store):
             raise StoreError(f"{self.endpoint.label}: database {db} does not exist")
         return row[0], row[1]
 
-    def views(self, db: str) -> list[tuple[str, str, str]]:
-        """(db, name, SHOW CREATE VIEW text) of the selected views of one database."""
-        with self._session() as conn, conn.cursor() as cur:
-            return [v for v in ms.list_views(cur, db) if self._selected(db, v[1])]
-
-    def _selected(self, db: str, table: str) -> bool:
-        name, sel = f"{db}.{table}", self.selection
-        if sel.include and not any(fnmatch.fnmatchcase(name, p) for p in sel.include):
+    def _selected(self, db: str, name: str) -> bool:
+        full, sel = f"{db}.{name}", self.selection
+        if sel.include and not any(fnmatch.fnmatchcase(full, p) for p in sel.include):
             return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in sel.exclude)
+        return not any(fnmatch.fnmatchcase(full, p) for p in sel.exclude)
 
     def _selected_tables(self, cur: Any) -> list[tuple[str, str, int, int]]:
         """The URL's database or every non-system one, filtered by include/exclude
         patterns on ``db.table``."""
-        tables = ms.list_tables(cur, self.endpoint.connection().path)
+        tables = ms.list_tables(cur, self.settings.database)
         return [t for t in tables if self._selected(t[0], t[1])]
+
+    def _databases(self, cur: Any) -> list[str]:
+        """This side's databases in scope: the URL's, or every non-system one."""
+        if self.settings.database:
+            return [self.settings.database]
+        cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+        return [r[0] for r in cur.fetchall() if r[0].lower() not in ms.SYSTEM_DATABASES]
 
     # -- source side -----------------------------------------------------------------
     def list_units(self) -> list[Unit]:
@@ -294,11 +436,11 @@ class MySQLStore(Store):
 
     def _units_of(self, db: str, table: str, est_rows: int, size: int) -> list[Unit]:
         """One unit per ``unit_records`` rows of key range; counts are exact (every range
-        but the last holds exactly that many rows at plan time)."""
+        but the last holds exactly that many rows at plan time). The spec names the rows
+        (table and key range), not the columns: those are read when the copy starts."""
         meta = self._table(db, table)
         index, key_names = meta.range_key()
-        spec: dict[str, Any] = {"db": db, "table": table, "columns": meta.copy_columns(),
-                                "key": key_names}
+        spec: dict[str, Any] = {"db": db, "table": table, "key": key_names}
 
         def estimate(count: int) -> int:
             return int(size / est_rows * count) if est_rows else size
@@ -327,7 +469,7 @@ class MySQLStore(Store):
         cols = ms.order_by(key)
         out: list[list[Any]] = []
         start = lo
-        with self._session(raw=True) as conn, conn.cursor() as cur:
+        with self._session(raw=True, long=True) as conn, conn.cursor() as cur:
             while True:
                 cur.execute(f"SELECT {cols} FROM {meta.ident}{hint}"
                             f" WHERE {range_predicate(key, start, hi)}"
@@ -340,28 +482,19 @@ class MySQLStore(Store):
 
     def _count(self, meta: Table, key: list[Column], lo: Any, hi: Any) -> int:
         pred = range_predicate(key, lo, hi) if key else "TRUE"
-        return int(self._one(f"SELECT COUNT(*) FROM {meta.ident} WHERE {pred}")[0])
+        with self._session(long=True) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {meta.ident} WHERE {pred}")
+            return int(cur.fetchone()[0])
 
     def export(self, unit: Unit, resume_from: base.Cursor = None) -> Iterator[Batch]:
         """Stream the unit's rows in key order from a consistent snapshot; each batch's
-        cursor is the last key in it. A keyless unit always starts from the top."""
+        cursor is the last key in it. The columns are the table's as they are once the
+        snapshot is open (a change after that makes the server refuse the read, and the
+        retry reads them again). A keyless unit always starts from the top."""
         spec = unit.spec
-        meta = self._table(self._db(spec), spec["table"])
-        key = self._key(meta, spec)
-        columns = list(spec["columns"])
-        positions = [columns.index(c.name) for c in key]
-        after = resume_from if key and resume_from is not None else None
-        pred = range_predicate(key, spec.get("lo"), spec.get("hi"), after) if key else "TRUE"
-        sql = (f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {meta.ident}"
-               f" WHERE {pred}" + (f" ORDER BY {ms.order_by(key)}" if key else ""))
+        db, table = self._db(spec), spec["table"]
         max_records = max(1, self.options.batch_records)
         max_bytes = max(1, self.options.batch_bytes)
-
-        def cursor(row: Row, seen: int) -> base.Cursor:
-            if not key:
-                return {"rows": seen}  # informative only: a keyless unit restarts
-            return [ms.encode_value(row[p], c.kind) for p, c in zip(positions, key, strict=True)]
-
         conn = self._connect(raw=True)
         try:
             # no cursor context manager: closing an SSCursor would first read the rest of
@@ -369,7 +502,23 @@ class MySQLStore(Store):
             cur = conn.cursor(pymysql.cursors.SSCursor)
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            cur.execute(sql)
+            meta = self._table(db, table)
+            key = self._checked_key(meta, spec)
+            copied = meta.copy_columns()
+            names = [c.name for c in copied]
+            columns = tuple((c.name, c.column_type) for c in copied)
+            positions = [names.index(c.name) for c in key]
+            after = resume_from if key and resume_from is not None else None
+            pred = range_predicate(key, spec.get("lo"), spec.get("hi"), after) if key else "TRUE"
+
+            def cursor(row: Row, seen: int) -> base.Cursor:
+                if not key:
+                    return {"rows": seen}  # informative only: a keyless unit restarts
+                return [ms.encode_value(row[p], c.kind)
+                        for p, c in zip(positions, key, strict=True)]
+
+            cur.execute(f"SELECT {', '.join(quote_ident(c) for c in names)} FROM {meta.ident}"
+                        f" WHERE {pred}" + (f" ORDER BY {ms.order_by(key)}" if key else ""))
             rows: list[Row] = []
             nbytes = seen = 0
             while fetched := cur.fetchmany(1000):
@@ -378,12 +527,16 @@ class MySQLStore(Store):
                     nbytes += sum(map(len, filter(None, row)))
                     if len(rows) >= max_records or nbytes >= max_bytes:
                         seen += len(rows)
-                        yield Batch(rows, cursor(row, seen), nbytes)
+                        yield RowBatch(rows, cursor(row, seen), nbytes, columns=columns)
                         rows, nbytes = [], 0
             if rows:
                 seen += len(rows)
-                yield Batch(rows, cursor(rows[-1], seen), nbytes)
+                yield RowBatch(rows, cursor(rows[-1], seen), nbytes, columns=columns)
         except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] == _UNKNOWN_COLUMN:  # dropped since we read the list
+                raise TransientError(f"{self.endpoint.label}: exporting {unit.name}: the"
+                                     f" table changed while the export started ({exc.args[-1]})"
+                                     ) from exc
             raise self._error(exc, f"exporting {unit.name}") from exc
         finally:
             _close_quietly(conn)  # ends the read-only snapshot transaction too
@@ -392,10 +545,14 @@ class MySQLStore(Store):
     def existing(self, units: list[Unit]) -> list[str]:
         found = []
         for unit in units:
-            meta = self._table(self._db(unit.spec), unit.spec["table"], required=False)
+            meta = self._live(self._db(unit.spec), unit.spec["table"])
             if meta is None:
                 continue
-            key, spec = self._key(meta, unit.spec), unit.spec
+            spec = unit.spec
+            try:
+                key = self._key(meta, spec)
+            except StoreError:
+                key = []  # not this key on the target: any row counts
             pred = range_predicate(key, spec.get("lo"), spec.get("hi")) if key else "TRUE"
             if self._one(f"SELECT 1 FROM {meta.ident} WHERE {pred} LIMIT 1"):
                 found.append(unit.key)
@@ -407,28 +564,31 @@ class MySQLStore(Store):
                                     f" MySQL source, not {source.kind}")
         return source, list(dict.fromkeys((u.spec["db"], u.spec["table"]) for u in units))
 
+    def _ensure_database(self, src: MySQLStore, db: str) -> str:
+        target_db = self.db_map.get(db, db)
+        path = self.settings.database
+        if path and target_db != path:
+            raise PlanError(f"{self.endpoint.name or 'mysql'}.url",
+                            f"names database {path}, but {db} would be copied to"
+                            f" {target_db}", hint=f"add db_map: {{{db}: {path}}}")
+        charset, collation = src.database_charset(db)
+        self._one(f"CREATE DATABASE IF NOT EXISTS {quote_ident(target_db)}"
+                  f" CHARACTER SET {charset} COLLATE {collation}")
+        return target_db
+
     def prepare_target(self, units: list[Unit], source: Store) -> None:
         """Create databases (same default charset and collation), then tables from the
-        source's SHOW CREATE TABLE (types, charsets, AUTO_INCREMENT, engine, row format)
-        minus their non-unique indexes, which ``finalize_target`` adds after the data;
-        then views. A table that exists already is checked, not changed."""
+        source's SHOW CREATE TABLE as it is now (types, charsets, AUTO_INCREMENT, engine,
+        row format) minus their non-unique indexes, which ``finalize_target`` adds after
+        the data. A table that exists already is checked against the source, not changed.
+        Triggers on these tables are dropped and events disabled until ``finalize_target``
+        makes them again, so neither acts on imported rows."""
         src, tables = self._source_of(source, units)
-        databases = list(dict.fromkeys(db for db, _ in tables))
-        path = self.endpoint.connection().path
-        for db in databases:
-            target_db = self.db_map.get(db, db)
-            if path and target_db != path:
-                raise PlanError(f"{self.endpoint.name or 'mysql'}.url",
-                                f"names database {path}, but {db} would be copied to"
-                                f" {target_db}", hint=f"add db_map: {{{db}: {path}}}")
-            charset, collation = src.database_charset(db)
-            self._one(f"CREATE DATABASE IF NOT EXISTS {quote_ident(target_db)}"
-                      f" CHARACTER SET {charset} COLLATE {collation}")
-        with self._lock:
-            self._tables.clear()
+        for db in dict.fromkeys(db for db, _ in tables):
+            self._ensure_database(src, db)
         for db, table in tables:
             target_db = self.db_map.get(db, db)
-            have = self._table(target_db, table, required=False)
+            have = self._live(target_db, table)
             meta = src._table(db, table)
             if have is not None:
                 ms.check_compatible(meta, have, self.endpoint.label)
@@ -440,20 +600,52 @@ class MySQLStore(Store):
                 keep_all=bool(meta.options["foreign_keys"] or src.referenced(db, table)))
             with self._session() as conn:
                 ms.create_table(conn, target_db, ddl)
-        views = [view for db in databases for view in src.views(db)]
-        if views:
-            with self._session() as conn:
-                ms.create_views(conn, views, self.db_map)
+        self._quiesce(src, tables)
+
+    def _quiesce(self, src: MySQLStore, tables: list[tuple[str, str]]) -> None:
+        by_db: dict[str, set[str]] = {}
+        for db, table in tables:
+            by_db.setdefault(db, set()).add(table)
+        strangers = []
+        with self._session() as conn, conn.cursor() as cur:
+            for db, names in by_db.items():
+                target_db = self.db_map.get(db, db)
+                known = {r[0] for r in src._rows(
+                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS"
+                    " WHERE TRIGGER_SCHEMA = %s", (db,))}
+                cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM"
+                            " information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s",
+                            (target_db,))
+                for name, table in cur.fetchall():
+                    if table not in names:
+                        continue
+                    if name not in known:
+                        strangers.append(f"{target_db}.{name} (on {table})")
+                        continue
+                    cur.execute(f"DROP TRIGGER IF EXISTS {qualified(target_db, name)}")
+                cur.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE"
+                            " EVENT_SCHEMA = %s AND STATUS = 'ENABLED'", (target_db,))
+                for (name,) in cur.fetchall():
+                    cur.execute(f"ALTER EVENT {qualified(target_db, name)} DISABLE")
+        if strangers:
+            raise StoreError(f"{self.endpoint.label}: trigger(s) {', '.join(strangers[:5])}"
+                             " exist only on the target and would fire on every imported row",
+                             hint="drop them on the target (the source has no such trigger)")
+
+    def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        with self._session() as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
 
     def finalize_target(self, units: list[Unit], source: Store) -> None:
-        """Add the secondary indexes left out at creation and catch AUTO_INCREMENT up."""
+        """Add the secondary indexes left out at creation and catch AUTO_INCREMENT up;
+        then make the views, triggers, routines and events the source has now."""
         src, tables = self._source_of(source, units)
         for db, table in tables:
             ddl = src.show_create_table(db, table)
-            with self._session() as conn, conn.cursor() as cur:
+            with self._session(long=True) as conn, conn.cursor() as cur:
                 ms.add_missing_indexes(cur, self.db_map.get(db, db), table, ddl)
-        with self._lock:
-            self._tables.clear()
+        self._sync_objects(src)
 
     def importer(self, unit: Unit) -> Importer:
         return MySQLImporter(self, unit)
@@ -475,13 +667,134 @@ class MySQLStore(Store):
             log.warning("%s: LOAD DATA LOCAL INFILE refused (%s); loading with multi-row"
                         " REPLACE statements instead (slower)", self.endpoint.label, reason)
 
+    # -- views, triggers, routines, events -------------------------------------------
+    def _hidden_kinds(self) -> dict[str, str]:
+        """Object kinds this user cannot see in full (read once per store)."""
+        if self._hidden is None:
+            with self._session() as conn, conn.cursor() as cur:
+                tables = [(db, t) for db, t, *_ in self._selected_tables(cur)]
+                self._hidden = mo.hidden_kinds(cur, self._databases(cur), tables)
+        return self._hidden
+
+    def _scope(self) -> list[tuple[str, str]]:
+        """(database on this side, its source name) whose objects belong to the copy: on
+        a target, the source databases it was last given (kept in the journal), else
+        what its URL and db_map name; on a source, the URL's database or every one."""
+        recorded = self._cache.get("databases")
+        if recorded:
+            return [(self.db_map.get(db, db), db) for db in json.loads(recorded)]
+        if self.settings.database:
+            back = {v: k for k, v in self.db_map.items()}
+            return [(self.settings.database, back.get(self.settings.database,
+                                                      self.settings.database))]
+        if self.db_map:
+            return [(v, k) for k, v in self.db_map.items()]
+        with self._session() as conn, conn.cursor() as cur:
+            return [(db, db) for db in self._databases(cur)]
+
+    def _objects(self, db: str, source_db: str) -> list[mo.SchemaObject]:
+        kinds = tuple(k for k in mo.KINDS if k not in self._hidden_kinds())
+        with self._session() as conn, conn.cursor() as cur:
+            try:
+                return mo.read_objects(cur, db, lambda _db, name: self._selected(source_db,
+                                                                                 name), kinds)
+            except StoreError as exc:
+                raise StoreError(f"{self.endpoint.label}: {exc.message}", hint=exc.hint) from exc
+
+    def _shown_definer(self, key: str, definer: str | None) -> str | None:
+        """The definer verify should see: the source's, where this store rewrote it."""
+        recorded = self._cache.get(f"definer {key}")
+        if recorded and definer is not None:
+            rewrite = json.loads(recorded)
+            if rewrite.get("target") == definer:
+                return str(rewrite.get("source"))
+        return definer
+
+    def definitions(self) -> dict[str, Any]:
+        """``{"view db.v": {...}, "trigger db.t": {...}, ...}`` named by source database;
+        each holds the CREATE text without DEFINER, the definer (a rewrite this store made
+        shows as the source's) and the settings the object runs under."""
+        out: dict[str, Any] = {}
+        for db, source_db in self._scope():
+            for obj in self._objects(db, source_db):
+                key = obj.key(source_db)
+                out[key] = obj.data(db, source_db, self._shown_definer(key, obj.definer))
+        return out
+
+    def _sync_objects(self, src: MySQLStore) -> None:
+        """Make on this target every object the source has now that is missing or
+        different here (dropped first), in dependency order; a view on a view not made
+        yet waits for the next pass. Objects only the target has are left alone (verify
+        names them)."""
+        with src._session() as conn, conn.cursor() as cur:
+            databases = src._databases(cur)
+        pending: list[tuple[str, mo.SchemaObject]] = []
+        for db in databases:
+            objects = src._objects(db, db)
+            if not objects:
+                continue
+            target_db = self._ensure_database(src, db)
+            have = {o.key(db): o for o in self._objects(target_db, db)}
+            for obj in objects:
+                key = obj.key(db)
+                current = have.get(key)
+                if current is not None and current.data(
+                        target_db, db, self._shown_definer(key, current.definer)) == obj.data(
+                        db, db, obj.definer):
+                    continue
+                pending.append((target_db, obj))
+        conn = self._connect()
+        try:
+            while pending:
+                failed, errors = [], []
+                for target_db, obj in pending:
+                    try:
+                        self._make(conn, obj, target_db)
+                    except pymysql.MySQLError as exc:
+                        failed.append((target_db, obj))
+                        errors.append(f"{obj.key(obj.db)}: {exc.args[-1]}")
+                if len(failed) == len(pending):
+                    raise StoreError(f"{self.endpoint.label}: cannot create "
+                                     + "; ".join(errors[:5]))
+                pending = failed
+        finally:
+            _close_quietly(conn)
+        self._cache["databases"] = json.dumps(databases)
+
+    def _make(self, conn: mc.Connection, obj: mo.SchemaObject, target_db: str) -> None:
+        """Drop and create one object, with the source's DEFINER when that account exists
+        here and this user may name it; otherwise as this user, recorded as a rewrite."""
+        key = obj.key(obj.db)
+        definer = obj.definer
+        with conn.cursor() as cur:
+            cur.execute(mo.drop_sql(obj, target_db))
+            exists = mo.account_exists(cur, definer) if definer else None
+        if definer and exists:
+            try:
+                mo.create(conn, obj, target_db, definer)
+                return
+            except pymysql.MySQLError as exc:
+                if not (exc.args and exc.args[0] in _DENIED):
+                    raise
+                why = "exists here, but this user may not create objects for it"
+        else:
+            why = ("does not exist on the target" if exists is False else
+                   "cannot be looked up on the target (no SELECT on mysql.user)")
+        mo.create(conn, obj, target_db, None)
+        if definer:
+            me = str(self._facts.get("user") or self._one("SELECT CURRENT_USER()")[0])
+            line = f"{key}: definer {definer} {why}; created with definer {me}"
+            self.definer_rewrites.append(line)
+            self._cache[f"definer {key}"] = json.dumps({"source": definer, "target": me})
+            log.warning("%s: %s", self.endpoint.label, line)
+
     # -- verification ----------------------------------------------------------------
     def chunks(self, unit: Unit) -> list[Chunk]:
         """Key sub-ranges of about ``chunk_records`` rows inside the unit; together they
         cover the unit's whole range, so rows only the target has still fall in one."""
         spec = unit.spec
         meta = self._table(self._db(spec), spec["table"])
-        key = self._key(meta, spec)
+        key = self._checked_key(meta, spec)
         if not key:
             return [Chunk("all", None)]
         lo, hi = spec.get("lo"), spec.get("hi")
@@ -490,22 +803,36 @@ class MySQLStore(Store):
         return [Chunk(f"{i:04d}", {"lo": a, "hi": b})
                 for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))]
 
-    def _chunk_predicate(self, meta: Table, unit: Unit, chunk: Chunk) -> str:
-        key = self._key(meta, unit.spec)
+    def _chunk_predicate(self, key: list[Column], chunk: Chunk) -> str:
         bounds = chunk.bounds or {}
         return range_predicate(key, bounds.get("lo"), bounds.get("hi")) if key else "TRUE"
 
-    def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
-        """Per chunk, COUNT(*) and the 128-bit sum of row MD5s, both computed by the
-        server. A table missing here digests as empty: every row shows as missing."""
-        meta = self._table(self._db(unit.spec), unit.spec["table"], required=False)
+    def _verify_meta(self, unit: Unit) -> tuple[Table, list[Column]] | None:
+        """This side's table as it is now and the unit's key in it; None when the table
+        is missing. A key column missing here is left to the schema comparison: every
+        row is then compared as a whole."""
+        meta = self._live(self._db(unit.spec), unit.spec["table"])
         if meta is None:
+            return None
+        try:
+            return meta, self._key(meta, unit.spec)
+        except StoreError:
+            return meta, []
+
+    def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
+        """Per chunk, COUNT(*) and the 128-bit sum of row MD5s over the columns this side
+        has now, both computed by the server. A table missing here digests as empty:
+        every row shows as missing."""
+        found = self._verify_meta(unit)
+        if found is None:
             return {c.id: ChunkDigest() for c in chunks}
+        meta, key = found
+        columns = [c.name for c in meta.copy_columns()]
         out = {}
-        with self._session() as conn, conn.cursor() as cur:
+        with self._session(long=not key) as conn, conn.cursor() as cur:
             for chunk in chunks:
-                pred = self._chunk_predicate(meta, unit, chunk)
-                cur.execute(ms.digest_sql(meta.ident, unit.spec["columns"], pred))
+                pred = self._chunk_predicate(key, chunk)
+                cur.execute(ms.digest_sql(meta.ident, columns, pred))
                 count, high, low = cur.fetchone()
                 total = ((int(high or 0) << 64) + int(low or 0)) & base.HASH_MASK
                 out[chunk.id] = ChunkDigest(count=int(count), hash=total)
@@ -514,18 +841,19 @@ class MySQLStore(Store):
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
         """(key, row MD5) of one chunk in key order; for a keyless table (row MD5, number
         of identical rows), so a duplicate row lost or gained is still named."""
-        meta = self._table(self._db(unit.spec), unit.spec["table"], required=False)
-        if meta is None:
+        found = self._verify_meta(unit)
+        if found is None:
             return
-        key = self._key(meta, unit.spec)
-        pred, hashed = self._chunk_predicate(meta, unit, chunk), ms.row_hash(unit.spec["columns"])
+        meta, key = found
+        pred = self._chunk_predicate(key, chunk)
+        hashed = ms.row_hash([c.name for c in meta.copy_columns()])
         if key:
             sql = (f"SELECT {ms.order_by(key)}, {hashed} FROM {meta.ident} WHERE {pred}"
                    f" ORDER BY {ms.order_by(key)}")
         else:
             sql = f"SELECT h, COUNT(*) FROM (SELECT {hashed} AS h FROM {meta.ident}) r GROUP BY h"
         n = len(key)
-        with self._session(raw=True) as conn:
+        with self._session(raw=True, long=not key) as conn:
             cur = conn.cursor(pymysql.cursors.SSCursor)  # see export(): no draining close
             cur.execute(sql)
             for row in cur.fetchall_unbuffered():
@@ -535,13 +863,54 @@ class MySQLStore(Store):
                     yield "row md5 " + row[0].decode("ascii"), int(row[1])
 
     def schema(self, unit: Unit) -> dict[str, Any]:
+        """This side's table as it is now: columns (type, charset, collation, default,
+        generated expression, nullability, position), indexes and table options."""
         db, table = self._db(unit.spec), unit.spec["table"]
         with self._session() as conn, conn.cursor() as cur:
             meta = ms.load_table(cur, db, table)
             if meta is None:
-                return {"missing": f"table {db}.{table} does not exist"}
+                return {"missing": f"table {unit.spec['db']}.{table} does not exist"}
             cur.execute(f"SHOW CREATE TABLE {meta.ident}")
             return ms.schema_of(meta, ms.auto_increment_of(cur.fetchone()[1]))
+
+
+def _range_gaps(table: str, group: list[Unit]) -> list[str]:
+    """The coverage problems of one table's units, one line each."""
+    keys = {json.dumps(u.spec.get("key") or []) for u in group}
+    if len(keys) > 1:
+        return [f"{table}: its units split on different keys ({', '.join(sorted(keys))})"]
+    key = group[0].spec.get("key") or []
+    for unit in group:
+        for side in ("lo", "hi"):
+            bound = unit.spec.get(side)
+            if bound is not None and (not isinstance(bound, list) or len(bound) != len(key)):
+                return [f"{table}: unit {unit.name} has {side} {bound!r}, which does not fit"
+                        f" its key ({', '.join(key) or 'none'})"]
+    if not key:
+        if len(group) > 1 or group[0].spec.get("lo") is not None \
+                or group[0].spec.get("hi") is not None:
+            return [f"{table}: a table without a key is copied as one whole unit, not"
+                    f" {len(group)} unit(s) with ranges"]
+        return []
+
+    def shown(bound: list[Any]) -> str:
+        return json.dumps(bound[0] if len(bound) == 1 else bound, ensure_ascii=False)
+
+    starts: dict[str, list[Unit]] = {}
+    for unit in group:
+        starts.setdefault(json.dumps(unit.spec.get("lo")), []).append(unit)
+    gaps = [f"{table}: units {', '.join(u.name for u in same)} all start at"
+            f" {'the lowest key' if lo == 'null' else shown(json.loads(lo))} (they overlap)"
+            for lo, same in starts.items() if len(same) > 1]
+    if "null" not in starts:
+        gaps.append(f"{table}: no unit starts at the lowest key (lo: null): keys below the"
+                    " first unit are not covered")
+    for unit in group:
+        hi = unit.spec.get("hi")
+        if hi is not None and json.dumps(hi) not in starts:
+            gaps.append(f"{table}: no unit starts at {shown(hi)}, where {unit.name} ends:"
+                        " keys from there up to the next unit are not covered")
+    return gaps
 
 
 class MySQLImporter(Importer):
@@ -552,16 +921,16 @@ class MySQLImporter(Importer):
         self.store = store
         self.unit = unit
         self.spec = unit.spec
-        self._conn: pymysql.Connection | None = None
-        self._file: str | None = None
-        self._columns: list[Column] = []
+        self._conn: mc.Connection | None = None
         self._meta: Table | None = None
+        self._bound: tuple[tuple[str, str], ...] | None = None
+        self._columns: list[Column] = []
 
-    def _open(self) -> tuple[pymysql.Connection, Table]:
+    def _open(self) -> tuple[mc.Connection, Table]:
+        """The target table as it is when the copy starts, and a connection to load it."""
         if self._conn is None or self._meta is None:
             store = self.store
             self._meta = store._table(store._db(self.spec), self.spec["table"])
-            self._columns = [self._meta.column(c) for c in self.spec["columns"]]
             self._conn = store._connect(local_infile=store.local_infile())
             try:
                 with self._conn.cursor() as cur:
@@ -570,6 +939,25 @@ class MySQLImporter(Importer):
             except pymysql.MySQLError as exc:
                 raise store._error(exc, f"preparing {self.unit.name}") from exc
         return self._conn, self._meta
+
+    def _bind(self, meta: Table, columns: tuple[tuple[str, str], ...]) -> None:
+        """Map the batch's source columns onto this table, or refuse naming the column:
+        rows loaded without a column the source has would verify as different forever."""
+        if columns == self._bound:
+            return
+        if not columns:
+            raise StoreError(f"{self.store.endpoint.label}: {self.unit.name}: a batch came"
+                             " without its column list")
+        problems = ms.column_mismatches(list(columns), meta)
+        if problems:
+            raise StoreError(
+                f"{self.store.endpoint.label}: table {meta.db}.{meta.name}: the source's"
+                f" rows do not fit: {'; '.join(problems[:5])}",
+                hint="the source table changed after the target table was made: drop the"
+                " target table and run again (with --restart if units were copied), so it"
+                " is created from the source as it is now")
+        self._columns = [meta.column(name) for name, _ in columns]
+        self._bound = columns
 
     def prepare(self, resumed: bool) -> None:
         """A keyless unit restarts from an empty table; ``overwrite`` clears the unit's
@@ -592,6 +980,7 @@ class MySQLImporter(Importer):
         if not batch.records:
             return
         conn, meta = self._open()
+        self._bind(meta, getattr(batch, "columns", ()))
         try:
             if self.store.local_infile():
                 try:
@@ -605,18 +994,14 @@ class MySQLImporter(Importer):
         except pymysql.MySQLError as exc:
             raise self.store._error(exc, f"loading {self.unit.name}") from exc
 
-    def _load(self, conn: pymysql.Connection, meta: Table, rows: list[Row]) -> None:
-        """LOAD DATA from a private temp file (PyMySQL streams local files by name)."""
-        if self._file is None:
-            fd, self._file = tempfile.mkstemp(prefix="oim-mysql-", suffix=".tsv")
-            os.close(fd)
-        with open(self._file, "wb") as out:
-            out.writelines([ms.tsv_line(row) for row in rows])
+    def _load(self, conn: mc.Connection, meta: Table, rows: list[Row]) -> None:
+        """LOAD DATA LOCAL with the rows streamed from memory: nothing on disk."""
+        data = b"".join([ms.tsv_line(row) for row in rows])
         with conn.cursor() as cur:
-            cur.execute(ms.load_data_sql(meta.ident, conn.escape(self._file), self._columns))
-            match = _LOAD_RESULT.search(cur._result.message or b"")
-            loaded = int(match.group(1)) if match else len(rows)
-            warnings = int(match.group(4)) if match else cur._result.warning_count
+            conn.load_local(cur, ms.load_data_sql(meta.ident, conn.escape(
+                mc.INFILE_NAME.decode()), self._columns), data)
+            result = cur._result
+            loaded, warnings = _load_counts(result.message, len(rows), result.warning_count)
             if loaded != len(rows) or warnings:
                 raise StoreError(self._problem(cur, f"loaded {loaded} of {len(rows)} rows"))
 
@@ -627,7 +1012,7 @@ class MySQLImporter(Importer):
         shown = "; ".join(str(w[2]) for w in cur.fetchall())
         return f"{self.store.endpoint.label}: {self.unit.name}: {what}: {shown or 'no detail'}"
 
-    def _insert(self, conn: pymysql.Connection, meta: Table, rows: list[Row]) -> None:
+    def _insert(self, conn: mc.Connection, meta: Table, rows: list[Row]) -> None:
         """Multi-row REPLACE statements under max_allowed_packet, one transaction."""
         limit = min(self.store._facts.get("max_allowed_packet", 4 << 20), 16 << 20) - 4096
         with conn.cursor() as cur:
@@ -647,15 +1032,17 @@ class MySQLImporter(Importer):
         if self._conn is not None:
             _close_quietly(self._conn)
             self._conn = None
-        if self._file is not None:
-            try:
-                os.unlink(self._file)
-            except OSError:
-                pass
-            self._file = None
 
     def __del__(self) -> None:
         self.close()
+
+
+def _load_counts(message: bytes | None, rows: int, warning_count: int) -> tuple[int, int]:
+    """(records loaded, warnings) from LOAD DATA's "Records: n Deleted: … Warnings: w"."""
+    match = _LOAD_RESULT.search(message or b"")
+    if match is None:
+        return rows, warning_count
+    return int(match.group(1)), int(match.group(4))
 
 
 def _close_quietly(conn: pymysql.Connection) -> None:
@@ -670,3 +1057,4 @@ def _close_quietly(conn: pymysql.Connection) -> None:
         conn.close()
     except Exception:  # noqa: BLE001 - already broken; closing is best effort
         pass
+

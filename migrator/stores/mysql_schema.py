@@ -1,5 +1,5 @@
 """Table metadata, the SQL text the MySQL store builds from it, and the DDL steps that
-recreate tables and views on a target.
+recreate tables on a target (views, triggers, routines, events: ``mysql_objects``).
 
 Kept apart from the store so the store reads as "what happens" and this module as "how a
 key, a range, a row hash or a table definition is read or written in SQL". Everything here
@@ -64,6 +64,7 @@ class Column:
     collation: str | None
     extra: str
     generated: bool
+    expression: str = ""  # generation expression of a generated column
 
     @property
     def kind(self) -> str:
@@ -106,9 +107,16 @@ class Table:
                 return col
         raise StoreError(f"{self.db}.{self.name}: no column {name!r}")
 
-    def copy_columns(self) -> list[str]:
-        """Columns that carry data: generated columns are recomputed by the target."""
-        return [c.name for c in self.columns if not c.generated]
+    def copy_columns(self) -> list[Column]:
+        """Columns that carry data, in table order: generated columns are recomputed by the
+        target. Read live when a copy or a digest starts, never taken from the plan."""
+        return [c for c in self.columns if not c.generated]
+
+    def unique_on(self, names: list[str]) -> bool:
+        """Whether a unique index covers exactly these whole columns, in this order."""
+        return any(index["unique"] and [p["name"] for p in index["columns"]] == names
+                   and all(p["sub_part"] is None for p in index["columns"])
+                   for index in self.indexes.values())
 
     def range_key(self) -> tuple[str | None, list[str]]:
         """The index used for ranges, resume and chunks: the primary key, else a unique
@@ -143,17 +151,6 @@ def list_tables(cur: Any, database: str | None) -> list[tuple[str, str, int, int
     return [(db, t, int(rows), int(size)) for db, t, rows, size in cur.fetchall()]
 
 
-def list_views(cur: Any, db: str) -> list[tuple[str, str, str]]:
-    """(db, name, SHOW CREATE VIEW text) of every view of one database."""
-    cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
-                " AND TABLE_TYPE = 'VIEW' ORDER BY 1", (db,))
-    out = []
-    for (name,) in cur.fetchall():
-        cur.execute(f"SHOW CREATE VIEW {qualified(db, name)}")
-        out.append((db, name, cur.fetchone()[1]))
-    return out
-
-
 def load_table(cursor: Any, db: str, table: str) -> Table | None:
     """Read one table's definition from information_schema (cursor on a decoded
     connection); None when the table does not exist."""
@@ -164,7 +161,8 @@ def load_table(cursor: Any, db: str, table: str) -> Table | None:
         " ORDER BY ORDINAL_POSITION", (db, table))
     columns = [Column(name=r[0], data_type=r[1].lower(), column_type=r[2],
                       nullable=r[3] == "YES", default=r[4], charset=r[5], collation=r[6],
-                      extra=r[7] or "", generated=bool(r[8]) or bool(_GENERATED.search(r[7] or "")))
+                      extra=r[7] or "", generated=bool(r[8]) or bool(_GENERATED.search(r[7] or "")),
+                      expression=r[8] or "")
                for r in cursor.fetchall()]
     if not columns:
         return None
@@ -205,7 +203,8 @@ def schema_of(table: Table, auto_increment: int | None) -> dict[str, Any]:
     for pos, c in enumerate(table.columns):
         columns[c.name] = {"position": pos, "type": c.column_type, "nullable": c.nullable,
                            "default": c.default, "charset": c.charset,
-                           "collation": c.collation, "extra": c.extra}
+                           "collation": c.collation, "extra": c.extra,
+                           "generated": c.expression or None}
     indexes = {}
     for name, index in table.indexes.items():
         indexes[name] = {"unique": index["unique"], "type": index["type"],
@@ -380,15 +379,40 @@ def insert_statements(table_ident: str, columns: list[Column], rows: list[tuple]
         yield head + ",".join(parts)
 
 
+_INT_WIDTH = re.compile(r"^((?:tiny|small|medium|big)?int)\(\d+\)", re.I)
+
+
+def same_type(a: str, b: str) -> bool:
+    """Column types as the two servers print them; an integer's display width (MariaDB's
+    ``int(11)``, MySQL 8's ``int``) changes nothing stored."""
+    return a == b or _INT_WIDTH.sub(r"\1", a).lower() == _INT_WIDTH.sub(r"\1", b).lower()
+
+
+def column_mismatches(wanted: list[tuple[str, str]], target: Table) -> list[str]:
+    """Why ``target`` cannot take rows of these (name, type) columns, one line each."""
+    have = {c.name: c for c in target.columns}
+    problems = []
+    for name, column_type in wanted:
+        col = have.get(name)
+        if col is None:
+            problems.append(f"column {name} ({column_type}) is missing on the target")
+        elif col.generated:
+            problems.append(f"column {name} is generated on the target")
+        elif not same_type(col.column_type, column_type):
+            problems.append(f"column {name} is {column_type} on the source but"
+                            f" {col.column_type} on the target")
+    return problems
+
+
 def check_compatible(source: Table, target: Table, label: str) -> None:
-    """An existing target table must take the source's columns as they are."""
-    have = {c.name: c.column_type for c in target.columns}
-    wrong = [f"{c.name} {c.column_type} (target: {have.get(c.name, 'missing')})"
-             for c in source.columns if not c.generated and have.get(c.name) != c.column_type]
+    """An existing target table must take the source's columns as they are now."""
+    wrong = column_mismatches([(c.name, c.column_type) for c in source.copy_columns()], target)
     if wrong:
-        raise StoreError(f"{label}: table {target.db}.{target.name} exists with different"
-                         f" columns: {'; '.join(wrong[:5])}",
-                         hint="drop it, or rename the target database with db_map")
+        raise StoreError(f"{label}: table {target.db}.{target.name} cannot take the source's"
+                         f" rows: {'; '.join(wrong[:5])}",
+                         hint="the source table changed after the target table was made (or"
+                         " it was made by hand): drop the target table so the next run"
+                         " creates it from the source, or alter it to match")
 
 
 # -- DDL ------------------------------------------------------------------------------
@@ -396,7 +420,6 @@ def check_compatible(source: Table, target: Table, label: str) -> None:
 _AUTO_INCREMENT = re.compile(r"\)[^)]*?\bAUTO_INCREMENT=(\d+)", re.S)
 _IDENT = r"(`(?:[^`]|``)+`)"
 _SECONDARY = re.compile(r"^\s*(?:(?:FULLTEXT|SPATIAL)\s+)?KEY\s+" + _IDENT + r"\s*\(" + _IDENT)
-_DEFINER = re.compile(r"\s+DEFINER=(`(?:[^`]|``)*`|'[^']*'|\S+)@(`(?:[^`]|``)*`|'[^']*'|\S+)")
 
 
 def auto_increment_of(create_sql: str) -> int | None:
@@ -445,15 +468,6 @@ def split_secondary_indexes(create_sql: str, keep_all: bool = False,
     return "\n".join([lines[0], ",\n".join(kept), *lines[end:]]), indexes
 
 
-def create_view_sql(create_sql: str, src_db: str, dst_db: str) -> str:
-    """SHOW CREATE VIEW text without its DEFINER (that account may not exist on the
-    target, and naming another one needs SUPER), re-pointed at a renamed database."""
-    text = _DEFINER.sub("", create_sql, count=1)
-    if src_db != dst_db:
-        text = text.replace(quote_ident(src_db) + ".", quote_ident(dst_db) + ".")
-    return text
-
-
 def add_missing_indexes(cur: Any, db: str, table: str, source_ddl: str) -> None:
     """Give a target table the secondary indexes the source has and it lacks (those left
     out at creation), in one ALTER so InnoDB sorts each index once; then raise its
@@ -471,30 +485,6 @@ def add_missing_indexes(cur: Any, db: str, table: str, source_ddl: str) -> None:
     have = auto_increment_of(cur.fetchone()[1])
     if wanted is not None and (have or 0) < wanted:
         cur.execute(f"ALTER TABLE {ident} AUTO_INCREMENT = {int(wanted)}")
-
-
-def create_views(conn: Any, views: list[tuple[str, str, str]], db_map: dict[str, str]) -> None:
-    """Create missing views ``(source db, name, SHOW CREATE VIEW)``; a view on a view not
-    made yet waits for the next pass, so dependency order needs no parsing."""
-    pending = views
-    with conn.cursor() as cur:
-        while pending:
-            failed, errors = [], []
-            for db, name, ddl in pending:
-                target_db = db_map.get(db, db)
-                cur.execute("SELECT COUNT(*) FROM information_schema.VIEWS WHERE"
-                            " TABLE_SCHEMA = %s AND TABLE_NAME = %s", (target_db, name))
-                if cur.fetchone()[0]:
-                    continue
-                try:
-                    conn.select_db(target_db)
-                    cur.execute(create_view_sql(ddl, db, target_db))
-                except pymysql.MySQLError as exc:
-                    failed.append((db, name, ddl))
-                    errors.append(f"{db}.{name}: {exc.args[-1]}")
-            if len(failed) == len(pending):
-                raise StoreError("cannot create view(s): " + "; ".join(errors))
-            pending = failed
 
 
 def unreadable_tables(cur: Any, tables: list[tuple[Any, ...]], denied: set[int]) -> list[str]:
