@@ -17,22 +17,31 @@ document already there is byte-identical.
 
 Consistency: on a replica set (MongoDB ≥5.0) every unit of a run is read with snapshot read
 concern at the cluster time recorded when the store opened; that time is where a change
-stream catch-up would start (not implemented yet). Standalone servers and FerretDB have no
-snapshot: there consistency relies on the write freeze.
+stream catch-up would start (not implemented yet). Whether the server really honours
+``atClusterTime`` is probed when the store opens (a time in the future must be refused):
+DocumentDB's gateway accepts it and reads the present, so it, standalone servers and
+FerretDB get no snapshot, and the plan says consistency relies on the write freeze.
+
+Coverage (base.py): units of one collection must tile its whole `_id` space in MongoDB's
+order (``uncovered``); ``unlisted`` lists the selection's collections live (one
+``listCollections`` per database); ``definitions`` are the selection's views.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import fnmatch
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bson import SON
+from bson import SON, Timestamp
+from bson import errors as bson_errors
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
@@ -40,6 +49,7 @@ from pymongo import errors as mx
 from pymongo.collection import Collection
 from pymongo.read_concern import ReadConcern
 
+from migrator.config import Endpoint
 from migrator.errors import (
     CapabilityMissing,
     MigrateError,
@@ -85,6 +95,10 @@ def _doc_id(doc: RawBSONDocument) -> Any:
     return doc["_id"]
 
 
+def _raw(doc: RawBSONDocument) -> bytes:
+    return bytes(doc.raw) if isinstance(doc.raw, memoryview) else doc.raw
+
+
 def _bound(value: Any) -> Any:
     """A range bound from its JSON form; ``None`` is an open end."""
     return None if value is None else meta.from_ejson(value)
@@ -94,6 +108,8 @@ class MongoStore(Store):
     kind = "mongo"
     capabilities = Capabilities(snapshot_reads=True, server_side_checksum=False, ttls=True,
                                 resumable_units=True, wire_format="raw BSON documents")
+    SPEC_SCHEMA = meta.SPEC_SCHEMA
+    OPTION_SCHEMA = meta.OPTION_SCHEMA
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,7 +148,35 @@ class MongoStore(Store):
         with self._errors("connecting"):
             hello = self.client.admin.command("hello")
             build = self.client.admin.command("buildInfo")
-        return meta.ServerInfo.from_replies(hello, build)
+        info = meta.ServerInfo.from_replies(hello, build)
+        if info.snapshot_candidate:
+            info = dataclasses.replace(info, snapshot_verified=self._snapshot_honoured(info))
+        return info
+
+    def _snapshot_honoured(self, info: meta.ServerInfo) -> bool:
+        """Does the server read at the ``atClusterTime`` asked for? Read-only probe: the
+        current time must be accepted and a time a year ahead refused (MongoDB refuses a
+        time past its cluster time). A server that accepts both reads the present."""
+        names = self.endpoint.options.get("databases") or []
+        db = self.client[self._url_db or (str(names[0]) if names else "admin")]
+        ahead = Timestamp(int(time.time()) + 365 * 86400, 1)
+
+        def read_at(at: Any) -> bool:
+            try:
+                db.command("find", "_openim_migrate_snapshot_probe", filter={}, limit=1,
+                           readConcern={"level": "snapshot", "atClusterTime": at})
+                return True
+            except mx.OperationFailure:
+                return False
+
+        try:
+            honoured = read_at(info.start_time) and not read_at(ahead)
+        except mx.PyMongoError:  # cannot tell: never claim a snapshot we did not see
+            honoured = False
+        if not honoured:
+            log.info("%s: snapshot reads at a cluster time are not honoured; no snapshot",
+                     self.endpoint.label)
+        return honoured
 
     @property
     def client(self) -> MongoClient:
@@ -257,24 +301,116 @@ class MongoStore(Store):
                     self.client.drop_database(db_name)
 
     def describe(self) -> dict[str, Any]:
+        """Server facts for the plan; a snapshot is named only when a probe confirmed it."""
         info = self.server
         out: dict[str, Any] = {"flavor": info.flavor, "version": info.version,
-                               "topology": info.topology}
+                               "topology": info.topology, "tls": meta.tls_state(self.endpoint)}
         if info.set_name:
             out["replica_set"] = info.set_name
-        if info.snapshot_reads and info.start_time is not None:
+        use_snapshot = self.endpoint.options.get("snapshot", True)
+        if info.snapshot_reads and use_snapshot:
             out["snapshot_time"] = meta.to_ejson(info.start_time)
             out["consistency"] = (
                 "every unit is read with snapshot read concern at snapshot_time; a change "
                 "stream catch-up from that time is not implemented yet, so writes after it "
                 "need the write freeze")
+        elif info.snapshot_reads:
+            out["consistency"] = ("snapshot: false: units are read without a snapshot; "
+                                  "consistency relies on the write freeze")
         elif info.flavor == "ferretdb":
             out["consistency"] = ("FerretDB has no snapshot reads or change streams: "
                                   "consistency relies on the write freeze")
+        elif info.snapshot_candidate:
+            out["consistency"] = (f"{info.flavor} {info.version} accepts snapshot reads at a "
+                                  "cluster time but does not honour them (probed when "
+                                  "connecting): no snapshot; consistency relies on the write "
+                                  "freeze")
+        elif info.flavor == "documentdb":
+            out["consistency"] = ("DocumentDB has no snapshot reads at a cluster time and no "
+                                  "change streams: consistency relies on the write freeze")
         else:
             out["consistency"] = (f"a {info.topology} MongoDB has no snapshot across units "
                                   "(needs a replica set, MongoDB ≥5.0): consistency relies on "
                                   "the write freeze")
+        return out
+
+    # -- coverage ------------------------------------------------------------------------
+    @classmethod
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
+        meta.check_endpoint(endpoint, str(role))
+
+    @classmethod
+    def container_of(cls, unit: Unit) -> str:
+        spec = unit.spec
+        if isinstance(spec.get("db"), str) and isinstance(spec.get("collection"), str):
+            return f"{spec['db']}.{spec['collection']}"
+        return unit.name.partition("#")[0]
+
+    @classmethod
+    def uncovered(cls, units: list[Unit]) -> list[str]:
+        """Gaps and overlaps of each collection's `_id` ranges (MongoDB's order)."""
+        parts: dict[str, list[tuple[str, Any, Any]]] = {}
+        out: list[str] = []
+        for unit in units:
+            try:
+                lo, hi = _bound(unit.spec.get("lo")), _bound(unit.spec.get("hi"))
+                for bound in (lo, hi):
+                    if bound is not None:
+                        meta.order_key(bound)
+            except (TypeError, ValueError, KeyError, bson_errors.BSONError) as exc:
+                out.append(f"{unit.name}: lo/hi is not an _id value in Extended JSON ({exc})")
+                continue
+            parts.setdefault(cls.container_of(unit), []).append((unit.name, lo, hi))
+        for container, ranges in sorted(parts.items()):
+            out += meta.range_gaps(container, ranges)
+        return out
+
+    def unlisted(self, units: list[Unit]) -> list[str]:
+        """The selection's collections now (views excluded: they are definitions), minus
+        those the plan has units for; one ``listCollections`` per database."""
+        planned = {self.container_of(u) for u in units}
+        found = []
+        for db_name in self._databases():
+            with self._errors(f"listing collections of {db_name}"):
+                infos = meta.collection_infos(self.client[db_name])
+            for info in infos:
+                name = str(info["name"])
+                if info.get("type", "collection") == "view" or not self._selected(db_name, name):
+                    continue
+                if name.startswith("system.") and name != "system.js":
+                    continue
+                found.append(f"{db_name}.{name}")
+        return sorted(set(found) - planned)
+
+    def _definition_databases(self) -> list[tuple[str, str]]:
+        """(source name, name here) of the databases whose views belong to the selection.
+
+        Works on either side: a source maps nothing; a target maps through ``db_map`` and
+        names each database the way the source does, so both sides compare as data.
+        """
+        self.open()
+        db_map = {str(k): str(v) for k, v in (self.endpoint.options.get("db_map") or {}).items()}
+        back = {v: k for k, v in db_map.items()}
+        if self._url_db:
+            return [(back.get(self._url_db, self._url_db), self._url_db)]
+        named = [str(d) for d in self.endpoint.options.get("databases") or []]
+        if named:
+            return [(d, db_map.get(d, d)) for d in named]
+        with self._errors("listing databases"):
+            here = [n for n in self.client.list_database_names() if n not in SYSTEM_DBS]
+        # a database named like a source database that db_map sends elsewhere is not its image
+        return sorted((back.get(n, n), n) for n in here if n in back or n not in db_map)
+
+    def definitions(self) -> dict[str, Any]:
+        """The selection's views (``viewOn`` + pipeline + collation), keyed ``db.view``."""
+        out: dict[str, Any] = {}
+        for source_db, here in self._definition_databases():
+            with self._errors(f"listing views of {here}"):
+                infos = meta.collection_infos(self.client[here])
+            for info in infos:
+                if info.get("type") == "view" and self._selected(source_db, str(info["name"])):
+                    out[f"{source_db}.{info['name']}"] = {
+                        "type": "view", "options": meta.json_like(meta.creatable_options(info))}
         return out
 
     # -- units ---------------------------------------------------------------------------
@@ -341,7 +477,8 @@ class MongoStore(Store):
             except mx.OperationFailure as exc:  # FerretDB, or a user with the read role only
                 log.debug("splitVector unavailable (%s); walking _id instead", exc.code)
                 return None
-        keys = [k["_id"] for k in reply.get("splitKeys", []) if "_id" in k]
+        split_keys: list[Any] = list(reply.get("splitKeys") or []) if reply else []
+        keys = [k["_id"] for k in split_keys if "_id" in k]
         return keys or None
 
     def _walk_ids(self, coll: Collection, every: int, flt: dict[str, Any]) -> list[Any]:
@@ -423,7 +560,9 @@ class MongoStore(Store):
                 info = meta.collection_info(src.client[db_name], name)
             options = meta.creatable_options(info or {})
             self.create_collection(self.target_db(db_name), name, options)
-        for db_name in dict.fromkeys(db for db, _ in self._collections(units)):
+        # views of every selected database, also one that holds only views
+        dbs = [db for db, _ in self._collections(units)] + src._databases()
+        for db_name in dict.fromkeys(dbs):
             with src._errors(f"listing views of {db_name}"):
                 infos = meta.collection_infos(src.client[db_name])
             for view in meta.views_in_creation_order(infos):
@@ -507,7 +646,7 @@ class MongoStore(Store):
         ids = [c.id for c in chunks]
         for doc in self._scan(unit, self._unit_filter(unit)):
             i = bisect.bisect_right(starts, meta.order_key(_doc_id(doc))) if starts else 0
-            out[ids[i]].add(record_hash(doc.raw))
+            out[ids[i]].add(record_hash(_raw(doc)))
         return out
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
@@ -525,11 +664,12 @@ class MongoStore(Store):
             _id = _doc_id(doc)
             key = meta.order_key(_id)
             if (lo_key is None or key >= lo_key) and (hi_key is None or key < hi_key):
-                yield meta.id_label(_id), f"{record_hash(doc.raw):032x}"
+                yield meta.id_label(_id), f"{record_hash(_raw(doc)):032x}"
 
     def field_values(self, unit: Unit, field: str) -> Iterator[Any]:
         """One top-level field of each document of the unit, streamed (cross-store checks)."""
-        coll = self._coll(unit, mapped=True).with_options(codec_options=CodecOptions())
+        coll: Collection[dict[str, Any]] = self._coll(unit, mapped=True).with_options(
+            codec_options=CodecOptions())
         with self._errors(f"reading {unit.name}.{field}"):
             with coll.find(self._unit_filter(unit), {field: 1, "_id": 0},
                            batch_size=max(1000, self.options.batch_records)) as cursor:

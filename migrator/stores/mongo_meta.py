@@ -21,19 +21,21 @@ import datetime
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import bson
+import jsonschema
 from bson import SON, json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import errors as mx
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
+from pymongo.uri_parser import split_options
 
 from migrator.config import Endpoint, resolve_refs
 from migrator.errors import (
@@ -70,22 +72,35 @@ _CURSOR_GONE = {43, 237}  # CursorNotFound, CursorKilled: resume from the checkp
 
 @dataclass(frozen=True)
 class ServerInfo:
-    flavor: str  # "mongodb" | "ferretdb"
+    flavor: str  # "mongodb" | "documentdb" | "ferretdb"
     version: str
     topology: str  # "standalone" | "replicaSet" | "sharded"
     set_name: str | None
     max_wire: int
     start_time: Any  # operationTime at open (replica sets), the catch-up start point
+    # set by the store after probing: the server refused an atClusterTime in the future and
+    # accepted the current one, i.e. it really reads at the time asked for
+    snapshot_verified: bool = False
+
+    @property
+    def snapshot_candidate(self) -> bool:
+        """What the replies promise; ``snapshot_reads`` is what a probe confirmed."""
+        return (self.flavor != "ferretdb" and self.topology != "standalone"
+                and self.max_wire >= 13 and self.start_time is not None)
 
     @property
     def snapshot_reads(self) -> bool:
-        return self.flavor == "mongodb" and self.topology != "standalone" and self.max_wire >= 13
+        return self.snapshot_candidate and self.snapshot_verified
 
     @classmethod
     def from_replies(cls, hello: Mapping[str, Any], build: Mapping[str, Any]) -> ServerInfo:
-        """From ``hello`` and ``buildInfo`` (FerretDB reports ``ferretdbVersion`` there)."""
+        """From ``hello`` and ``buildInfo``. FerretDB reports ``ferretdbVersion``; DocumentDB's
+        gateway claims to be a mongos (``isdbgrid``) but its ``buildInfo`` has no
+        ``gitVersion``, which every MongoDB build reports."""
         if "ferretdbVersion" in build:
             flavor, version = "ferretdb", str(build["ferretdbVersion"])
+        elif "gitVersion" not in build and "internal" in hello:
+            flavor, version = "documentdb", str(build.get("version", "?"))
         else:
             flavor, version = "mongodb", str(build.get("version", "?"))
         if hello.get("msg") == "isdbgrid":
@@ -129,7 +144,8 @@ def client_args(endpoint: Endpoint) -> tuple[str, dict[str, Any], str | None]:
 def _tls_args(endpoint: Endpoint) -> dict[str, Any]:
     tls = endpoint.tls
     if not tls.enabled:
-        return {}
+        # mongodb+srv:// means TLS to the driver; say so rather than let it happen unseen
+        return {"tls": True} if endpoint.url.startswith("mongodb+srv://") else {}
     out: dict[str, Any] = {"tls": True}
     if tls.ca_file:
         out["tlsCAFile"] = tls.ca_file
@@ -143,6 +159,172 @@ def _tls_args(endpoint: Endpoint) -> dict[str, Any]:
         out["tlsAllowInvalidCertificates"] = True
         out["tlsAllowInvalidHostnames"] = True
     return out
+
+
+def tls_state(endpoint: Endpoint) -> str:
+    """The TLS state a plan shows: off, verified (against which CAs) or not verified."""
+    tls = endpoint.tls
+    if not tls.enabled and not endpoint.url.startswith("mongodb+srv://"):
+        return "off"
+    if tls.enabled and not tls.verify:
+        return "on, certificate NOT verified (tls.verify: false)"
+    return f"on, certificate verified against {tls.ca_file or 'the system CAs'}"
+
+
+# -- what an endpoint may say --------------------------------------------------------------
+SCHEMES = ("mongodb", "mongodb+srv")
+_DB_NAME = r'^[^/\\. "$\x00]{1,63}$'  # MongoDB forbids / \ . space " $ and NUL in DB names
+_URL_FORM = "write mongodb://[user:${PASSWORD_VAR}@]host:port[,host:port...][/db][?options]"
+# URL parameters the store sets itself; in the URL they would be overridden or hidden
+_OWN_PARAMS = {"serverselectiontimeoutms": "server_selection_timeout_ms",
+               "connecttimeoutms": "server_selection_timeout_ms",
+               "maxpoolsize": "max_pool_size", "appname": None}
+_TLS_PARAMS = {"tls", "ssl", "tlscafile", "tlscertificatekeyfile", "tlsinsecure",
+               "tlsallowinvalidcertificates", "tlsallowinvalidhostnames",
+               "tlscertificatekeyfilepassword", "tlsdisableocspendpointcheck", "tlscrlfile"}
+
+
+def _db_name(what: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": _DB_NAME,
+            "description": f"{what}: 1-63 characters, none of / \\ . space \" $"}
+
+
+OPTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "databases": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": _db_name("a database name"),
+                      "description": "a list of the source databases to copy (default: the "
+                                     "URL's database, else all but admin, config, local)"},
+        "db_map": {"type": "object", "propertyNames": _db_name("a source database name"),
+                   "additionalProperties": _db_name("a database name on the target"),
+                   "description": "a mapping from source database names to names on this "
+                                  "(target) side"},
+        "server_selection_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600_000,
+                                        "description": "milliseconds from 1 to 600000"},
+        "max_pool_size": {"type": "integer", "minimum": 1, "maximum": 1000,
+                          "description": "connections per server, from 1 to 1000"},
+        "snapshot": {"type": "boolean",
+                     "description": "true or false (false: read without snapshot read concern)"},
+    },
+}
+
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["db", "collection", "lo", "hi"],
+    "additionalProperties": False,
+    "properties": {
+        "db": _db_name("the source database"),
+        "collection": {"type": "string", "minLength": 1, "maxLength": 255,
+                       "pattern": r"^[^$\x00]+$", "description": "the collection's name"},
+        "lo": {"description": "first _id of the range, inclusive, as canonical Extended JSON; "
+                              "null: from the lowest _id"},
+        "hi": {"description": "end of the range, exclusive, as canonical Extended JSON; "
+                              "null: to the highest _id"},
+        "bypass_validation": {"type": "boolean"},
+        "resumable": {"type": "boolean"},
+    },
+}
+
+_OPTIONS = jsonschema.Draft202012Validator(OPTION_SCHEMA)
+
+
+def check_endpoint(endpoint: Endpoint, role: str) -> None:
+    """Refuse what this store would misread or silently ignore; errors name the field."""
+    name = endpoint.name or "mongo"
+    _check_options(endpoint, name)
+    where = f"{name}.url"
+    m = _URL.match(endpoint.url)
+    scheme = endpoint.url.partition("://")[0] if "://" in endpoint.url else ""
+    if scheme not in SCHEMES:
+        problem = (f"scheme '{scheme}' is not one this store speaks (mongodb, mongodb+srv)"
+                   if scheme else "has no scheme")
+        raise PlanError(where, problem, hint=_URL_FORM)
+    if not m:
+        raise PlanError(where, "not a MongoDB URL", hint=_URL_FORM)
+    if m["userinfo"] is not None:
+        user, sep, _ = m["userinfo"].partition(":")
+        if not user:
+            raise PlanError(where, "has credentials without a user name", hint=_URL_FORM)
+    _check_hosts(m["hosts"], scheme == "mongodb+srv", where)
+    path = unquote((m["path"] or "/")[1:])
+    if path and not re.match(_DB_NAME, path):
+        raise PlanError(where, f"'{path}' is not a database name (none of / \\ . space \" $)",
+                        hint=_URL_FORM)
+    for key, value in parse_qsl(m["query"] or "", keep_blank_values=True):
+        _check_param(key, value, role, where)
+    opts = endpoint.options
+    if path and opts.get("databases"):
+        raise PlanError(f"{name}.databases", f"would be ignored: the URL names database '{path}'",
+                        hint="drop the database from the URL, or drop databases")
+    if role == "source" and opts.get("db_map"):
+        raise PlanError(f"{name}.db_map", "is for targets: a source keeps its database names",
+                        hint="move db_map to the target endpoint")
+
+
+def _check_options(endpoint: Endpoint, name: str) -> None:
+    known = OPTION_SCHEMA["properties"]
+    for error in sorted(_OPTIONS.iter_errors(endpoint.options), key=lambda e: list(e.path)):
+        path = [str(p) for p in error.absolute_path]
+        if not path:
+            extra = sorted(set(endpoint.options) - set(known))
+            raise PlanError(f"{name}.{extra[0]}" if extra else name, "unknown option",
+                            hint=f"allowed: {', '.join(sorted(known))}")
+        expected = known.get(path[0], {}).get("description", "another value")
+        raise PlanError(f"{name}.{'.'.join(path)}", f"expected {expected}, "
+                        f"got {error.instance!r}")
+
+
+def _check_hosts(hosts: str, srv: bool, where: str) -> None:
+    items = hosts.split(",")
+    if srv and len(items) != 1:
+        raise PlanError(where, "mongodb+srv:// takes exactly one host name", hint=_URL_FORM)
+    for item in items:
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise PlanError(where, f"cannot read host '{item}'", hint=_URL_FORM)
+            port = rest[1:] if rest else None
+        else:
+            host, sep, port_text = item.rpartition(":")
+            host, port = (host, port_text) if sep else (item, None)
+        if not host:
+            raise PlanError(where, f"has an empty host in '{hosts}' (it would not mean "
+                            "localhost)", hint=_URL_FORM)
+        if port is None:
+            continue
+        if srv:
+            raise PlanError(where, "mongodb+srv:// takes no port (DNS names the servers)",
+                            hint=_URL_FORM)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise PlanError(where, f"host '{item}' has port {port or '(empty)'}; a port is "
+                            "1-65535 (an empty port or 0 would not mean 27017)", hint=_URL_FORM)
+
+
+def _check_param(key: str, value: str, role: str, where: str) -> None:
+    lower = key.lower()
+    if lower in _TLS_PARAMS:
+        raise PlanError(where, f"URL parameter '{key}': TLS is set with the endpoint's tls: "
+                        "option, so the plan shows it",
+                        hint="tls: {enabled: true, ca_file: ..., cert_file: ..., verify: true}")
+    if lower in _OWN_PARAMS:
+        option = _OWN_PARAMS[lower]
+        raise PlanError(where, f"URL parameter '{key}' would be overridden by the store",
+                        hint=f"use the endpoint option {option}" if option else
+                        "drop it; the store names itself openim-migrate")
+    try:
+        parsed = split_options(f"{key}={value}", validate=True, warn=False)
+    except (mx.ConfigurationError, ValueError, TypeError) as exc:
+        text = str(exc).split(" Did you mean")[0].rstrip(".")
+        problem = ("is not a MongoDB URL option, so it would be ignored"
+                   if text.startswith("Unknown option") else f"is not valid ({text})")
+        raise PlanError(where, f"URL parameter '{key}' {problem}",
+                        hint="see the driver's connection string options") from exc
+    if lower == "w" and str(parsed.get("w")) == "0" and role == "target":
+        raise PlanError(where, "URL parameter 'w=0': unacknowledged writes cannot be "
+                        "checkpointed; a lost write would only show at verify",
+                        hint="drop w=0 (the default acknowledges every batch)")
 
 
 def translate(endpoint: Endpoint, exc: mx.PyMongoError, what: str) -> MigrateError:
@@ -165,6 +347,11 @@ def translate(endpoint: Endpoint, exc: mx.PyMongoError, what: str) -> MigrateErr
         return StoreError(f"{label}: {what} failed: {message}")
     if isinstance(exc, mx.ServerSelectionTimeoutError):
         reason = str(exc).split(", Timeout:")[0][:200]
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+            return endpoint.fail(f"TLS: the server's certificate was not accepted while {what} "
+                                 f"({reason})",
+                                 hint="set tls.ca_file to the CA that signed the server's "
+                                 "certificate (or tls.verify: false for a test server only)")
         return endpoint.fail(f"cannot reach the server while {what} ({reason})", transient=True,
                              hint="check host, port, replicaSet and the network")
     if isinstance(exc, mx.ConnectionFailure):  # AutoReconnect, NetworkTimeout, ...
@@ -387,6 +574,48 @@ def order_key(value: Any) -> tuple[Any, ...]:
     if isinstance(value, bson.MaxKey):
         return (15,)
     raise TypeError(f"cannot order BSON value of type {type(value).__name__}")
+
+
+def range_gaps(container: str, parts: Iterable[tuple[str, Any, Any]]) -> list[str]:
+    """Where the ``(unit name, lo, hi)`` ranges of one collection fail to tile all of `_id`.
+
+    Bounds are compared by MongoDB's order (``order_key``), so ``1``, ``1.0`` and
+    ``NumberLong(1)`` are the same edge, and ranges may span BSON types. ``None`` is an open
+    end. Gaps, overlaps and empty ranges are each one line.
+    """
+    def key(bound: Any) -> tuple[Any, ...]:
+        return order_key(bound)
+
+    ordered = sorted(parts, key=lambda p: (0,) if p[1] is None else (1, key(p[1])))
+    out: list[str] = []
+    reached: Any = None  # the end covered so far; None before the first unit: the lowest
+    started = ended = False
+    for name, lo, hi in ordered:
+        if lo is not None and hi is not None and key(hi) <= key(lo):
+            out.append(f"{name}: its range is empty (lo {id_label(lo)} is not below "
+                       f"hi {id_label(hi)})")
+            continue
+        if ended:
+            out.append(f"{name}: overlaps a unit that already reaches the highest _id")
+            continue
+        if not started:
+            if lo is not None:
+                out.append(f"{container}: no unit covers _id below {id_label(lo)}")
+        elif lo is None or key(lo) < key(reached):
+            out.append(f"{name}: overlaps the unit before it (starts at "
+                       f"{'the lowest _id' if lo is None else id_label(lo)}, which is below "
+                       f"{id_label(reached)})")
+        elif key(lo) > key(reached):
+            out.append(f"{container}: no unit covers _id from {id_label(reached)} to "
+                       f"{id_label(lo)}")
+        started = True
+        if hi is None:
+            ended = True
+        elif reached is None or key(hi) > key(reached):
+            reached = hi
+    if started and not ended:
+        out.append(f"{container}: no unit covers _id from {id_label(reached)} up")
+    return out
 
 
 def bracket(value: Any) -> int:
