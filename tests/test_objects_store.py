@@ -835,3 +835,16 @@ def test_plan_with_http_to_an_https_port_exits_4_in_one_line(tls_minio, tmp_path
     assert out.returncode == 4, out.stderr
     assert "Traceback" not in out.stderr and "speaks HTTPS" in out.stderr.splitlines()[0]
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_definitions_without_units_list_the_selected_buckets_by_source_name(pair) -> None:
+    src, _, bucket = pair
+    renamed = f"r-{uuid.uuid4().hex[:16]}"
+    selection = Selection(include=(f"{bucket}/*",))  # source names, on both sides
+    src = store("SRC", selection=selection)
+    dst = store("DST", bucket_map={bucket: renamed}, selection=selection)
+    src.client.set_bucket_lifecycle(bucket, lifecycle(("temp", "t/", 1)))
+    units = copy(src, dst)
+    assert src.definitions() == dst.definitions() == src.definitions(units)
+    gone = store("DST", f"/{bucket}-gone")  # verify before the run created it
+    assert gone.definitions() == {f"{bucket}-gone": None}

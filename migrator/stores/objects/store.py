@@ -510,8 +510,9 @@ class ObjectStore(Store):
             return {}
         if units is not None:
             buckets = sorted({u.spec["bucket"] for u in units if u.store == self.kind})
-        else:
-            buckets = [self.source_bucket(here) for here in self.buckets()]
+        else:  # a missing URL bucket is a difference (None), not an endpoint error
+            here_names = [self.bucket] if self.bucket else self.buckets()
+            buckets = [self.source_bucket(here) for here in here_names]
         return {bucket: self.bucket_settings(bucket) for bucket in buckets}
 
     def bucket_settings(self, bucket: str) -> dict[str, Any] | None:
