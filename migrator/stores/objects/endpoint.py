@@ -118,8 +118,8 @@ def check_url(endpoint: Endpoint) -> None:
         raise PlanError(where, problem, hint=form)
     if not parts.hostname:
         raise PlanError(where, "has no host", hint=form)
-    if port == 0 or parts.netloc.endswith(":"):
-        raise PlanError(where, "has port 0 or an empty port", hint=form)
+    if port == 0 or parts.netloc.endswith(":"):  # neither may mean "the default port"
+        raise PlanError(where, "has port 0" if port == 0 else "has an empty port", hint=form)
     if parts.query or parts.fragment:
         extra = f"?{parts.query}" if parts.query else f"#{parts.fragment}"
         raise PlanError(where, f"'{extra}' would be ignored: this store reads no URL "

@@ -149,9 +149,7 @@ def read(store: ObjectStore, bucket: str, name: str) -> Any:
         raise
     except MigrateError as exc:
         if "AccessDenied" in str(exc):
-            exc.hint = (f"grant {READ_ACTIONS[name]}, or set bucket_settings: false (or "
-                        "bucket_policy: false for the policy alone) in the objects "
-                        "selection options to leave bucket settings out")
+            exc.hint = f"grant {READ_ACTIONS[name]} to the user"
         raise
 
 

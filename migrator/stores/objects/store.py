@@ -351,8 +351,7 @@ class ObjectStore(Store):
             actions = ", ".join(settings.READ_ACTIONS[n] for n in denied)
             raise self.endpoint.fail(
                 f"bucket {bucket}: AccessDenied reading its {', '.join(denied)}",
-                hint=f"grant {actions}; or set bucket_settings: false (bucket_policy: false "
-                "for the policy alone) in the objects selection options to leave them out")
+                hint=f"grant {actions} to the user: verify compares these settings")
 
     def _probe_put(self, bucket: str) -> None:
         key = f"{self.prefix}.oim-migrate-probe-{uuid.uuid4().hex}"
