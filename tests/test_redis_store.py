@@ -806,6 +806,13 @@ def test_pattern_redis_reads_differently_by_cpu_is_refused():
         RedisStore(endpoint("redis://h"), Selection(include=("ok:*",), exclude=("[a-é]",)))
     assert caught.value.field == "stores.redis.selection.exclude[0]"
     assert "x86 and ARM" in caught.value.message
+    # With a preset, as the session hands it over (the preset's patterns first), the index
+    # still counts the plan's own patterns.
+    from migrator.engine.session import effective_selection
+    given = Selection(exclude=("ok:*", "[\x01-\x80]"), preset="openim")
+    with pytest.raises(PlanError) as caught:
+        RedisStore(endpoint("redis://h"), effective_selection("redis", given))
+    assert caught.value.field == "stores.redis.selection.exclude[1]"
 
 
 # -- which databases ----------------------------------------------------------------------

@@ -242,7 +242,9 @@ class RedisStore(Store):
         super().__init__(endpoint, selection, options)
         self._url = parse_url(endpoint)
         check_options(endpoint)
-        rv.check_patterns(self.selection, f"stores.{self.kind}.selection")
+        preset = presets.get(self.kind, self.selection.preset) if self.selection.preset \
+            else None
+        rv.check_patterns(self.selection, f"stores.{self.kind}.selection", preset)
         self.filter = rv.KeyFilter(presets.merged(self.kind, self.selection))
         self.mode = str(endpoint.options.get("mode", "auto"))
         self.scan_count = int(endpoint.options.get("scan_count", SCAN_COUNT))

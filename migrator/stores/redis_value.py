@@ -158,7 +158,7 @@ def glob_tokens(pattern: bytes) -> list[frozenset[int] | None]:
 
 
 def glob_regex(pattern: bytes) -> bytes:
-    """A regex (for ``fullmatch`` on a non-empty key) equal to Redis' glob ``pattern``.
+    """A regex equal to Redis' glob ``pattern`` on a non-empty key, when anchored at both ends.
 
     Fixed-length runs between stars are placed leftmost inside atomic groups, which finds
     a match whenever one exists and never backtracks exponentially.
@@ -185,17 +185,23 @@ class Glob:
         # SCAN treats the pattern "*" as no pattern at all, so it matches the empty key;
         # for any other pattern an empty key matches only the empty pattern.
         self.empty = any(p in (b"", b"*") for p in encoded)
-        self.regex = re.compile(b"|".join(b"(?:" + glob_regex(p) + b")" for p in encoded),
-                                re.DOTALL)
+        # match + one \Z: the same as fullmatch, and faster (it runs once per key)
+        self.regex = re.compile(b"(?:" + b"|".join(b"(?:" + glob_regex(p) + b")"
+                                                   for p in encoded) + b")\\Z", re.DOTALL)
 
     def __call__(self, key: bytes) -> bool:
-        return self.regex.fullmatch(key) is not None if key else self.empty
+        return self.regex.match(key) is not None if key else self.empty
 
 
-def check_patterns(selection: Selection, where: str) -> None:
-    """Refuse a pattern that cannot be matched exactly, naming it (``where.include[i]``)."""
+def check_patterns(selection: Selection, where: str, preset: Selection | None = None) -> None:
+    """Refuse a pattern that cannot be matched exactly, naming it (``where.include[i]``).
+
+    ``selection`` may hold a preset's patterns too (they are always exact): they are
+    skipped, so ``i`` counts the plan's own patterns."""
     for name in ("include", "exclude"):
-        for i, pattern in enumerate(getattr(selection, name)):
+        own = [p for p in getattr(selection, name)
+               if preset is None or p not in getattr(preset, name)]
+        for i, pattern in enumerate(own):
             try:
                 glob_tokens(pattern.encode())
             except PatternError as exc:
