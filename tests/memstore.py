@@ -42,7 +42,7 @@ class MemoryStore(Store):
     def check_access(self, role: Role) -> None:
         pass
 
-    def definitions(self) -> dict[str, Any]:
+    def definitions(self, units: list[Unit]) -> dict[str, Any]:
         return dict(DEFINITIONS.get(self.server, {}))
 
     def list_units(self) -> list[Unit]:

@@ -165,10 +165,11 @@ def verify_coverage(kind: str, units: list[Unit], source: Store) -> UnitReport:
     return report
 
 
-def verify_definitions(kind: str, source: Store, target: Store) -> UnitReport:
+def verify_definitions(kind: str, units: list[Unit], source: Store, target: Store
+                       ) -> UnitReport:
     """Store-level objects outside every unit (views, triggers, routines, bucket policy)."""
     report = UnitReport(unit=f"{kind}:(definitions)", store=kind)
-    report.schema = schema_differences(source.definitions(), target.definitions())
+    report.schema = schema_differences(source.definitions(units), target.definitions(units))
     if report.schema:
         report.status = DIFFER
     return report
@@ -221,7 +222,7 @@ def verify(units: list[Unit], session: Session, *, parallel: int = 4,
                                error_code=exc.exit_code)]
         planned = (whole or {})[kind]
         return [_store_check(kind, lambda: verify_coverage(kind, planned, source)),
-                _store_check(kind, lambda: verify_definitions(kind, source, target))]
+                _store_check(kind, lambda: verify_definitions(kind, planned, source, target))]
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="verify") as pool:
         whole_checks = [pool.submit(store_checks, kind) for kind in (whole or {})]

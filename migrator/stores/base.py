@@ -30,7 +30,7 @@ Contract, in words:
 * ``schema(unit)`` returns the definitions that must match besides data (columns,
   indexes, options) as JSON-like data, read live from the server (never from the plan);
   ``{}`` when the store has none.
-* ``definitions()`` returns the store-level objects that belong to no unit (MySQL views,
+* ``definitions(units)`` returns the store-level objects that belong to no unit (MySQL views,
   triggers, routines, events; MongoDB views; bucket policy, versioning, lifecycle) as
   JSON-like data named the way the *source* names them, so the two sides compare as data.
 
@@ -281,8 +281,9 @@ class Store(ABC):
     def schema(self, unit: Unit) -> dict[str, Any]:
         return {}
 
-    def definitions(self) -> dict[str, Any]:
-        """Store-level objects outside every unit (views, triggers, policies), live."""
+    def definitions(self, units: list[Unit]) -> dict[str, Any]:
+        """Store-level objects outside every unit (views, triggers, policies), live, for
+        the containers the plan's ``units`` name, keyed by the source's names."""
         return {}
 
     # -- coverage --------------------------------------------------------------------
