@@ -238,9 +238,10 @@ def observed(command: str, plan: str = "", *, port: int | None = None,
              textfile: str | Path | None = None, log_format: str = "text",
              units: list[str] | None = None) -> Iterator[Metrics | None]:
     """What a command wraps its work in: logging set up, metrics served or written at the
-    end. Yields None when neither a port nor a textfile is asked for."""
+    end. Yields None when neither a port, a textfile nor JSON logs (whose unit events come
+    from the same observer) are asked for."""
     configure_logging(log_format)
-    if port is None and textfile is None:
+    if port is None and textfile is None and log_format != "json":
         yield None
         return
     metrics = Metrics(command, plan)

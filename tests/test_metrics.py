@@ -144,3 +144,53 @@ def test_grafana_dashboard_is_json_and_queries_only_exported_metrics():
         assert queried <= names, f"{path.name} queries unknown metrics {queried - names}"
         # and every exported series has a panel
         assert set(METRIC_NAMES) <= queried, set(METRIC_NAMES) - queried
+
+
+def test_run_and_verify_write_metrics_and_json_logs(redis_env, tmp_path):
+    """The wiring: `run` and `verify` through the CLI against real Redis servers."""
+    import os
+    import subprocess
+    import sys
+
+    import redis
+
+    def cli(*args: str):
+        return subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env=os.environ)
+
+    def hostport(url: str) -> str:
+        return url.split("://", 1)[1].split("/", 1)[0]
+
+    src = redis.Redis.from_url("redis://" + hostport(redis_env["OIM_REDIS_SRC_URL"]) + "/3",
+                               password=redis_env["OIM_REDIS_SRC_PASSWORD"])
+    dst = redis.Redis.from_url("redis://" + hostport(redis_env["OIM_REDIS_DST_URL"]) + "/3",
+                               password=redis_env["OIM_REDIS_DST_PASSWORD"])
+    src.flushdb()
+    dst.flushdb()
+    src.mset({f"metrics:{i}": str(i) for i in range(50)})
+    plan = tmp_path / "m.yaml"
+    out = cli("plan", "--source", "redis=redis://:${OIM_REDIS_SRC_PASSWORD}@"
+              + hostport(redis_env["OIM_REDIS_SRC_URL"]) + "/3",
+              "--target", "redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
+              + hostport(redis_env["OIM_REDIS_DST_URL"]) + "/3", "-o", str(plan))
+    assert out.returncode == 0, out.stderr
+    prom = tmp_path / "run.prom"
+    run = cli("run", str(plan), "--no-progress", "--metrics-file", str(prom),
+              "--log-format", "json")
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert {"unit_started", "unit_finished", "finished"} <= {e.get("event") for e in events}
+    got = samples(prom.read_text())
+    units = {s.labels["unit"]: s.value for s in got["openim_migrate_unit_records_done"]}
+    assert units and sum(units.values()) == 50
+    assert got["openim_migrate_last_success_timestamp_seconds"][0].value > 0
+
+    dst.delete("metrics:7")
+    prom2 = tmp_path / "verify.prom"
+    check = cli("verify", str(plan), "--metrics-file", str(prom2))
+    assert check.returncode == 5, check.stderr
+    diffs = [s for s in samples(prom2.read_text())["openim_migrate_verify_differences"]
+             if s.labels["kind"] == "missing_on_target" and s.value == 1]
+    assert len(diffs) == 1 and diffs[0].labels["unit"] in units
+    src.flushdb()
+    dst.flushdb()

@@ -26,9 +26,16 @@ from migrator.progress import NullProgress, TqdmProgress
 @rate_limit_option
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars on stderr (default: when stderr is a terminal).")
+@click.option("--metrics-port", type=int, default=None, metavar="PORT",
+              help="Serve Prometheus metrics on this port while working (0: any free port).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
+              help="Write Prometheus metrics to this file at the end (node_exporter textfile).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="json: structured logs on stderr, one JSON object per line.")
 @json_option
 def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool | None,
                 parallel: int | None, rate_limit: str | None, progress: bool | None,
+                metrics_port: int | None, metrics_file: str | None, log_format: str,
                 as_json: bool) -> int:
     """Execute PLAN: copy every unit, then verify.
 
@@ -45,10 +52,19 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
         rows = operations.dry_run(plan, plan_path)
         render.dry_run(rows, as_json)
         return 0
+    from migrator.metrics import Tee, observed
+
     show_progress = render.stream_is_tty() if progress is None else progress
-    outcome = operations.run_plan(
-        plan, plan_path, restart=restart, verify_after=do_verify,
-        progress=TqdmProgress() if show_progress and not as_json else NullProgress())
+    bar = TqdmProgress() if show_progress and not as_json else NullProgress()
+    with observed("run", plan.name, port=metrics_port, textfile=metrics_file,
+                  log_format=log_format, units=[u.key for u in plan.inventory]) as metrics:
+        outcome = operations.run_plan(plan, plan_path, restart=restart, verify_after=do_verify,
+                                      progress=Tee(bar, metrics) if metrics else bar)
+        if metrics is not None:
+            if outcome.verify is not None:
+                metrics.verified(outcome.verify)
+            metrics.finished(not outcome.copy.failed and not outcome.copy.interrupted and (
+                outcome.verify is None or outcome.verify.ok))
     result, report = outcome.copy, outcome.verify
     if as_json:
         render.as_json({"copy": {"seconds": round(result.seconds, 3),

@@ -18,8 +18,15 @@ from migrator.plan import load_plan
               help="Only units whose key matches, e.g. 'mysql:openIM_v3.chat_logs*' (skips "
               "the whole-store checks, so the result is not a proof for the whole plan).")
 @parallel_option
+@click.option("--metrics-port", type=int, default=None, metavar="PORT",
+              help="Serve Prometheus metrics on this port while working (0: any free port).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), default=None,
+              help="Write Prometheus metrics to this file at the end (node_exporter textfile).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="json: structured logs on stderr, one JSON object per line.")
 @json_option
 def verify_command(plan_path: Path, unit_patterns: tuple[str, ...], parallel: int | None,
+                   metrics_port: int | None, metrics_file: str | None, log_format: str,
                    as_json: bool) -> int:
     """Compare source and target; exit 0 only when everything matches.
 
@@ -35,7 +42,14 @@ def verify_command(plan_path: Path, unit_patterns: tuple[str, ...], parallel: in
     """
     plan = load_plan(plan_path)
     apply_tunables(plan.options, parallel=parallel)
-    report = operations.verify_plan(plan, plan_path, unit_patterns=unit_patterns)
+    from migrator.metrics import observed
+
+    with observed("verify", plan.name, port=metrics_port, textfile=metrics_file,
+                  log_format=log_format, units=[u.key for u in plan.inventory]) as metrics:
+        report = operations.verify_plan(plan, plan_path, unit_patterns=unit_patterns)
+        if metrics is not None:
+            metrics.verified(report)
+            metrics.finished(report.ok)
     if as_json:
         render.as_json(report.to_dict())
     else:
