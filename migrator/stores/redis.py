@@ -143,6 +143,8 @@ def _schema_problem(error: jsonschema.ValidationError) -> str:
     schema: Any = error.schema
     shown = repr(error.instance)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if "propertyNames" in error.absolute_schema_path:
+        return f"key {shown} is not a DB number"
     if error.validator == "type":
         wanted = {"integer": "a whole number", "number": "a number", "array": "a list",
                   "object": "a mapping", "string": "a string"}.get(str(wanted_value),
