@@ -801,6 +801,15 @@ def test_escaped_glob_selects_the_literal_key_and_excludes_work_alike(clean):
     assert sorted(clean["dst"].keys()) == [b"a*b", b"keep:1"]
 
 
+def test_a_db_where_nothing_matches_the_selection_is_estimated_empty(clean):
+    clean["src"].set("cache:1", 1)
+    redis_data.client(source_ep(), db=2).set("state:1", 1)
+    units = open_store(source_ep(), selection=Selection(include=("state:*",))).list_units()
+    assert [(u.spec["db"], u.records) for u in units] == [(0, 0), (2, 1)]
+    units = open_store(source_ep(), selection=Selection(include=("a\\*b",))).list_units()
+    assert sum(u.records for u in units) == 0  # what lets plan warn "matches nothing"
+
+
 def test_pattern_redis_reads_differently_by_cpu_is_refused():
     with pytest.raises(PlanError) as caught:
         RedisStore(endpoint("redis://h"), Selection(include=("ok:*",), exclude=("[a-é]",)))

@@ -655,6 +655,8 @@ class RedisStore(Store):
         units = []
         for db in dbs:
             keys = counts.get(db, 0)
+            if keys and not self._holds_selected(db):
+                keys = 0  # nothing here matches the selection: estimate it so
             parts = self._parts(keys)
             width = SLOTS // parts
             for i in range(parts):
@@ -729,6 +731,7 @@ class RedisStore(Store):
         return out
 
     def _holds_selected(self, db: int) -> bool:
+        """Whether DB ``db`` holds a key the selection takes (SCAN up to the first one)."""
         if self.filter.include is None and self.filter.exclude is None:
             return True
         with self._errors(f"scanning DB {db}"):
