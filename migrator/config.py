@@ -14,21 +14,41 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from migrator.errors import EndpointError, PlanError
 
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_FULL_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_VAR = r"[A-Za-z_][A-Za-z0-9_]*"
+# ${k8s:namespace/secret#key}: one key of a Kubernetes Secret, read through the API when a
+# store connects. Inside a URL's user-info write "/" as %2F and "#" as %23 (the URL is
+# decoded before references are resolved); `deploy` writes plans that way.
+_K8S = r"k8s:([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)/([a-z0-9](?:[-.a-z0-9]*[a-z0-9])?)#([-._A-Za-z0-9]+)"
+_REF = re.compile(rf"\$\{{(?:({_VAR})|{_K8S})\}}")
+_FULL_REF = re.compile(rf"^\$\{{(?:{_VAR}|{_K8S})\}}$")
+# For schemas of options that must be a reference (e.g. an object store's secret_key).
+REF_PATTERN = _FULL_REF.pattern
 
 
 def resolve_refs(text: str, where: str) -> str:
-    """Replace each ``${VAR}`` with the environment's value; a missing one names ``where``."""
+    """Replace each ``${VAR}`` with the environment's value and each
+    ``${k8s:namespace/secret#key}`` with that Secret key's value; a missing one names
+    ``where`` (and the Secret)."""
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name is None:
+            from migrator.deploy.secretref import read_secret_key
+
+            return read_secret_key(match.group(2), match.group(3), match.group(4), where)
         if name not in os.environ:
             raise PlanError(where, f"environment variable {name} is not set",
                             hint=f"export {name}=... before running")
         return os.environ[name]
 
     return _REF.sub(value, text)
+
+
+def references_in(text: str) -> list[tuple[str, ...]]:
+    """Each reference in ``text`` (decoded first, as URLs are): ``("env", VAR)`` or
+    ``("k8s", namespace, secret, key)`` -- e.g. for a Job that must be given access to them."""
+    return [("env", m.group(1)) if m.group(1) else ("k8s", m.group(2), m.group(3), m.group(4))
+            for m in _REF.finditer(unquote(text))]
 
 
 def redact_url(url: str) -> str:

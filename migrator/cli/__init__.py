@@ -10,6 +10,9 @@ import click
 
 from migrator import __version__
 from migrator.cli import render
+from migrator.cli.deploy_cmd import deploy_command
+from migrator.cli.discover_cmd import discover_command
+from migrator.cli.job_cmd import job_group
 from migrator.cli.plan_cmd import plan_command
 from migrator.cli.run_cmd import run_command
 from migrator.cli.schema_cmd import schema_command
@@ -42,6 +45,9 @@ cli.add_command(run_command)
 cli.add_command(verify_command)
 cli.add_command(sync_command)
 cli.add_command(schema_command)
+cli.add_command(deploy_command)
+cli.add_command(job_group)
+cli.add_command(discover_command)
 
 
 _TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM
