@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import Any
 
 import pymysql
@@ -530,3 +531,476 @@ def test_units_of_one_store_pair_copy_in_parallel_threads(source, target):
     target.finalize_target(units, source)
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(lambda u: same_digests(source, target, u), units))
+
+
+# ------------------------------------------------------------------ columns read live
+def test_a_column_added_after_plan_is_copied_and_checked(source, target):
+    units = units_of(source, "logs")  # planned before the column exists
+    sql(source, f"ALTER TABLE {SRC_DB}.logs ADD COLUMN late INT NOT NULL DEFAULT 0")
+    try:
+        sql(source, f"UPDATE {SRC_DB}.logs SET late = CRC32(log_id) % 1000 + 1")
+        copy(source, target, units)
+        query = "SELECT log_id, late FROM {}.logs ORDER BY log_id"
+        assert sql(target, query.format(DST_DB)) == sql(source, query.format(SRC_DB))
+        assert same_digests(source, target, units[0])
+        [(first,)] = sql(source, f"SELECT MIN(log_id) FROM {SRC_DB}.logs", raw=False)
+        sql(target, f"UPDATE {DST_DB}.logs SET late = 0 WHERE log_id = %s", (first,))
+        assert differences(source, target, units[0])["differ"] == {first}  # digest covers it
+    finally:
+        sql(source, f"ALTER TABLE {SRC_DB}.logs DROP COLUMN late")
+
+
+def test_a_column_the_target_table_lacks_is_refused_by_name(source, target):
+    units = units_of(source, "logs")
+    target.prepare_target(units, source)  # the target table is made now, without it
+    sql(source, f"ALTER TABLE {SRC_DB}.logs ADD COLUMN late2 VARCHAR(8) DEFAULT 'x'")
+    try:
+        importer = target.importer(units[0])
+        importer.prepare(resumed=False)
+        with pytest.raises(StoreError, match=rf"{DST_DB}\.logs.*column late2"):
+            for batch in source.export(units[0]):
+                importer.write_batch(batch)
+        importer.finalize()
+        with pytest.raises(StoreError, match=rf"{DST_DB}\.logs.*column late2"):
+            target.prepare_target(units, source)  # and the next run says so up front
+    finally:
+        sql(source, f"ALTER TABLE {SRC_DB}.logs DROP COLUMN late2")
+
+
+def test_schema_compares_generated_expressions_read_live(source, target):
+    from migrator.engine.verify import schema_differences
+
+    units = units_of(source, "type_zoo")
+    copy(source, target, units)
+    assert "t_int" in source.schema(units[0])["columns"]["t_gen"]["generated"]
+    assert schema_differences(source.schema(units[0]), target.schema(units[0])) == []
+    sql(target, f"ALTER TABLE {DST_DB}.type_zoo MODIFY t_gen BIGINT"
+                " GENERATED ALWAYS AS (t_int + 2) VIRTUAL")
+    [line] = schema_differences(source.schema(units[0]), target.schema(units[0]))
+    assert line.startswith("columns.t_gen.generated:")
+
+
+def test_export_refuses_a_key_that_is_no_longer_unique(ports):
+    db = "oimtest_mysql_drift"
+    store = MySQLStore(Endpoint("mysql", src_endpoint(ports).url.replace(SRC_DB, db),
+                                name="source.mysql"))
+    for query in (f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}",
+                  f"CREATE TABLE {db}.t (id INT PRIMARY KEY, v INT)",
+                  f"INSERT INTO {db}.t VALUES (1, 1), (2, 2)"):
+        sql(store, query)
+    [unit] = store.list_units()
+    sql(store, f"ALTER TABLE {db}.t DROP PRIMARY KEY, ADD INDEX (id)")
+    sql(store, f"INSERT INTO {db}.t VALUES (2, 3)")
+    with pytest.raises(StoreError, match=rf"{db}\.t: the plan splits it on \(id\)"):
+        list(store.export(unit))
+
+
+# ------------------------------------------------------ views, triggers, routines, events
+OBJ_DB = "oimtest_mysql_objects"
+OBJ_COPY = "oimtest_mysql_objects_copy"
+
+
+def objects_source(ports: dict[str, int], user: str = "root",
+                   password_var: str = "OIM_MYSQL_SRC_PASSWORD") -> MySQLStore:
+    endpoint = src_endpoint(ports, user, password_var)
+    store = MySQLStore(Endpoint("mysql", endpoint.url.replace(SRC_DB, OBJ_DB),
+                                name="source.mysql"), options=StoreOptions(batch_records=100))
+    store.open()
+    return store
+
+
+def objects_target(ports: dict[str, int], cache: dict | None = None) -> MySQLStore:
+    store = MySQLStore(dst_endpoint(ports, db_map={OBJ_DB: OBJ_COPY}),
+                       options=StoreOptions(on_existing="overwrite"))
+    if cache is not None:
+        store.use_cache(cache)
+    store.open()
+    return store
+
+
+@pytest.fixture
+def objects_db(ports: dict[str, int]) -> list[str]:
+    """A small OpenIM database with every kind of schema object (and 25 audit rows)."""
+    fixture = Endpoint("mysql", src_endpoint(ports).url.replace(SRC_DB, OBJ_DB), name="fixture")
+    mysql_data.load(fixture, seed=3, scale=0.1)
+    names = mysql_data.add_objects(fixture)
+    dst = MySQLStore(dst_endpoint(ports))
+    sql(dst, f"DROP DATABASE IF EXISTS {OBJ_COPY}")
+    return names
+
+
+def audit_rows(store: MySQLStore, db: str) -> int:
+    return int(sql(store, f"SELECT COUNT(*) FROM {db}.user_audit")[0][0])
+
+
+def test_objects_are_copied_after_the_data_and_compare_equal(ports, objects_db):
+    src, dst = objects_source(ports), objects_target(ports)
+    units = src.list_units()
+    assert set(src.definitions(units)) == set(objects_db)  # 2 views, 2 triggers, 2 routines,
+    copy(src, dst, units)  # and an event
+    assert dst.definitions(units) == src.definitions(units)
+    # the audit trigger did not fire on imported users: 25 rows, not 25 + every user again
+    assert audit_rows(dst, OBJ_COPY) == audit_rows(src, OBJ_DB) == 25
+    # and they work on the target: the view calls the function, the trigger fires now
+    assert sql(dst, f"SELECT label FROM {OBJ_COPY}.labelled_users WHERE user_id = 'audited-0001'"
+               ) == [(b"user:audited-0001",)]
+    sql(dst, f"INSERT INTO {OBJ_COPY}.users (user_id) VALUES ('after-the-copy')")
+    assert audit_rows(dst, OBJ_COPY) == 26
+    copy(src, dst, units)  # a re-run: triggers are off while rows are loaded
+    assert audit_rows(dst, OBJ_COPY) == 25 and dst.definitions(units) == src.definitions(units)
+
+
+def test_a_dropped_or_changed_object_on_the_target_is_named_and_made_again(ports, objects_db):
+    from migrator.engine.verify import schema_differences
+
+    src, dst = objects_source(ports), objects_target(ports)
+    units = src.list_units()
+    copy(src, dst, units)
+    for query in (f"DROP VIEW {OBJ_COPY}.active_users", f"DROP TRIGGER {OBJ_COPY}.users_trim",
+                  f"DROP EVENT {OBJ_COPY}.purge_audit",
+                  f"DROP PROCEDURE {OBJ_COPY}.count_users",
+                  f"CREATE PROCEDURE {OBJ_COPY}.count_users(OUT n INT) SET n = 0"):
+        sql(dst, query)
+    lines = schema_differences(src.definitions(units), dst.definitions(units))
+    named = {line.split(":")[0].rsplit(".", 1)[0] if line.startswith("procedure") else
+             line.split(":")[0] for line in lines}
+    assert named == {f"view {OBJ_DB}.active_users", f"trigger {OBJ_DB}.users_trim",
+                     f"event {OBJ_DB}.purge_audit", f"procedure {OBJ_DB}.count_users"}
+    dst.finalize_target(units, src)
+    assert dst.definitions(units) == src.definitions(units)
+
+
+def test_a_definer_missing_on_the_target_is_rewritten_reported_and_not_a_difference(
+        ports, objects_db):
+    fixture = Endpoint("mysql", src_endpoint(ports).url.replace(SRC_DB, OBJ_DB), name="fixture")
+    src = objects_source(ports)
+    for query in ("CREATE OR REPLACE USER 'oim_ghost'@'%'",
+                  f"GRANT ALL ON {OBJ_DB}.* TO 'oim_ghost'@'%'",
+                  f"DROP DATABASE {OBJ_DB}"):
+        sql(src, query)
+    mysql_data.load(fixture, seed=3, scale=0.1)
+    mysql_data.add_objects(fixture, definer="oim_ghost@%")
+    cache: dict[str, str] = {}  # what the journal keeps between run and verify
+    dst = objects_target(ports, cache)
+    units = src.list_units()
+    copy(src, dst, units)
+    assert len(dst.definer_rewrites) == 7
+    assert all("definer oim_ghost@% does not exist on the target" in line
+               for line in dst.definer_rewrites)
+    assert dst.definer_rewrites[0] in dst.describe()["notes"]
+    definers = sql(dst, "SELECT DISTINCT DEFINER FROM information_schema.VIEWS WHERE"
+                        " TABLE_SCHEMA = %s", (OBJ_COPY,))
+    assert definers == [(b"root@127.0.0.1",)]
+    later = objects_target(ports, cache).definitions(units)  # verify, in another process
+    assert later == src.definitions(units)
+    without = objects_target(ports).definitions(units)  # no record of the rewrite: different
+    assert without != src.definitions(units)
+    assert without[f"view {OBJ_DB}.active_users"]["definer"] == "root@127.0.0.1"
+    # once the account exists on the target, a copy keeps it
+    sql(dst, "CREATE OR REPLACE USER 'oim_ghost'@'%'")
+    try:
+        sql(dst, f"DROP VIEW {OBJ_COPY}.active_users")
+        kept = objects_target(ports, cache)
+        kept.finalize_target(src.list_units(), src)
+        assert kept.definer_rewrites == []
+        assert sql(dst, "SELECT DEFINER FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s"
+                        " AND TABLE_NAME = 'active_users'", (OBJ_COPY,)) == [(b"oim_ghost@%",)]
+    finally:
+        sql(dst, "DROP USER 'oim_ghost'@'%'")
+        sql(src, "DROP USER 'oim_ghost'@'%'")
+
+
+def test_a_reader_is_told_which_objects_it_cannot_see(ports, objects_db):
+    reader = objects_source(ports, "${OIM_MYSQL_SRC_READER_USER}",
+                            "OIM_MYSQL_SRC_READER_PASSWORD")
+    notes = " ".join(reader.describe()["notes"])
+    assert "TRIGGER privilege" in notes and "EVENT privilege" in notes
+    kinds = {name.split()[0] for name in reader.definitions(reader.list_units())}
+    assert kinds == {"view", "procedure", "function"}
+
+
+def test_a_server_asking_for_a_file_gets_nothing(target):
+    from migrator.stores.mysql_conn import Connection
+
+    sql(target, f"CREATE DATABASE IF NOT EXISTS {DST_DB}")
+    sql(target, f"CREATE TABLE {DST_DB}.lines (line TEXT)")
+    conn = target._connect(local_infile=True)
+    assert isinstance(conn, Connection)
+    try:
+        with conn.cursor() as cur, pytest.raises(pymysql.MySQLError, match="never offers"):
+            # stock PyMySQL would read and send this file
+            cur.execute(f"LOAD DATA LOCAL INFILE '/etc/hostname' INTO TABLE {DST_DB}.lines")
+    finally:
+        conn.close()
+    assert sql(target, f"SELECT COUNT(*) FROM {DST_DB}.lines") == [(b"0",)]
+
+
+# ------------------------------------------------------------------ coverage (no network)
+def _endpoint(url: str, **options: Any) -> Endpoint:
+    from migrator.config import TLS
+
+    tls = options.pop("tls", None)
+    return Endpoint("mysql", url, name="source.mysql", options=options,
+                    tls=TLS.from_dict(tls, "source.mysql.tls"))
+
+
+@pytest.mark.parametrize("url, options, field, problem", [
+    ("postgres://h:5432/db", {}, "source.mysql.url", "scheme postgres:// is not for MySQL"),
+    ("mysql://:3306/db", {}, "source.mysql.url", "names no host"),
+    ("mysql://h:0/db", {}, "source.mysql.url", "port 0 is not a port"),
+    ("mysql://h:99999/db", {}, "source.mysql.url", "not a valid URL"),
+    ("mysql://h/a/b", {}, "source.mysql.url", "names more than one database"),
+    ("mysql://h/db?charset=latin1", {}, "source.mysql.url", "unknown URL parameter 'charset'"),
+    ("mysql://h/db?ssl=maybe", {}, "source.mysql.url", "?ssl=maybe is neither true nor false"),
+    ("mysql://h/db?ssl-mode=PREFERRED", {}, "source.mysql.url", "fall back to plain text"),
+    ("mysql://h/db?ssl-mode=sometimes", {}, "source.mysql.url", "is not a TLS mode"),
+    ("mysql://h/db#frag", {}, "source.mysql.url", "has a fragment"),
+    ("mysql://h/db?ssl=false", {"tls": {"enabled": True}}, "source.mysql.url",
+     "asks for TLS mode DISABLED but tls: says verify"),
+    ("mysql://h/db?ssl-mode=REQUIRED", {"tls": {"enabled": True}}, "source.mysql.url",
+     "asks for TLS mode REQUIRED"),
+    ("mysql://h/db", {"db_map": {"a": "b"}}, "source.mysql.db_map", "set it there"),
+    ("mysql://h/db", {"db_map": {"a": ""}}, "source.mysql.db_map", "must map"),
+    ("mysql://h/db", {"timeout": "soon"}, "source.mysql.timeout", "number of seconds"),
+    ("mysql://h/db", {"timeout": 0}, "source.mysql.timeout", "number of seconds"),
+    ("mysql://h/db", {"ddl_timeout": True}, "source.mysql.ddl_timeout", "number of seconds"),
+    ("mysql://h/db", {"tls": {"ca_file": "/nonexistent/ca.pem"}}, "source.mysql.tls.ca_file",
+     "no such file"),
+])
+def test_endpoints_this_store_would_misread_are_refused(url, options, field, problem):
+    from migrator.errors import PlanError
+
+    with pytest.raises(PlanError) as info:
+        MySQLStore.check_endpoint(_endpoint(url, **options), Role.SOURCE)
+    assert info.value.field == field
+    assert problem in str(info.value)
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("url, tls, state", [
+    ("mysql://h/db", None, "off"),
+    ("mariadb://h/db", None, "off"),
+    ("mysql://h/db?ssl=true", None, "on (verified)"),
+    ("mysql://h/db?ssl=false", None, "off"),
+    ("mysql://h/db?ssl-mode=REQUIRED", None, "on (NOT verified)"),
+    ("mysql://h/db?ssl_mode=verify_ca", None, "on (verified; host name not checked)"),
+    ("mysql://h/db", {"enabled": True}, "on (verified)"),
+    ("mysql://h/db", {"enabled": True, "verify": False}, "on (NOT verified)"),
+    ("mysql://h/db?ssl-mode=VERIFY_IDENTITY", {"enabled": True}, "on (verified)"),
+])
+def test_tls_is_off_unless_asked_and_verified_unless_told_otherwise(url, tls, state):
+    endpoint = _endpoint(url, **({"tls": tls} if tls else {}))
+    MySQLStore.check_endpoint(endpoint, Role.SOURCE)
+    store = MySQLStore(endpoint)
+    assert store.settings.tls_state == state
+    assert store.settings.port == 3306 and store.settings.database == "db"
+    context = store.settings.ssl_context()
+    if state == "off":
+        assert context is None
+    else:
+        assert context is not None
+        assert context.check_hostname is (state == "on (verified)")
+        assert (context.verify_mode == ssl.CERT_NONE) is (state == "on (NOT verified)")
+
+
+def test_unit_specs_and_options_are_checked_against_the_store_schemas(source):
+    import jsonschema
+
+    for unit in source.list_units():
+        jsonschema.validate(unit.spec, MySQLStore.SPEC_SCHEMA)
+    bad_specs = [{"db": "d"}, {"table": "t"}, {"db": "d", "table": ""},
+                 {"db": "d", "table": "t", "lo": ["a", None]},
+                 {"db": "d", "table": "t", "hi": "zzz"},
+                 {"db": "d", "table": "t", "lo": [True]},
+                 {"db": "d", "table": "t", "key": "id"},
+                 {"db": "d", "table": "t", "colums": ["a"]}]
+    for spec in bad_specs:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(spec, MySQLStore.SPEC_SCHEMA)
+    jsonschema.validate({"db_map": {"a": "b"}, "timeout": 2.5}, MySQLStore.OPTION_SCHEMA)
+    for options in ({"timeout": "60"}, {"timeout": 0}, {"db_map": {"a": ""}}, {"bogus": 1},
+                    {"db_map": ["a"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(options, MySQLStore.OPTION_SCHEMA)
+
+
+def _ranged(name: str, lo: Any, hi: Any, key: tuple[str, ...] = ("id",)) -> Unit:
+    return Unit("mysql", name, {"db": "d", "table": "t", "key": list(key), "lo": lo, "hi": hi})
+
+
+def test_units_that_no_longer_tile_a_table_are_named():
+    whole = [_ranged("d.t#0", None, [100]), _ranged("d.t#1", [100], [200]),
+             _ranged("d.t#2", [200], None)]
+    assert MySQLStore.uncovered(whole) == []
+    assert MySQLStore.container_of(whole[0]) == "d.t"
+    narrowed = [whole[0], _ranged("d.t#1", [100], [150]), whole[2]]
+    assert MySQLStore.uncovered(narrowed) == [
+        "d.t: no unit starts at 150, where d.t#1 ends: keys from there up to the next unit"
+        " are not covered"]
+    [gap] = MySQLStore.uncovered([whole[0], whole[2]])
+    assert "no unit starts at 100, where d.t#0 ends" in gap
+    [gap] = MySQLStore.uncovered(whole[1:])
+    assert "no unit starts at the lowest key" in gap
+    [gap] = MySQLStore.uncovered(whole[:2])
+    assert "no unit starts at 200, where d.t#1 ends" in gap
+    [gap] = MySQLStore.uncovered([*whole, _ranged("d.t#9", [100], None)])
+    assert "d.t#1, d.t#9 all start at 100 (they overlap)" in gap
+    [gap] = MySQLStore.uncovered([_ranged("d.t#0", None, [1, 2]), whole[2]])
+    assert "has hi [1, 2], which does not fit its key (id)" in gap
+    [gap] = MySQLStore.uncovered([_ranged("d.t", None, [5], key=())])
+    assert "has hi [5], which does not fit its key (none)" in gap
+    [gap] = MySQLStore.uncovered([_ranged("d.t#0", None, None, key=()),
+                                  _ranged("d.t#1", None, None, key=())])
+    assert "without a key is copied as one whole unit, not 2" in gap
+    [gap] = MySQLStore.uncovered([whole[0], _ranged("d.t#1", [100], None, key=("k",))])
+    assert "split on different keys" in gap
+
+
+def test_a_table_created_after_plan_is_unlisted_even_when_empty(source):
+    units = source.list_units()
+    assert source.unlisted(units) == []
+    sql(source, f"CREATE TABLE {SRC_DB}.born_later (id INT PRIMARY KEY)")
+    try:
+        assert source.unlisted(units) == [f"{SRC_DB}.born_later"]
+        assert source.unlisted([u for u in units if u.spec["table"] != "users"]) == [
+            f"{SRC_DB}.born_later", f"{SRC_DB}.users"]
+    finally:
+        sql(source, f"DROP TABLE {SRC_DB}.born_later")
+
+
+# ------------------------------------------------------------------ faults
+def server_pid(store: MySQLStore) -> int:
+    [(pid_file,)] = sql(store, "SELECT @@pid_file", raw=False)
+    with open(pid_file) as f:
+        return int(f.read().strip())
+
+
+def test_a_stalled_target_is_a_transient_error_after_its_timeout(ports, source):
+    import os
+    import signal
+    import time
+
+    from migrator.errors import TransientError
+
+    target = MySQLStore(dst_endpoint(ports, timeout=1), options=StoreOptions(
+        on_existing="overwrite"))
+    sql(target, f"DROP DATABASE IF EXISTS {DST_DB}")
+    units = units_of(source, "users")
+    target.prepare_target(units, source)
+    importer = target.importer(units[0])
+    importer.prepare(resumed=False)
+    batch = next(iter(source.export(units[0])))
+    pid = server_pid(target)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="target.mysql.*timed out"):
+            importer.write_batch(batch)
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    importer = target.importer(units[0])  # what a retry does: a new importer, same batch
+    importer.prepare(resumed=True)
+    for batch in source.export(units[0]):
+        importer.write_batch(batch)
+    importer.finalize()
+    assert same_digests(source, target, units[0])
+
+
+def test_asking_for_tls_from_a_server_without_it_is_refused(ports):
+    store = MySQLStore(Endpoint("mysql", dst_endpoint(ports).url + "?ssl-mode=REQUIRED",
+                                name="target.mysql"))
+    with pytest.raises(EndpointError) as info:
+        store.open()
+    assert "target.mysql" in str(info.value) and not info.value.transient
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory) -> dict[str, Any]:
+    """A MariaDB of the test binaries with a self-signed certificate for 127.0.0.1 only,
+    started here (scripts/services.py runs its servers without TLS)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    binaries = {name: shutil.which(name) for name in ("mariadbd", "mariadb-install-db",
+                                                      "openssl")}
+    if not all(binaries.values()):
+        pytest.skip(f"needs {', '.join(n for n, p in binaries.items() if not p)}")
+    d = tmp_path_factory.mktemp("tls-mariadb")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run([binaries["openssl"], "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    subprocess.run([binaries["mariadb-install-db"], "--no-defaults", f"--datadir={d / 'data'}",
+                    "--auth-root-authentication-method=normal", "--skip-test-db", *as_root],
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock = d / "s.sock"
+    proc = subprocess.Popen(
+        [binaries["mariadbd"], "--no-defaults", f"--datadir={d / 'data'}", f"--socket={sock}",
+         f"--port={port}", "--bind-address=127.0.0.1", *as_root, "--skip-log-bin",
+         "--innodb-buffer-pool-size=32M", "--performance-schema=OFF", "--skip-name-resolve",
+         f"--ssl-cert={cert}", f"--ssl-key={key}", f"--log-error={d / 'error.log'}",
+         f"--pid-file={d / 'pid'}", f"--tmpdir={d}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+                break
+            except pymysql.MySQLError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"TLS MariaDB did not start: {(d / 'error.log').read_text()}")
+                time.sleep(0.2)
+        with admin.cursor() as cur:
+            cur.execute("CREATE USER 'tls'@'127.0.0.1' IDENTIFIED BY 'tls-test-pass'")
+            cur.execute("GRANT ALL ON *.* TO 'tls'@'127.0.0.1'")
+        admin.close()
+        yield {"port": port, "ca": str(cert)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _tls_store(server: dict[str, Any], query: str = "", host: str = "127.0.0.1",
+               **tls: Any) -> MySQLStore:
+    from migrator.config import TLS
+
+    url = f"mysql://tls:${{OIM_TEST_TLS_PASSWORD}}@{host}:{server['port']}{query}"
+    return MySQLStore(Endpoint("mysql", url, name="tls.mysql",
+                               tls=TLS.from_dict(tls or None, "tls.mysql.tls")))
+
+
+def _cipher(store: MySQLStore) -> str:
+    with store._session() as conn, conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        return str(cur.fetchone()[1])
+
+
+def test_tls_against_a_server_with_a_self_signed_certificate(tls_server, monkeypatch):
+    monkeypatch.setenv("OIM_TEST_TLS_PASSWORD", "tls-test-pass")
+    plain = _tls_store(tls_server)
+    assert _cipher(plain) == "" and plain.describe()["tls"] == "off"  # not negotiated silently
+    verified = _tls_store(tls_server, enabled=True, ca_file=tls_server["ca"])
+    assert _cipher(verified) != "" and verified.describe()["tls"] == "on (verified)"
+    assert "tls: on (verified)" in verified.describe()["notes"]
+    for refused in (_tls_store(tls_server, enabled=True),  # system CAs do not know it
+                    _tls_store(tls_server, "?ssl=true"),
+                    _tls_store(tls_server, host="localhost", enabled=True,
+                               ca_file=tls_server["ca"])):  # the certificate names 127.0.0.1
+        with pytest.raises(EndpointError, match="tls.mysql.*TLS failed") as info:
+            refused.open()
+        assert not info.value.transient
+    other_name = _tls_store(tls_server, "?ssl-mode=VERIFY_CA", host="localhost", enabled=True,
+                            ca_file=tls_server["ca"])
+    assert _cipher(other_name) != ""
+    unverified = _tls_store(tls_server, enabled=True, verify=False)
+    assert _cipher(unverified) != "" and unverified.describe()["tls"] == "on (NOT verified)"
+    assert _cipher(_tls_store(tls_server, "?ssl-mode=REQUIRED")) != ""

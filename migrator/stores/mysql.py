@@ -67,6 +67,7 @@ _CONNECTION = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1927, 4031}
 # lock wait timeout, deadlock, query interrupted, table definition changed under a snapshot
 _RETRY = {1205, 1213, 1317, 1412}
 _UNKNOWN_COLUMN = 1054
+_TLS_REFUSED = 2026  # TLS was required and the server offers none (or the handshake failed)
 _LOCAL_INFILE_OFF = {1148, 3948, 2068, 4166}  # MySQL 5.7, MySQL 8, client, MariaDB
 _LOAD_RESULT = re.compile(rb"Records: (\d+)\s+Deleted: (\d+)\s+Skipped: (\d+)\s+Warnings: (\d+)")
 _POOL_SIZE = 8
@@ -139,8 +140,8 @@ class MySQLStore(Store):
         self._cache: MutableMapping[Any, str] = {}
 
     def use_cache(self, cache: MutableMapping[Any, str]) -> None:
-        """The journal's mapping: the target keeps the definer rewrites and the databases
-        it was given there, so a later ``verify`` compares definitions the same way."""
+        """The journal's mapping: the target keeps its definer rewrites there, so a later
+        ``verify`` (another process) still sees the source's definer through them."""
         self._cache = cache
 
     # -- coverage --------------------------------------------------------------------
@@ -183,9 +184,10 @@ class MySQLStore(Store):
 
     # -- connections -----------------------------------------------------------------
     def _connect(self, *, raw: bool = False, local_infile: bool = False,
-                 long: bool = False) -> mc.Connection:
+                 long: bool = False, default_db: bool = True) -> mc.Connection:
         """A new connection set up for this store (raw: results stay the server's bytes;
-        long: for statements that answer only when done, such as index builds)."""
+        long: for statements that answer only when done, such as index builds;
+        default_db: start in the URL's database)."""
         info = self.endpoint.connection()
         s = self.settings
         init = _SESSION + (", character_set_results = binary" if raw else "")
@@ -197,7 +199,8 @@ class MySQLStore(Store):
         try:
             conn = mc.Connection(
                 host=s.host, port=s.port, user=info.username, password=info.password or "",
-                database=s.database or None, charset="utf8mb4", autocommit=True,
+                database=(s.database or None) if default_db else None, charset="utf8mb4",
+                autocommit=True,
                 connect_timeout=min(s.timeout, 15.0),
                 read_timeout=s.ddl_timeout if long else s.timeout, write_timeout=s.timeout,
                 local_infile=local_infile, ssl=context, ssl_disabled=context is None,
@@ -263,6 +266,9 @@ class MySQLStore(Store):
                 hint="name the server's CA in tls.ca_file, or for a test server with a"
                 " self-signed certificate set tls.verify: false (the plan then says NOT"
                 " verified)")
+        if code == _TLS_REFUSED:
+            return self.endpoint.fail(problem, hint="enable TLS on the server, or leave tls:"
+                                      " and ?ssl out of the endpoint")
         if code in _DENIED:
             return self.endpoint.fail(problem, hint="check the user, password and grants"
                                       " (a source needs SELECT and SHOW VIEW)")
@@ -645,7 +651,7 @@ class MySQLStore(Store):
             ddl = src.show_create_table(db, table)
             with self._session(long=True) as conn, conn.cursor() as cur:
                 ms.add_missing_indexes(cur, self.db_map.get(db, db), table, ddl)
-        self._sync_objects(src)
+        self._sync_objects(src, units)
 
     def importer(self, unit: Unit) -> Importer:
         return MySQLImporter(self, unit)
@@ -676,30 +682,22 @@ class MySQLStore(Store):
                 self._hidden = mo.hidden_kinds(cur, self._databases(cur), tables)
         return self._hidden
 
-    def _scope(self) -> list[tuple[str, str]]:
-        """(database on this side, its source name) whose objects belong to the copy: on
-        a target, the source databases it was last given (kept in the journal), else
-        what its URL and db_map name; on a source, the URL's database or every one."""
-        recorded = self._cache.get("databases")
-        if recorded:
-            return [(self.db_map.get(db, db), db) for db in json.loads(recorded)]
-        if self.settings.database:
-            back = {v: k for k, v in self.db_map.items()}
-            return [(self.settings.database, back.get(self.settings.database,
-                                                      self.settings.database))]
-        if self.db_map:
-            return [(v, k) for k, v in self.db_map.items()]
-        with self._session() as conn, conn.cursor() as cur:
-            return [(db, db) for db in self._databases(cur)]
-
     def _objects(self, db: str, source_db: str) -> list[mo.SchemaObject]:
+        """The selected objects of one database, read on a connection with no default
+        database: SHOW CREATE VIEW leaves out the qualifier of the current one, and both
+        sides must write their texts alike."""
         kinds = tuple(k for k in mo.KINDS if k not in self._hidden_kinds())
-        with self._session() as conn, conn.cursor() as cur:
-            try:
+        conn = self._connect(default_db=False)
+        try:
+            with conn.cursor() as cur:
                 return mo.read_objects(cur, db, lambda _db, name: self._selected(source_db,
                                                                                  name), kinds)
-            except StoreError as exc:
-                raise StoreError(f"{self.endpoint.label}: {exc.message}", hint=exc.hint) from exc
+        except StoreError as exc:
+            raise StoreError(f"{self.endpoint.label}: {exc.message}", hint=exc.hint) from exc
+        except pymysql.MySQLError as exc:
+            raise self._error(exc, f"reading the objects of {db}") from exc
+        finally:
+            _close_quietly(conn)
 
     def _shown_definer(self, key: str, definer: str | None) -> str | None:
         """The definer verify should see: the source's, where this store rewrote it."""
@@ -710,26 +708,26 @@ class MySQLStore(Store):
                 return str(rewrite.get("source"))
         return definer
 
-    def definitions(self) -> dict[str, Any]:
-        """``{"view db.v": {...}, "trigger db.t": {...}, ...}`` named by source database;
-        each holds the CREATE text without DEFINER, the definer (a rewrite this store made
+    def definitions(self, units: list[Unit]) -> dict[str, Any]:
+        """The selected objects of the databases the units name (on a target, through
+        db_map): ``{"view db.v": {...}, "trigger db.t": {...}, ...}`` by source name. Each
+        holds the CREATE text without DEFINER, the definer (a rewrite this store made
         shows as the source's) and the settings the object runs under."""
         out: dict[str, Any] = {}
-        for db, source_db in self._scope():
+        for source_db in dict.fromkeys(str(u.spec["db"]) for u in units):
+            db = self.db_map.get(source_db, source_db)
             for obj in self._objects(db, source_db):
                 key = obj.key(source_db)
                 out[key] = obj.data(db, source_db, self._shown_definer(key, obj.definer))
         return out
 
-    def _sync_objects(self, src: MySQLStore) -> None:
-        """Make on this target every object the source has now that is missing or
-        different here (dropped first), in dependency order; a view on a view not made
-        yet waits for the next pass. Objects only the target has are left alone (verify
-        names them)."""
-        with src._session() as conn, conn.cursor() as cur:
-            databases = src._databases(cur)
+    def _sync_objects(self, src: MySQLStore, units: list[Unit]) -> None:
+        """Make on this target every object of the units' databases that the source has
+        now and that is missing or different here (dropped first), in dependency order; a
+        view on a view not made yet waits for the next pass. Objects only the target has
+        are left alone (verify names them)."""
         pending: list[tuple[str, mo.SchemaObject]] = []
-        for db in databases:
+        for db in dict.fromkeys(str(u.spec["db"]) for u in units):
             objects = src._objects(db, db)
             if not objects:
                 continue
@@ -759,7 +757,6 @@ class MySQLStore(Store):
                 pending = failed
         finally:
             _close_quietly(conn)
-        self._cache["databases"] = json.dumps(databases)
 
     def _make(self, conn: mc.Connection, obj: mo.SchemaObject, target_db: str) -> None:
         """Drop and create one object, with the source's DEFINER when that account exists
