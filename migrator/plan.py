@@ -87,7 +87,8 @@ class Plan:
     def fingerprint(self) -> str:
         """What the journal binds to: the endpoints and units, not tunables like parallel."""
         data = {
-            "stores": {k: [p.source.url, p.target.url] for k, p in sorted(self.stores.items())},
+            "stores": {k: [p.source.to_dict(), p.target.to_dict()]
+                       for k, p in sorted(self.stores.items())},
             "inventory": [[u.store, u.name, u.spec] for u in self.inventory],
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

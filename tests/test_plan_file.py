@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from migrator.config import Endpoint, redact_url
-from migrator.errors import PlanError
-from migrator.errors import PlanChanged
+from migrator.errors import PlanChanged, PlanError
 from migrator.plan import integrity_of, load_plan, parse_size
 
 GOOD = {
@@ -21,7 +20,8 @@ GOOD = {
     "stores": {"redis": {"source": {"url": "redis://:${SRC_PW}@127.0.0.1:1/0"},
                          "target": {"url": "redis://127.0.0.1:2/0"}}},
     "options": {"parallel": 2, "batch_bytes": "4MiB"},
-    "inventory": [{"store": "redis", "name": "db0/slots-00000-16383", "records": 1}],
+    "inventory": [{"store": "redis", "name": "db0/slots-00000-16383", "records": 1,
+                   "spec": {"db": 0, "slots": [0, 16383]}}],
 }
 
 
@@ -133,3 +133,13 @@ def test_example_plans_stay_valid(path):
     plan = load_plan(path)
     assert plan.stores and all("${" in p.source.url or "@" not in p.source.url
                                for p in plan.stores.values())
+
+
+def test_the_published_schema_is_the_one_plans_are_checked_against():
+    import json
+
+    from migrator.plan_schema import plan_schema
+
+    published = Path(__file__).parents[1] / "docs" / "plan.schema.json"
+    assert json.loads(published.read_text()) == json.loads(json.dumps(plan_schema())), (
+        "regenerate it: python -m migrator schema > docs/plan.schema.json")

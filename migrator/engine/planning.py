@@ -43,7 +43,7 @@ def selection_warnings(kind: str, pair: StorePair, units: list) -> list[str]:
     sel = pair.selection
     if not (sel.include or sel.exclude or sel.preset):
         return [f"stores.{kind}: the source holds nothing to copy"] if not units else []
-    if not units:
+    if not units or not any(u.records for u in units):
         given = ", ".join([*(f"include {p!r}" for p in sel.include),
                            *(f"exclude {p!r}" for p in sel.exclude),
                            *([f"preset {sel.preset!r}"] if sel.preset else [])])
