@@ -167,7 +167,7 @@ def test_a_target_that_lost_its_data_is_found_by_verify_and_refilled_by_run(
     assert cli("run", str(plan)).returncode == 0
     dst.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     check = cli("verify", str(plan))
-    assert check.returncode == 5 and "run `openim-migrate run" in check.stderr
+    assert check.returncode == 5 and "openim-migrate sync" in check.stderr
     again = cli("run", str(plan), "--json")
     assert again.returncode == 0, again.stderr + again.stdout
     report = json.loads(again.stdout)

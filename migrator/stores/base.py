@@ -52,6 +52,15 @@ Catch-up (``sync``), so a target can be brought up to date chunk by chunk:
   ``records()`` keys, in the wire form the importer takes; keys gone meanwhile are absent.
 * ``delete(unit, keys)`` (target side) removes those records; absent keys are no error.
 
+Write freeze (``cutover``), where the source's account allows a server-side guard:
+
+* ``freeze_check()`` (source side, reads only, run by ``plan``) returns None when this
+  account can hold writes on the server, else one line saying why not.
+* ``freeze(seconds)`` holds writes for at most ``seconds`` (a guard that lapses by itself if
+  the tool dies is preferred) and returns what it did, for the log; ``unfreeze()`` undoes it
+  and is harmless when nothing is held. A store without a guard raises CapabilityMissing:
+  its freeze then relies on OpenIM's writers being stopped.
+
 * Stores raise only ``migrator.errors`` exceptions, marked transient or terminal.
 """
 
@@ -267,6 +276,18 @@ class Store(ABC):
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         return source_fp == target_fp
 
+    # -- write freeze ----------------------------------------------------------------
+    def freeze_check(self) -> str | None:
+        """Source side, at plan time: None if ``freeze`` will work with this account."""
+        return f"the {self.kind} store has no server-side write guard; stop the writers"
+
+    def freeze(self, seconds: float) -> str:
+        """Source side: hold writes on the server for at most ``seconds``."""
+        raise CapabilityMissing(self.freeze_check() or f"{self.kind}: no write guard")
+
+    def unfreeze(self) -> None:  # noqa: B027 - nothing held by default
+        """Release what ``freeze`` holds; harmless when nothing is held."""
+
     # -- catch-up --------------------------------------------------------------------
     def fetch(self, unit: Unit, keys: list[str]) -> Batch:
         """Source side: the named records as one batch for the importer."""
@@ -291,8 +312,8 @@ class Store(ABC):
     SPEC_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
     OPTION_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}
 
-    @classmethod
-    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:  # noqa: B027
+    @classmethod  # noqa: B027 - accepting every URL is a valid default
+    def check_endpoint(cls, endpoint: Endpoint, role: Role) -> None:
         """Refuse (``PlanError`` naming ``endpoint.name``) a URL that would be misread."""
 
     @classmethod
