@@ -835,14 +835,20 @@ def test_units_that_no_longer_tile_a_table_are_named():
     assert MySQLStore.container_of(whole[0]) == "d.t"
     narrowed = [whole[0], _ranged("d.t#1", [100], [150]), whole[2]]
     assert MySQLStore.uncovered(narrowed) == [
-        "d.t: no unit starts at 150, where d.t#1 ends: keys from there up to the next unit"
-        " are not covered"]
+        "d.t: keys from 150 (where d.t#1 ends) to 200 (where d.t#2 starts) are in no unit"]
     [gap] = MySQLStore.uncovered([whole[0], whole[2]])
-    assert "no unit starts at 100, where d.t#0 ends" in gap
+    assert "keys from 100 (where d.t#0 ends) to 200 (where d.t#2 starts)" in gap
     [gap] = MySQLStore.uncovered(whole[1:])
-    assert "no unit starts at the lowest key" in gap
+    assert "keys from the lowest key to 100 (where d.t#1 starts)" in gap
     [gap] = MySQLStore.uncovered(whole[:2])
-    assert "no unit starts at 200, where d.t#1 ends" in gap
+    assert "keys from 200 (where d.t#1 ends) to the highest key" in gap
+    emptied = [whole[0], _ranged("d.t#1", [100], [100]), whole[2]]
+    assert MySQLStore.uncovered(emptied) == [
+        "d.t: unit d.t#1 covers no key (lo = hi = 100)",
+        "d.t: no unit ends at 200, where d.t#2 starts: keys below it are in no unit"]
+    two_gaps = MySQLStore.uncovered([whole[0], _ranged("d.t#1", [120], [150]),
+                                     _ranged("d.t#2", [180], None)])
+    assert len(two_gaps) == 4 and all(line.startswith("d.t: no unit") for line in two_gaps)
     [gap] = MySQLStore.uncovered([*whole, _ranged("d.t#9", [100], None)])
     assert "d.t#1, d.t#9 all start at 100 (they overlap)" in gap
     [gap] = MySQLStore.uncovered([_ranged("d.t#0", None, [1, 2]), whole[2]])

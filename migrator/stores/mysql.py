@@ -166,7 +166,8 @@ class MySQLStore(Store):
     def uncovered(cls, units: list[Unit]) -> list[str]:
         """Per table: its units split on one key, the first starts open (``lo: null``),
         every unit's ``hi`` is where another starts, the last ends open. A gap is named by
-        the bound where it begins (key order is the server's collation, not Python's)."""
+        the bounds around it; when several gaps cannot be paired without knowing the key
+        order (the server's collation, not Python's), each edge is named on its own."""
         groups: dict[str, list[Unit]] = {}
         for unit in units:
             groups.setdefault(cls.container_of(unit), []).append(unit)
@@ -896,17 +897,35 @@ def _range_gaps(table: str, group: list[Unit]) -> list[str]:
     starts: dict[str, list[Unit]] = {}
     for unit in group:
         starts.setdefault(json.dumps(unit.spec.get("lo")), []).append(unit)
+    ends = {json.dumps(unit.spec.get("hi")) for unit in group}
     gaps = [f"{table}: units {', '.join(u.name for u in same)} all start at"
             f" {'the lowest key' if lo == 'null' else shown(json.loads(lo))} (they overlap)"
             for lo, same in starts.items() if len(same) > 1]
-    if "null" not in starts:
-        gaps.append(f"{table}: no unit starts at the lowest key (lo: null): keys below the"
-                    " first unit are not covered")
-    for unit in group:
-        hi = unit.spec.get("hi")
-        if hi is not None and json.dumps(hi) not in starts:
-            gaps.append(f"{table}: no unit starts at {shown(hi)}, where {unit.name} ends:"
-                        " keys from there up to the next unit are not covered")
+    gaps += [f"{table}: unit {u.name} covers no key (lo = hi = {shown(u.spec['lo'])})"
+             for u in group if u.spec.get("lo") is not None
+             and u.spec.get("lo") == u.spec.get("hi")]
+    # where a gap begins (after a unit's hi, or below everything) and where one ends
+    begins: list[Unit | None] = [None] if "null" not in starts else []
+    begins += [u for u in group if u.spec.get("hi") is not None
+               and json.dumps(u.spec["hi"]) not in starts]
+    finishes: list[Unit | None] = [u for u in group if u.spec.get("lo") is not None
+                                   and json.dumps(u.spec["lo"]) not in ends]
+    finishes += [None] if "null" not in ends else []
+    if len(begins) == len(finishes) == 1:
+        first, last = begins[0], finishes[0]
+        low = "the lowest key" if first is None else \
+            f"{shown(first.spec['hi'])} (where {first.name} ends)"
+        high = "the highest key" if last is None else \
+            f"{shown(last.spec['lo'])} (where {last.name} starts)"
+        return [*gaps, f"{table}: keys from {low} to {high} are in no unit"]
+    for before in begins:
+        gaps.append(f"{table}: no unit starts at the lowest key (lo: null)" if before is None
+                    else f"{table}: no unit starts at {shown(before.spec['hi'])}, where"
+                    f" {before.name} ends: keys from there on are in no unit")
+    for after in finishes:
+        gaps.append(f"{table}: no unit reaches the highest key (hi: null)" if after is None
+                    else f"{table}: no unit ends at {shown(after.spec['lo'])}, where"
+                    f" {after.name} starts: keys below it are in no unit")
     return gaps
 
 
