@@ -1,6 +1,6 @@
 """A real kube-apiserver + etcd for the deploy tests (scripts/k8s_apiserver.py), one per
 test process, and a fresh namespace per test. Test modules import the fixtures:
-``from tests.k8s_fixtures import k8s_cluster, k8s_ns  # noqa: F401``.
+``from tests.k8s_fixtures import k8s_cluster_fixture, k8s_ns_fixture  # noqa: F401``.
 
 There are no controllers and no kubelet: ``play_controllers`` does their part (PVCs created
 and Bound, StatefulSet and Job status patched), as the StatefulSet, PV and Job controllers
@@ -17,7 +17,6 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -66,8 +65,8 @@ class Cluster:
 _STARTED: dict[str, Cluster] = {}
 
 
-@pytest.fixture(scope="session")
-def k8s_cluster(tmp_path_factory) -> Cluster:
+@pytest.fixture(scope="session", name="k8s_cluster")
+def k8s_cluster_fixture(tmp_path_factory) -> Cluster:
     """The API server, started on first use and stopped when the test process ends. Test
     modules import this fixture; the module-level cache keeps it to one server per process
     however many modules import it."""
@@ -87,8 +86,8 @@ def k8s_cluster(tmp_path_factory) -> Cluster:
     return _STARTED["cluster"]
 
 
-@pytest.fixture
-def k8s_ns(k8s_cluster, request) -> str:
+@pytest.fixture(name="k8s_ns")
+def k8s_ns_fixture(k8s_cluster, request) -> str:
     """A namespace of its own for each test (not deleted: no namespace controller runs)."""
     from kubernetes import client as k
 
@@ -99,48 +98,7 @@ def k8s_ns(k8s_cluster, request) -> str:
     return name
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def play_controllers(kube, ns: str) -> int:
-    """Mark everything in ``ns`` ready as the controllers would: PVCs of each StatefulSet
-    created and Bound, StatefulSet status with all replicas ready, Jobs complete. Returns how
-    many objects it changed."""
-    from kubernetes import client as k
-
-    changed = 0
-    for sts in kube.apps.list_namespaced_stateful_set(ns).items:
-        replicas = sts.spec.replicas or 1
-        for template in sts.spec.volume_claim_templates or []:
-            for i in range(replicas):
-                name = f"{template.metadata.name}-{sts.metadata.name}-{i}"
-                if kube.read("PersistentVolumeClaim", name, ns) is None:
-                    kube.core.create_namespaced_persistent_volume_claim(
-                        ns, k.V1PersistentVolumeClaim(
-                            metadata=k.V1ObjectMeta(name=name, labels=template.metadata.labels),
-                            spec=template.spec))
-                    kube.core.patch_namespaced_persistent_volume_claim_status(
-                        name, ns, {"status": {"phase": "Bound"}})
-                    changed += 1
-        status = sts.status
-        if not status or (status.ready_replicas or 0) < replicas or \
-                status.observed_generation != sts.metadata.generation:
-            kube.apps.patch_namespaced_stateful_set_status(sts.metadata.name, ns, {"status": {
-                "observedGeneration": sts.metadata.generation, "replicas": replicas,
-                "readyReplicas": replicas, "currentReplicas": replicas,
-                "updatedReplicas": replicas, "availableReplicas": replicas}})
-            changed += 1
-    for job in kube.batch.list_namespaced_job(ns).items:
-        if job.status and job.status.succeeded:
-            continue
-        now = _now()
-        kube.batch.patch_namespaced_job_status(job.metadata.name, ns, {"status": {
-            "startTime": now, "completionTime": now, "succeeded": 1, "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "lastTransitionTime": now}]}})
-        changed += 1
-    return changed
+play_controllers = k8s_apiserver.play_controllers  # the controllers' part, shared with the demo
 
 
 def ready_endpoint_slice(kube, ns: str, service: str, ready: bool = True) -> None:

@@ -26,6 +26,9 @@ services:
   mongo:
     image: "${MONGO_IMAGE}"
     container_name: mongo
+    volumes:
+      - "${DATA_DIR}/components/mongodb/data/db:/data/db"
+      - "${DATA_DIR}/components/mongodb/data/logs:/data/logs"
     environment:
       - MONGO_INITDB_ROOT_USERNAME=root
       - MONGO_INITDB_ROOT_PASSWORD=root-S3cret
@@ -59,6 +62,7 @@ services:
 """
 
 DOTENV_V38 = """\
+DATA_DIR=./
 MONGO_IMAGE=mongo:7.0
 REDIS_IMAGE=redis:7.0.0
 MINIO_IMAGE=minio/minio:RELEASE.2024-01-11T07-46-16Z
@@ -86,12 +90,18 @@ def cli(*args: str, env: dict[str, str] | None = None):
 def openim_docker(tmp_path: Path) -> Path:
     (tmp_path / "docker-compose.yaml").write_text(COMPOSE_V38)
     (tmp_path / ".env").write_text(DOTENV_V38)
+    data = tmp_path / "components" / "mongodb" / "data" / "db"
+    data.mkdir(parents=True)
+    (data / "collection-0.wt").write_bytes(b"x" * (3 << 20))
     return tmp_path
 
 
-def flags(stdout: str) -> dict[str, list[str]]:
-    words = shlex.split(stdout.replace("\\\n", " "))
-    assert words[:2] == ["openim-migrate", "plan"]
+def flags(stdout: str, command: str = "plan") -> dict[str, list[str]]:
+    """The flags of the proposed ``openim-migrate COMMAND`` in discover's output."""
+    blocks = [b for b in stdout.split("# ") if f"openim-migrate {command}" in b]
+    assert len(blocks) == 1, stdout
+    words = shlex.split(blocks[0].split("\n", 1)[1].replace("\\\n", " "))
+    assert words[:2] == ["openim-migrate", command]
     out: dict[str, list[str]] = {}
     for flag, value in zip(words[2::2], words[3::2], strict=True):
         out.setdefault(flag, []).append(value)
@@ -117,6 +127,10 @@ def test_openim_docker_v38_gives_a_plan_command_with_references_only(openim_dock
                                        "mongodb-root-password}@im-mongodb.openim.svc")
     assert "objects.secret_key=${k8s:openim/im-minio#root-password}" in got["--target-option"]
     assert got["--preset"] == ["redis=openim"]
+    # and the deploy command before it, sized from the bind-mounted data directory
+    deploy = flags(out.stdout, "deploy")
+    assert deploy["--stores"] == ["mongo,redis,objects"]
+    assert deploy["--size"] == ["mongo=2Gi"]  # 3 MiB x 2 rounded up + 1 GiB
     # what cannot be reached from the host is said, with what to do about it
     assert "'mongo' publishes no port" in out.stderr and "'redis' publishes no port" in out.stderr
     assert ".env" in out.stderr

@@ -10,7 +10,7 @@ import click
 from migrator.cli import render
 from migrator.deploy import endpoints
 from migrator.deploy.discover import discover
-from migrator.deploy.spec import KINDS, DeploySpec
+from migrator.deploy.spec import KINDS, DeploySpec, storage_for
 
 
 @click.command("discover")
@@ -60,6 +60,16 @@ def discover_command(directory: Path, config_dir: Path | None, namespace: str,
             render.info(f"# {note}")
     for note in found.notes:
         render.info(f"# {note}")
+    deploy = ["openim-migrate", "deploy", "-n", namespace, "--stores", ",".join(kinds)]
+    for kind in kinds:
+        size = found.sources[kind].data_bytes
+        if size is not None:
+            deploy += ["--size", f"{kind}={storage_for(size, 2.0)}"]
+    if endpoint_mode != "cluster":
+        deploy += ["--endpoints", endpoint_mode]
+    click.echo("# 1. the in-cluster services (sized from the data directories found):")
+    click.echo(" \\\n    ".join(_pairs(deploy)))
+    click.echo("# 2. the plan (measures both sides; then `openim-migrate run PLAN`):")
     click.echo(" \\\n    ".join(_pairs(args)))
     return 0
 

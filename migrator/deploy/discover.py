@@ -28,6 +28,7 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yaml", "c
 _SUBST = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _WHOLE = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-[^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))$")
 CONTAINER_PORTS = {"mongo": 27017, "redis": 6379, "objects": 9000, "mysql": 3306}
+DATA_DIRS = {"mongo": "/data/db", "redis": "/data", "objects": "/data", "mysql": "/var/lib/mysql"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Source:
     url: str
     options: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    data_bytes: int | None = None  # size of the bind-mounted data directory, if readable
 
 
 @dataclass
@@ -119,6 +121,20 @@ class _Compose:
             if len(parts) >= 2 and parts[-1].isdigit() and int(parts[-1]) == container_port:
                 host = parts[-2]
                 return int(host) if host.isdigit() else None
+        return None
+
+    def data_dir(self, service: str, container_path: str, base: Path) -> Path | None:
+        """The host directory bind-mounted at ``container_path`` (named volumes: None)."""
+        for entry in self.services.get(service, {}).get("volumes") or []:
+            if isinstance(entry, dict):
+                source, target = entry.get("source"), entry.get("target")
+            else:
+                parts = self.subst(entry, "").text.split(":")
+                source, target = (parts[0], parts[1]) if len(parts) >= 2 else (None, None)
+            if source and target == container_path:
+                source = self.subst(source, "").text
+                if source.startswith((".", "/", "~")):
+                    return (base / Path(source).expanduser()).resolve()
         return None
 
     def command_arg(self, service: str, flag: str) -> Value | None:
@@ -286,4 +302,22 @@ def discover(directory: Path, config_dir: Path | None = None,
                             "renders MariaDB for it")
     if not result.sources:
         raise PlanError(str(directory), "found no MongoDB, Redis, MinIO or MySQL settings")
+    for kind, source in result.sources.items():
+        if kind in by_kind:
+            path = compose.data_dir(by_kind[kind], DATA_DIRS[kind], directory)
+            if path is not None and path.is_dir():
+                source.data_bytes = _du(path)
     return result
+
+
+def _du(path: Path) -> int:
+    """Bytes of the files under ``path`` (what `deploy --size` should hold, before headroom);
+    unreadable entries are skipped."""
+    total = 0
+    for root, _dirs, files in os.walk(path, onerror=lambda _e: None):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
