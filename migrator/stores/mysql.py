@@ -119,8 +119,8 @@ class MySQLStore(Store):
         "properties": {
             "db_map": {"type": "object", "propertyNames": {"minLength": 1},
                        "additionalProperties": {"type": "string", "minLength": 1}},
-            "timeout": {"type": "number", "exclusiveMinimum": 0},
-            "ddl_timeout": {"type": "number", "exclusiveMinimum": 0},
+            "timeout": {"type": "number", "minimum": mc.MIN_TIMEOUT},
+            "ddl_timeout": {"type": "number", "minimum": mc.MIN_TIMEOUT},
         },
     }
 

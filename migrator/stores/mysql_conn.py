@@ -30,6 +30,7 @@ SCHEMES = ("mysql", "mariadb")
 DEFAULT_PORT = 3306
 DEFAULT_TIMEOUT = 60.0  # seconds without an answer before a read or write gives up
 DEFAULT_DDL_TIMEOUT = 6 * 3600.0  # index builds on big tables answer only when done
+MIN_TIMEOUT = 0.1
 INFILE_NAME = b"oim-migrate:memory"  # what LOAD DATA names; never a file
 
 # TLS modes, named as MySQL's --ssl-mode names them
@@ -145,9 +146,9 @@ def _tls_mode(endpoint: Endpoint, query: str, where: str) -> str:
 
 def _seconds(options: dict[str, Any], key: str, default: float, endpoint: Endpoint) -> float:
     value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < MIN_TIMEOUT:
         raise PlanError(f"{endpoint.name or 'mysql'}.{key}",
-                        f"must be a number of seconds above 0, got {value!r}")
+                        f"must be a number of seconds, at least {MIN_TIMEOUT}, got {value!r}")
     return float(value)
 
 
