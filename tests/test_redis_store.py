@@ -10,13 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from fixtures import redis_data
 from migrator import presets
 from migrator.config import Endpoint
 from migrator.engine.verify import verify_unit
-from migrator.errors import EndpointError, PlanError, StoreError
+from migrator.errors import CapabilityMissing, EndpointError, PlanError, StoreError
 from migrator.stores import redis_value as rv
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
 from migrator.stores.redis import RedisStore
@@ -568,6 +572,9 @@ def test_key_text_is_injective_for_binary_and_backslash_names():
     names = [b"a\\xff", b"a\xff", b"plain", "ü".encode(), b"a\\\\xff"]
     assert len({key_text(n) for n in names}) == len(names)
     assert key_text(b"plain") == "plain"
+    # sync hands keys back by these names: they must lead back to the very same bytes
+    names += [b"\xed\xa0\x80", b"a\\x41", b"\\", b"\x00\\\xff", os.urandom(64)]
+    assert [rv.key_bytes(key_text(n)) for n in names] == names
 
 
 # -- access and errors --------------------------------------------------------------------
@@ -1002,3 +1009,204 @@ def test_units_planned_apart_that_land_in_one_db_are_refused(two_dbs):
         target.existing(units)
     with pytest.raises(PlanError, match="planned apart"):
         target.prepare_target(units, source)
+
+
+# -- catch-up: fetch, delete, resumed imports ---------------------------------------------
+
+
+def names_of(store: RedisStore, unit: Unit) -> list[str]:
+    """Every key of ``unit`` as ``records`` names it (what sync hands back)."""
+    return [key for chunk in store.chunks(unit) for key, _ in store.records(unit, chunk)]
+
+
+def test_fetch_gives_export_records_for_the_keys_records_names(clean):
+    every_type(clean["src"])
+    source = open_store(source_ep())
+    unit = source.list_units()[0]
+    exported = sorted(r for b in source.export(unit) for r in b.records)
+    names = names_of(source, unit)
+    assert "bin:\xff\x00\\name" not in names and len(names) == 7  # an escaped name too
+    batch = source.fetch(unit, [*names, "never-there"])
+    assert sorted(batch.records) == exported  # DUMP payload + the same absolute expiry
+    assert batch.skipped == [] and batch.nbytes > 0
+    clean["src"].delete("plain")
+    assert sorted(r[0] for r in source.fetch(unit, names).records) == [
+        r[0] for r in exported if r[0] != b"plain"]  # a vanished key is absent
+
+
+def test_fetch_in_typed_mode_gives_typed_records_the_importer_rebuilds(clean):
+    every_type(clean["src"])
+    source = open_store(source_ep(mode="typed"))
+    target = open_store(target_ep("cluster"))
+    unit = source.list_units()[0]
+    batch = source.fetch(unit, names_of(source, unit))
+    assert len(batch) == 7 and all(len(r) == 4 for r in batch.records)
+    importer = target.importer(unit)
+    importer.prepare(resumed=True)
+    importer.write_batch(batch)
+    assert_same(contents(clean["src"]), contents(clean["cluster"]))
+
+
+def test_fetch_from_a_union_takes_each_key_from_its_db_and_refuses_a_collision(two_dbs):
+    source, target, units = merged("cluster")
+    unit = units[0]
+    batch = source.fetch(unit, ["plain", "zero:s:0", "one:s:1", "nowhere"])
+    assert sorted(r[0] for r in batch.records) == sorted(
+        k for k in (b"plain", b"zero:s:0", b"one:s:1")
+        if two_dbs["src"].exists(k) or redis_data.client(source_ep(), db=1).exists(k))
+    db1 = redis_data.client(source_ep(), db=1)
+    assert db1.exists("plain") and not two_dbs["src"].exists("plain")
+    db1.set("zero:s:0", "now in both")
+    with pytest.raises(StoreError, match="'zero:s:0' of db0\\+1/.* source DBs 0 and 1"):
+        source.fetch(unit, ["zero:s:0"])
+
+
+@pytest.mark.parametrize("target_kind", ["dst", "cluster"])
+def test_delete_removes_the_named_keys_on_every_master_and_nothing_else(clean, target_kind):
+    redis_data.mixed(target_ep(target_kind), 400, seed=5)
+    dst = clean[target_kind]
+    dst.set(b"bin\xff\\x", "1")
+    target = open_store(target_ep(target_kind))
+    unit = Unit("redis", "db0/slots-00000-16383", {"db": 0, "slots": [0, 16383]})
+    names = sorted(names_of(target, unit))
+    doomed = sorted({*names[::3], key_text(b"bin\xff\\x")}) + ["absent:key"]
+    slots = {key_slot(rv.key_bytes(k)) for k in doomed}
+    assert len(slots) > 100  # spread over every master of the cluster
+    target.delete(unit, doomed)
+    assert sorted(names_of(target, unit)) == sorted(set(names) - set(doomed))
+    assert nkeys(dst) == len(set(names) - set(doomed))
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_an_importer_never_clears_what_the_target_holds(clean, resumed):
+    clean["src"].set("fresh", "from the source")
+    clean["dst"].set("only-on-target", "stays")
+    clean["dst"].set("fresh", "old value")
+    source, target = open_store(source_ep()), open_store(target_ep("dst"))
+    unit = source.list_units()[0]
+    importer = target.importer(unit)
+    importer.prepare(resumed=resumed)
+    importer.write_batch(source.fetch(unit, ["fresh"]))
+    importer.finalize()
+    assert clean["dst"].get("only-on-target") == b"stays"
+    assert clean["dst"].get("fresh") == b"from the source"
+
+
+# -- write freeze -------------------------------------------------------------------------
+
+
+def user_ep(user: str, url_var: str = "OIM_REDIS_SRC_URL") -> Endpoint:
+    return Endpoint("redis", _with_auth(url_var, f"{user}:${{OIM_TEST_FREEZE_PW}}"),
+                    name="source.redis")
+
+
+@pytest.fixture
+def acl_users(clean, monkeypatch) -> Iterator[Any]:
+    """Creates source ACL users (password in OIM_TEST_FREEZE_PW) and removes them after."""
+    monkeypatch.setenv("OIM_TEST_FREEZE_PW", "freeze-test-pw")
+    made: list[str] = []
+
+    def make(name: str, *rules: str) -> Endpoint:
+        clean["src"].execute_command("ACL", "SETUSER", name, "reset", "on",
+                                     ">freeze-test-pw", "~*", "-@all", "+@read",
+                                     "+acl|whoami", "+client|setname",
+                                     "+info", *rules)
+        made.append(name)
+        return user_ep(name)
+
+    yield make
+    for name in made:
+        clean["src"].execute_command("ACL", "DELUSER", name)
+
+
+def writable(client_ep: Endpoint, key: str, *, db: int = 0) -> bool:
+    """Whether a write from another client lands within half a second."""
+    conn = client_ep.connection()
+    once = dict(host=conn.host, port=conn.port or 6379, password=conn.password,
+                socket_timeout=0.5, retry=Retry(NoBackoff(), 0))  # no silent retry
+    if conn.scheme.endswith("+cluster"):
+        client: Any = RedisCluster(**once)
+    else:
+        client = redis.Redis(db=db, **once)
+    try:
+        client.set(key, "written")
+        return True
+    except Exception:  # noqa: BLE001 - a timeout, however the client words it
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def unpause(clean) -> Iterator[None]:
+    yield
+    clean["src"].execute_command("CLIENT", "UNPAUSE")
+    for node in clean["cluster"].get_primaries():
+        clean["cluster"].get_redis_connection(node).execute_command("CLIENT", "UNPAUSE")
+
+
+def test_freeze_check_allows_the_admin_and_names_what_the_reader_lacks(clean):
+    assert open_store(source_ep()).freeze_check() is None  # through ACL DRYRUN
+    problem = open_store(reader_ep()).freeze_check()  # no DRYRUN right: the MULTI probe
+    assert problem is not None and "\n" not in problem
+    assert "'reader' may not run CLIENT PAUSE and CLIENT UNPAUSE" in problem
+    assert "source.redis" in problem and "+client|pause +client|unpause" in problem
+    reader = open_store(reader_ep())
+    with pytest.raises(CapabilityMissing, match="may not run CLIENT PAUSE"):
+        reader.freeze(5)
+    assert writable(source_ep(), "still-writable")  # a refused freeze paused nothing
+
+
+def test_freeze_check_without_acl_dryrun_asks_in_a_discarded_multi(acl_users, clean):
+    both = acl_users("pauser", "+multi", "+discard", "+client|pause", "+client|unpause")
+    half = acl_users("halfpauser", "+multi", "+discard", "+client|pause")
+    blind = acl_users("blind", "+client|pause", "+client|unpause")
+    assert open_store(both).freeze_check() is None
+    assert open_store(half).freeze_check().endswith(
+        "'halfpauser' may not run CLIENT UNPAUSE, which the write freeze needs "
+        "(grant +client|unpause)")
+    assert "cannot tell whether the account 'blind'" in open_store(blind).freeze_check()
+    assert writable(source_ep(), "after-the-checks")  # the queued PAUSE never ran
+
+
+def test_freeze_holds_writes_lets_reads_through_and_unfreeze_releases(clean, unpause):
+    clean["src"].set("before", "1")
+    source = open_store(source_ep())
+    said = source.freeze(20)
+    assert "CLIENT PAUSE 20000 WRITE" in said and "source.redis" in said
+    started = time.monotonic()
+    assert not writable(source_ep(), "during")  # the write waits...
+    assert redis_data.client(source_ep()).get("before") == b"1"  # ...reads do not
+    assert redis_data.client(source_ep()).exists("during") == 0
+    assert sum(d.count for d in source.digest(source.list_units()[0], source.chunks(
+        source.list_units()[0])).values()) == 1  # verify and sync read while frozen
+    source.unfreeze()
+    assert time.monotonic() - started < 10
+    assert writable(source_ep(), "after")
+    assert clean["src"].get("after") == b"written"
+    source.unfreeze()  # harmless when nothing is paused
+
+
+def test_a_freeze_lapses_by_itself_when_nobody_lifts_it(clean, unpause):
+    source = open_store(source_ep())
+    started = time.monotonic()
+    source.freeze(2.5)
+    assert not writable(source_ep(), "early")
+    time.sleep(max(0.0, started + 2.6 - time.monotonic()))
+    assert writable(source_ep(), "late")  # no unfreeze: the tool could have died
+
+
+def test_freeze_of_a_cluster_pauses_every_master(clean, unpause):
+    ep = Endpoint("redis", target_ep("cluster").url, name="source.redis")
+    store = open_store(ep)
+    assert store.freeze_check() is None
+    keys = [store._probe_key(i).decode() for i in range(3)]  # one key on each master
+    for key in keys:
+        clean["cluster"].set(f"{key}:read", "r")
+    said = store.freeze(20)
+    masters = [name for name, _ in store._nodes]
+    assert len(masters) == 3 and all(m in said for m in masters)
+    assert [writable(ep, key) for key in keys] == [False, False, False]
+    assert [clean["cluster"].get(f"{key}:read") for key in keys] == [b"r"] * 3  # reads go on
+    store.unfreeze()
+    assert [writable(ep, key) for key in keys] == [True, True, True]

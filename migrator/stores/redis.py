@@ -60,7 +60,13 @@ from redis.retry import Retry
 
 from migrator import presets
 from migrator.config import Endpoint
-from migrator.errors import MigrateError, PlanError, StoreError, TransientError
+from migrator.errors import (
+    CapabilityMissing,
+    MigrateError,
+    PlanError,
+    StoreError,
+    TransientError,
+)
 from migrator.stores import redis_value as rv
 from migrator.stores import redis_wire as rw
 from migrator.stores.base import (
@@ -88,6 +94,10 @@ _NOTE = "Redis offers no snapshot: consistency relies on the write freeze + re-v
 MAX_DB = 2**31 - 2  # Redis' `databases` may be up to INT_MAX
 _EXISTS = rw.key_command("EXISTS")
 _SHOWN = 5  # keys named in a refusal
+PAUSE_WRITE = (6, 2)  # CLIENT PAUSE ... WRITE and CLIENT UNPAUSE
+# The freeze's commands as the ACL checks see them (never executed by a check).
+_FREEZE: list[tuple[str, ...]] = [("CLIENT", "PAUSE", "1000", "WRITE"), ("CLIENT", "UNPAUSE")]
+_FREEZE_NAMES = ["CLIENT PAUSE", "CLIENT UNPAUSE"]
 
 _DB = {"type": "integer", "minimum": 0, "maximum": MAX_DB}
 _SLOT = {"type": "integer", "minimum": 0, "maximum": SLOTS - 1}
@@ -635,6 +645,109 @@ class RedisStore(Store):
             out["masters"] = [name for name, _ in self._nodes]
         return out
 
+    # -- write freeze ----------------------------------------------------------------
+    def _masters(self) -> list[tuple[str, redis.Redis]]:
+        """Every server that takes writes: a cluster's masters, else the one server."""
+        self.open()
+        if self._cluster is not None:
+            return list(self._nodes)
+        return [(f"{self._url.host}:{self._url.port}", self._client(0))]
+
+    def freeze_check(self) -> str | None:
+        """None when this account may run ``CLIENT PAUSE ... WRITE`` and ``CLIENT UNPAUSE``
+        on every master, else one line naming what is missing. Asks ``ACL DRYRUN`` where
+        the account may, else queues both commands in a MULTI it then discards: the ACL
+        answers at queueing time, so nothing is ever paused by the check."""
+        self._bind(Role.SOURCE)
+        self.open()
+        if self.version < PAUSE_WRITE:
+            return (f"{self.endpoint.label}: Redis {'.'.join(map(str, self.version))} has no "
+                    "CLIENT PAUSE ... WRITE (Redis 6.2+); stop the writers instead")
+        denied: set[str] = set()
+        unknown: list[str] = []
+        with self._errors("checking the rights for a write freeze"):
+            for name, client in self._masters():
+                found = self._pause_denied(client)
+                if found is None:
+                    unknown.append(name)
+                else:
+                    denied |= found
+        user = self.endpoint.connection().username or "default"
+        if denied:
+            rules = " ".join(f"+{c.lower().replace(' ', '|')}" for c in sorted(denied))
+            return (f"{self.endpoint.label}: the account '{user}' may not run "
+                    f"{' and '.join(sorted(denied))}, which the write freeze needs "
+                    f"(grant {rules})")
+        if unknown:
+            return (f"{self.endpoint.label}: cannot tell whether the account '{user}' may run "
+                    f"CLIENT PAUSE on {', '.join(unknown)}: it may run neither ACL DRYRUN nor "
+                    "MULTI (grant +multi +discard, or +client|pause +client|unpause with them)")
+        return None
+
+    def _pause_denied(self, client: redis.Redis) -> set[str] | None:
+        """Which of the freeze's commands the account may not run on this server (None:
+        the server would not say without running them)."""
+        whoami = rw.run_commands(client, [("ACL", "WHOAMI")])[0]
+        user = whoami.decode() if isinstance(whoami, bytes) else \
+            self.endpoint.connection().username or "default"
+        replies = rw.run_commands(client, [("ACL", "DRYRUN", user, *c) for c in _FREEZE])
+        if not any(isinstance(r, Exception) for r in replies):
+            return {_FREEZE_NAMES[i] for i, r in enumerate(replies) if r != b"OK"}
+        # No ACL DRYRUN (Redis < 7, or not granted): queue them, and never execute them.
+        conn = client.connection_pool.get_connection()
+        try:
+            conn.send_command("MULTI")
+            try:
+                conn.read_response()
+            except rx.ResponseError:
+                return None
+            denied = set()
+            for i, command in enumerate(_FREEZE):
+                conn.send_command(*command)
+                try:
+                    conn.read_response()
+                except rx.NoPermissionError:
+                    denied.add(_FREEZE_NAMES[i])
+                except rx.ResponseError:
+                    pass  # e.g. unknown to this server: not a right the account lacks
+            conn.send_command("DISCARD")
+            conn.read_response()
+            return denied
+        except BaseException:
+            conn.disconnect()  # never hand back a connection inside a MULTI
+            raise
+        finally:
+            client.connection_pool.release(conn)
+
+    def freeze(self, seconds: float) -> str:
+        """``CLIENT PAUSE <ms> WRITE`` on every master: writes wait, reads go on, and the
+        pause lapses by itself after ``seconds`` even if this process dies."""
+        problem = self.freeze_check()
+        if problem:
+            raise CapabilityMissing(problem)
+        ms = max(1, round(seconds * 1000))
+        paused: list[str] = []
+        with self._errors("pausing writes"):
+            try:
+                for name, client in self._masters():
+                    client.execute_command("CLIENT", "PAUSE", ms, "WRITE")
+                    paused.append(name)
+            except BaseException:
+                self.unfreeze()  # all masters or none
+                raise
+        return (f"{self.endpoint.label}: CLIENT PAUSE {ms} WRITE on {', '.join(paused)}: "
+                f"writes wait and reads go on, until unfreeze or for {seconds:g} s at most")
+
+    def unfreeze(self) -> None:
+        """``CLIENT UNPAUSE`` on every master; harmless when nothing is paused (also after
+        a crash: the pause of a process that died is lifted too)."""
+        self.open()
+        if self.version < PAUSE_WRITE:
+            return
+        with self._errors("lifting the write pause"):
+            for _, client in self._masters():
+                client.execute_command("CLIENT", "UNPAUSE")
+
     # -- source side -----------------------------------------------------------------
     def list_units(self) -> list[Unit]:
         self._bind(Role.SOURCE)
@@ -935,6 +1048,39 @@ class RedisStore(Store):
                     yield Batch(records, at, nbytes, [rv.key_text(k) for k in skipped])
                     records, skipped, nbytes = [], [], 0
 
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        """The keys ``records`` named, as one batch in ``export``'s form (DUMP payload and
+        absolute expiry, or typed), one pipeline per server and DB. A key gone meanwhile is
+        left out. A union reads every DB it merges, so each key comes from the DB that
+        holds it; a key held by two of them is refused, as the copy would lose one value."""
+        self._bind(Role.SOURCE)
+        self.open()
+        wanted = list(dict.fromkeys(rv.key_bytes(k) for k in keys))
+        found: dict[bytes, tuple[int, tuple[Any, ...]]] = {}
+        nbytes = 0
+        with self._errors(f"reading changed keys of {unit.name}"):
+            for db in self._unit_dbs(unit):
+                for client, part in self._by_node(db, wanted):
+                    records, _, size = self._read(client, part)
+                    nbytes += size
+                    for record in records:
+                        if record[0] in found:
+                            raise StoreError(
+                                f"{self.endpoint.label}: key {rv.key_text(record[0])!r} of "
+                                f"{unit.name} is in source DBs {found[record[0]][0]} and {db}, "
+                                "which merge into one target DB: one value would be lost",
+                                hint="rename or delete one of them on the source")
+                        found[record[0]] = (db, record)
+        return Batch([found[k][1] for k in wanted if k in found], None, nbytes)
+
+    def _by_node(self, db: int, keys: list[bytes]) -> list[tuple[redis.Redis, list[bytes]]]:
+        """``keys`` grouped by the server of DB ``db`` that holds them (a cluster's masters)."""
+        groups: dict[int, tuple[redis.Redis, list[bytes]]] = {}
+        for key in keys:
+            client = self._node_for(db, key)
+            groups.setdefault(id(client), (client, []))[1].append(key)
+        return list(groups.values())
+
     # -- target side -----------------------------------------------------------------
     def existing(self, units: list[Unit]) -> list[str]:
         self._bind(Role.TARGET)
@@ -967,6 +1113,31 @@ class RedisStore(Store):
     def importer(self, unit: Unit) -> Importer:
         self._bind(Role.TARGET)
         return RedisImporter(self, unit, self._target_db(unit))
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        """Remove the keys ``records`` named from the unit's DB here: one pipeline per
+        server (UNLINK frees big values off the main thread), each key sent to the master
+        that owns its slot. An absent key is no error."""
+        self._bind(Role.TARGET)
+        self.open()
+        db = self._target_db(unit)
+        command = "UNLINK" if self.version >= (4,) else "DEL"
+        keyed = [(k, (command, k)) for k in dict.fromkeys(rv.key_bytes(k) for k in keys)]
+        with self._errors(f"deleting keys of {unit.name}"):
+            replies = rw.run_routed(lambda key: self._node_for(db, key), keyed)
+            for (key, _), reply in zip(keyed, replies, strict=True):
+                if isinstance(reply, Exception):
+                    self._reply_failed(key, reply, f"deleting from {unit.name}")
+
+    def _reply_failed(self, key: bytes, reply: Exception, doing: str) -> None:
+        """Raise for an error reply of a routed write: a slot that moved (resharding) is
+        transient, after re-reading the slot map; anything else is terminal."""
+        if isinstance(reply, rx.MovedError | rx.AskError):
+            self._refresh_topology()
+            raise TransientError(f"{self.endpoint.label}: the cluster moved hash slots while "
+                                 f"{doing}; it will be done again") from reply
+        raise StoreError(f"{self.endpoint.label}: {doing}: {rv.key_text(key)!r}: {reply}"
+                         ) from reply
 
     def _refresh_topology(self) -> None:
         """Re-read the slot map after a MOVED reply (the cluster was resharded)."""
@@ -1078,6 +1249,11 @@ class RedisImporter(Importer):
     def __init__(self, store: RedisStore, unit: Unit, db: int) -> None:
         self.store, self.unit, self.db = store, unit, db
 
+    def prepare(self, resumed: bool) -> None:
+        """Nothing is cleared, ever: RESTORE ... REPLACE (or the typed path's DEL first)
+        makes each written key converge, so a resumed copy or a ``sync`` touches only the
+        keys of its batches, and what else the target DB holds stays."""
+
     def write_batch(self, batch: Batch) -> None:
         store = self.store
         now = _now_ms()
@@ -1138,13 +1314,7 @@ class RedisImporter(Importer):
                 continue
             if _REFUSED in str(reply):
                 refused.append(key)
-            elif isinstance(reply, (rx.MovedError, rx.AskError)):
-                store._refresh_topology()
-                raise TransientError(f"{store.endpoint.label}: the cluster moved hash slots "
-                                     f"while writing {self.unit.name}; the batch will be "
-                                     "written again") from reply
             else:
-                raise StoreError(f"{store.endpoint.label}: writing {rv.key_text(key)!r} "
-                                 f"in {self.unit.name}: {reply}") from reply
+                store._reply_failed(key, reply, f"writing {self.unit.name}")
         return refused
 

@@ -57,6 +57,19 @@ def key_text(key: bytes) -> str:
     return key.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
+_ESCAPE = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+
+
+def key_bytes(text: str) -> bytes:
+    """The key that ``key_text`` printed as ``text``: the engine hands keys back by the
+    names ``records`` gave them (``sync`` fetches and deletes them)."""
+    raw = text.encode("utf-8")
+    if b"\\" not in raw:
+        return raw
+    return _ESCAPE.sub(lambda m: b"\\" if m[1] == b"\\" else bytes([int(m[1][1:], 16)]),
+                       raw)
+
+
 def server_version(text: str) -> tuple[int, ...]:
     """``"7.0.15"`` → ``(7, 0, 15)``."""
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
