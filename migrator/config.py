@@ -172,13 +172,13 @@ class Endpoint:
             raise PlanError(where, "an endpoint needs a url")
         options = {k: v for k, v in data.items() if k not in ("url", "tls")}
         for key, value in options.items():
-            if isinstance(value, str) and _looks_secret(key):
+            if isinstance(value, str) and looks_secret(key):
                 check_secret_reference(value, f"{where}.{key}")
         return cls(kind=kind, url=str(data["url"]), name=where,
                    tls=TLS.from_dict(data.get("tls"), f"{where}.tls"), options=options)
 
 
-def _looks_secret(key: str) -> bool:
+def looks_secret(key: str) -> bool:
     return any(word in key.lower() for word in ("password", "secret", "token"))
 
 

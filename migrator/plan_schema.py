@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
+from migrator.config import looks_secret
 from migrator.errors import PlanError
 
 _SIZE = {"oneOf": [{"type": "integer", "minimum": 1},
@@ -27,6 +28,46 @@ _TLS = {
                    "verify": {"type": "boolean"}},
 }
 _POSITIVE = {"type": "integer", "minimum": 1}
+_SECONDS = {"type": "number", "exclusiveMinimum": 0}
+_COMMAND = {"oneOf": [{"type": "string", "minLength": 1},
+                      {"type": "array", "minItems": 1, "items": {"type": "string"}}]}
+_DNS_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$"}
+_DNS_LABEL = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"}
+
+
+def _cutover(kinds: Iterable[str]) -> dict[str, Any]:
+    """The ``cutover:`` section: what freezes the source's writers, what the switch patches
+    in the cluster (ConfigMap YAML keys, Secret keys from references), what restarts."""
+    strict = {"type": "object", "additionalProperties": False}
+    return {**strict, "required": ["freeze", "kubernetes", "deployments"], "properties": {
+        "freeze": {**strict, "required": ["command", "unfreeze_command"], "properties": {
+            "command": _COMMAND, "unfreeze_command": _COMMAND,
+            "command_timeout_seconds": _SECONDS,
+            "guards": {"oneOf": [
+                {"type": "boolean"},
+                {**strict, "properties": {kind: {"type": "boolean"} for kind in kinds}}]},
+            "max_seconds": _SECONDS}},
+        "max_check_age_seconds": _SECONDS,
+        "max_lag_records": {"type": "integer", "minimum": 0},
+        "kubernetes": {**strict, "required": ["namespace"], "properties": {
+            "kubeconfig": {"type": "string", "minLength": 1},
+            "context": {"type": "string", "minLength": 1},
+            "namespace": _DNS_LABEL}},
+        "configmaps": {"type": "array", "items": {
+            **strict, "required": ["name", "files"], "properties": {
+                "name": _DNS_NAME,
+                "files": {"type": "object", "minProperties": 1, "additionalProperties": {
+                    "type": "object", "minProperties": 1,
+                    "propertyNames": {"pattern": r"^[^.\s]+(\.[^.\s]+)*$"}}}}}},
+        "secrets": {"type": "array", "items": {
+            **strict, "required": ["name", "keys"], "properties": {
+                "name": _DNS_NAME,
+                # values: ${VAR} / ${k8s:ns/secret#key} references, checked in plan.py
+                "keys": {"type": "object", "minProperties": 1, "additionalProperties": {
+                    "type": "string", "minLength": 1}}}}},
+        "deployments": {"type": "array", "minItems": 1, "items": _DNS_NAME},
+        "rollout_timeout_seconds": _SECONDS,
+    }}
 
 
 def _endpoint(option_schema: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +97,7 @@ def _pair(option_schema: dict[str, Any]) -> dict[str, Any]:
 
 def plan_schema(kinds: Iterable[str] | None = None) -> dict[str, Any]:
     """The whole plan's schema; ``kinds`` limits the stores (all registered by default)."""
-    from migrator.plan import ON_EXISTING, STEPS
+    from migrator.plan import ENVIRONMENTS, ON_EXISTING, STEPS
     from migrator.stores.registry import STORES, store_class
 
     classes = {kind: store_class(kind) for kind in (STORES if kinds is None else kinds)}
@@ -89,6 +130,8 @@ def plan_schema(kinds: Iterable[str] | None = None) -> dict[str, Any]:
                 },
             },
             "steps": {"type": "array", "items": {"enum": list(STEPS)}},
+            "environment": {"enum": list(ENVIRONMENTS)},
+            "cutover": _cutover(classes),
             "estimate": {"type": ["object", "null"]},
             "existing_on_target": {"type": ["array", "null"], "items": {"type": "string"}},
             "inventory": {
@@ -124,6 +167,10 @@ def _problem(error: ValidationError) -> tuple[str, str]:
     value: Any = error.instance
     schema: Any = error.schema
     rule: Any = error.validator_value
+    path = list(error.absolute_path)
+    if path and isinstance(path[-1], str) and looks_secret(path[-1]):
+        # Never echo what may be a secret, whatever rule it broke.
+        return where, "must be a ${VAR} reference to a secret, never the secret itself"
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     if error.validator == "additionalProperties" and isinstance(value, dict):
         allowed = set(schema.get("properties", {}))

@@ -336,8 +336,10 @@ def mongo_objects(mongo_env, s3_env):
     import pymongo
     from minio import Minio
 
-    src = pymongo.MongoClient(mongo_env["OIM_MONGO_SRC_URL"])
-    dst = pymongo.MongoClient(mongo_env["OIM_MONGO_DST_URL"])
+    from migrator.config import resolve_refs
+
+    src = pymongo.MongoClient(resolve_refs(mongo_env["OIM_MONGO_SRC_URL"], "test"))
+    dst = pymongo.MongoClient(resolve_refs(mongo_env["OIM_MONGO_DST_URL"], "test"))
 
     def bucket_client(side: str) -> Minio:
         return Minio(hostport(s3_env[f"OIM_S3_{side}_URL"]), secure=False,
