@@ -14,7 +14,9 @@ import base64
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,7 @@ _STARTED: dict[str, Cluster] = {}
 
 
 @pytest.fixture(scope="session", name="k8s_cluster")
-def k8s_cluster_fixture(tmp_path_factory) -> Cluster:
+def k8s_cluster_fixture() -> Cluster:
     """The API server, started on first use and stopped when the test process ends. Test
     modules import this fixture; the module-level cache keeps it to one server per process
     however many modules import it."""
@@ -78,8 +80,11 @@ def k8s_cluster_fixture(tmp_path_factory) -> Cluster:
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
     if "cluster" not in _STARTED:
-        root = tmp_path_factory.mktemp("k8s", numbered=True)
-        atexit.register(k8s_apiserver.stop, root)
+        # Not under pytest's basetemp: concurrent pytest sessions prune old basetemps, which
+        # would delete the state (and the pids) of a server still running.
+        root = Path(tempfile.mkdtemp(prefix="oim-k8s-"))
+        atexit.register(shutil.rmtree, root, True)
+        atexit.register(k8s_apiserver.stop, root)  # runs first (atexit is last-in first-out)
         state = k8s_apiserver.start(root)
         _STARTED["cluster"] = Cluster(state["kubeconfig"], state["server"], state["token"],
                                       state["ca"])

@@ -26,7 +26,7 @@ from migrator.deploy.job import JobSpec
 from migrator.deploy.job import render as render_job
 from migrator.deploy.spec import DeploySpec, parse_adopt
 from migrator.deploy.waiting import job_complete
-from migrator.errors import DeployError, EndpointError, PlanError
+from migrator.errors import DeployError, EndpointError, PlanError, UsageError
 from migrator.plan import Plan, StorePair, load_plan
 from migrator.stores.base import Unit
 from tests.k8s_fixtures import (  # noqa: F401 - fixtures
@@ -108,6 +108,29 @@ def test_manifests_validate_for_the_oldest_and_newest_claimed_kubernetes(tmp_pat
     for version in K8S_VERSIONS:
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any error
+
+
+def test_service_monitor_scrapes_the_job_and_port_forward_targets(tmp_path):
+    objects = manifests.render(DeploySpec(stores=("mongo",), service_monitor=True))
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    service = next(o for o in objects if o["metadata"]["name"] == "openim-migrate-metrics")
+    plan = a_plan(tmp_path / "p.yaml", deployed_in="openim")
+    job = next(o for o in render_job("prod", plan.read_text(), yaml.safe_load(
+        plan.read_text()), JobSpec(env_secret="src"))[0] if o["kind"] == "Job")
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    # ServiceMonitor -> Service -> the Job's pod and its named metrics port
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"].items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    port = job["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"] == "metrics"
+    forwarded = endpoints.targets(DeploySpec(stores=("mongo", "redis")), "port-forward")
+    assert forwarded["mongo"]["url"].endswith("@127.0.0.1:27017/?authSource=admin"
+                                              "&directConnection=true")
+    assert forwarded["redis"]["url"].startswith("redis://:${k8s:openim%2Fim-redis%23")
+    with pytest.raises(UsageError, match="Redis Cluster cannot be reached"):
+        endpoints.targets(DeploySpec(stores=("redis",), redis_mode="cluster"), "port-forward")
 
 
 def test_dockerfile_passes_hadolint_and_runs_as_non_root():
