@@ -15,6 +15,7 @@ class Progress(Protocol):
     def unit_started(self, unit: str, records: int, bytes_: int, done: int = 0) -> None: ...
     def advance(self, unit: str, records: int, bytes_: int) -> None: ...
     def unit_finished(self, unit: str, state: str) -> None: ...
+    def retried(self, unit: str, error: BaseException | str = "") -> None: ...
     def close(self) -> None: ...
 
 
@@ -29,6 +30,9 @@ class NullProgress:
         pass
 
     def unit_finished(self, unit: str, state: str) -> None:
+        pass
+
+    def retried(self, unit: str, error: BaseException | str = "") -> None:
         pass
 
     def close(self) -> None:
@@ -79,6 +83,11 @@ class TqdmProgress:
                 self._free_slots.append(bar.position_slot)  # type: ignore[attr-defined]
                 self._free_slots.sort()
                 bar.close()  # type: ignore[attr-defined]
+
+    def retried(self, unit: str, error: BaseException | str = "") -> None:
+        """A line above the bars, so a stalled server is visible while we wait on it."""
+        with self._lock:
+            self._tqdm.write(f"retrying {unit}: {str(error).splitlines()[0][:160]}")
 
     def close(self) -> None:
         with self._lock:

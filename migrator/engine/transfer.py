@@ -284,4 +284,5 @@ class Transfer:
     def _on_retry(self, key: str):
         def note(attempt: int, exc: BaseException, delay: float) -> None:
             self.journal.event(key, "retry", f"attempt {attempt} in {delay:.1f}s after: {exc}")
+            self.progress.retried(key, exc)
         return note
