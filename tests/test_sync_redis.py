@@ -1,0 +1,252 @@
+"""`sync` for Redis through the command line against real servers: a source written to
+during the bulk copy is caught up by sync passes until verify is EQUAL, and a target that
+verify found different is repaired by sync alone, without `run --restart`. Each case runs
+on a standalone target and on a Redis Cluster target whose one DB merges two source DBs
+(a union unit), and ends with a key-by-key comparison made with plain redis-py."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from fixtures import redis_data
+from migrator.config import Endpoint
+from tests.test_false_equal_redis import ROOT, Servers, cli, hostport, named, report_of
+from tests.test_redis_store import assert_same, contents
+
+# (target, source DBs, extra plan arguments)
+SCENARIOS = {
+    "standalone": ("dst", [0], []),
+    "cluster-union": ("cluster", [0, 1], ["--target-option", "redis.db_map={0: 0, 1: 0}"]),
+}
+
+
+@pytest.fixture
+def servers(redis_env: dict[str, str]) -> Any:
+    s = Servers(redis_env)
+    s.flush()
+    yield s
+    s.flush()
+    s.cluster.close()
+    for client in s.clients.values():
+        client.close()
+
+
+def source_endpoint(servers: Servers) -> Endpoint:
+    return Endpoint("redis", "redis://:${OIM_REDIS_SRC_PASSWORD}@"
+                    + hostport(servers.env["OIM_REDIS_SRC_URL"]))
+
+
+def target_client(servers: Servers, target: str) -> Any:
+    return servers.cluster if target == "cluster" else servers.dst(0)
+
+
+def source_union(servers: Servers, dbs: list[int]) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for db in dbs:
+        part = contents(servers.src(db))
+        assert not set(part) & set(out), "a key in two merged DBs"
+        out.update(part)
+    return out
+
+
+def make_plan(servers: Servers, tmp_path: Path, scenario: str, n: int) -> tuple[Path, str]:
+    """Source DBs filled with ``n`` keys each (every type, 30 % with TTLs), and a plan."""
+    target, dbs, extra = SCENARIOS[scenario]
+    for db in dbs:
+        redis_data.mixed(source_endpoint(servers), n, seed=40 + db, prefix=f"k{db}", db=db)
+    plan = tmp_path / f"{scenario}.yaml"
+    out = cli("plan", "--source", servers.source(),
+              "--target", servers.to_cluster() if target == "cluster" else servers.to_dst(),
+              *extra, "--batch-records", "200", "-o", str(plan))
+    assert out.returncode == 0, out.stderr
+    units = yaml.safe_load(plan.read_text())["inventory"]
+    assert [u["spec"].get("dbs", [u["spec"].get("db")]) for u in units] == [dbs]
+    return plan, target
+
+
+def sync_json(plan: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    out = cli("sync", str(plan), "--json", *args)
+    assert out.stdout, out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def totals(report: dict[str, Any]) -> tuple[int, int]:
+    """(copied, deleted) over every pass and unit."""
+    units = [u for p in report["passes"] for u in p["units"]]
+    return sum(u["copied"] for u in units), sum(u["deleted"] for u in units)
+
+
+class Writer(threading.Thread):
+    """Changes, adds and deletes keys of every type (with and without TTLs, and TTLs
+    changed) in the source DBs, a few hundred times a second, until stopped."""
+
+    def __init__(self, clients: dict[int, redis.Redis], seed: int) -> None:
+        super().__init__(daemon=True)
+        self.clients, self.rng = clients, random.Random(seed)
+        self.halt = threading.Event()
+        self.ops = {"changed": 0, "added": 0, "deleted": 0, "ttl": 0}
+        self.error: BaseException | None = None
+        self.born = 0
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                self.step()
+                time.sleep(0.002)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def burst(self, count: int) -> None:
+        for _ in range(count):
+            self.step()
+
+    def step(self) -> None:
+        rng = self.rng
+        db = rng.choice(sorted(self.clients))
+        client = self.clients[db]
+        roll = rng.random()
+        key = client.randomkey()
+        if key is None or roll < 0.3:
+            self.add(client, db)
+        elif roll < 0.5:
+            client.delete(key)
+            self.ops["deleted"] += 1
+        elif roll < 0.6:
+            if rng.random() < 0.5:
+                client.pexpire(key, rng.randint(2, 5) * 3_600_000)
+            else:
+                client.persist(key)
+            self.ops["ttl"] += 1
+        else:
+            self.change(client, key)
+
+    def add(self, client: redis.Redis, db: int) -> None:
+        rng = self.rng
+        self.born += 1
+        key = f"live{db}:{self.born}"
+        kind = rng.choice(["string", "hash", "set", "zset", "list"])
+        if kind == "string":
+            client.set(key, rng.randbytes(rng.randint(1, 300)))
+        elif kind == "hash":
+            client.hset(key, mapping={f"f{i}": rng.randbytes(8) for i in range(4)})
+        elif kind == "set":
+            client.sadd(key, *[rng.randbytes(6) for _ in range(5)])
+        elif kind == "zset":
+            client.zadd(key, {f"m{i}": rng.random() for i in range(5)})
+        else:
+            client.rpush(key, *[rng.randbytes(6) for _ in range(5)])
+        if rng.random() < 0.4:
+            client.pexpire(key, 3_600_000)
+        self.ops["added"] += 1
+
+    def change(self, client: redis.Redis, key: bytes) -> None:
+        rng = self.rng
+        kind = client.type(key)
+        if kind == b"string":
+            client.set(key, rng.randbytes(20), keepttl=True)
+        elif kind == b"hash":
+            client.hset(key, "changed", rng.randbytes(8))
+        elif kind == b"set":
+            client.sadd(key, rng.randbytes(6))
+        elif kind == b"zset":
+            client.zadd(key, {"changed": rng.random()})
+        elif kind == b"list":
+            client.rpush(key, rng.randbytes(6))
+        else:
+            return  # gone meanwhile
+        self.ops["changed"] += 1
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_sync_catches_up_with_a_source_written_during_the_copy(servers, tmp_path, scenario):
+    plan, target = make_plan(servers, tmp_path, scenario, 3000)
+    dbs = SCENARIOS[scenario][1]
+    writer = Writer({db: servers.src(db) for db in dbs}, seed=7)
+    writer.start()
+    started = time.monotonic()
+    # The rate limit stretches the copy over a few seconds, so the writer overlaps it.
+    run = subprocess.run([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
+                          "--rate-limit", "300KiB", "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    copy_seconds = time.monotonic() - started
+    during = sum(writer.ops.values())
+    code, first = sync_json(plan)  # one pass while the writer still writes
+    writer.halt.set()
+    writer.join()
+    assert writer.error is None, writer.error
+    writer.burst(60)  # the last writes, after every pass so far
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert copy_seconds > 2 and during > 200, (copy_seconds, writer.ops)
+    assert code == 0 and totals(first)[0] > 0
+
+    code, report = sync_json(plan, "--until-stable")
+    assert code == 0, report
+    assert report["stable"] is True and report["passes"][-1]["changed"] == 0
+    copied, deleted = totals(report)
+    assert copied > 0 and deleted > 0  # the burst changed and deleted copied keys
+    check = cli("verify", str(plan), "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # Independently of the tool: every key, type, value and expiry, and the key counts.
+    source, copied_to = source_union(servers, dbs), contents(target_client(servers, target))
+    assert_same(source, copied_to)
+    dbsize = (servers.cluster.dbsize(target_nodes=redis.RedisCluster.PRIMARIES)
+              if target == "cluster" else servers.dst(0).dbsize())
+    assert len(copied_to) == len(source) == dbsize == sum(servers.src(db).dbsize() for db in dbs)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_sync_alone_repairs_what_verify_found_different(servers, tmp_path, scenario):
+    plan, target = make_plan(servers, tmp_path, scenario, 400)
+    dbs = SCENARIOS[scenario][1]
+    run = cli("run", str(plan))
+    assert run.returncode == 0, run.stderr
+    dst = target_client(servers, target)
+    last = dbs[-1]
+    gone = next(k for k in servers.src(last).scan_iter(f"k{last}:s:*"))  # from the last DB
+    changed = next(k for k in servers.src(0).scan_iter("k0:h:*"))
+    timed = next(k for k in servers.src(0).scan_iter("k0:s:*") if servers.src(0).ttl(k) > 0)
+    dst.delete(gone)
+    dst.hset(changed, "f0", b"changed on the target")
+    dst.persist(timed)  # an expiry lost on the target
+    dst.set("only-on-target", "x")
+
+    check = cli("verify", str(plan), "--json")
+    assert check.returncode == 5, check.stderr
+    report = report_of(check)
+    assert named(report, "missing_on_target") == {gone.decode()}
+    assert named(report, "differ") == {changed.decode(), timed.decode()}
+    assert named(report, "missing_on_source") == {"only-on-target"}
+
+    code, synced = sync_json(plan)
+    assert code == 0, synced
+    assert totals(synced) == (3, 1)
+    assert synced["passes"][0]["changed"] == 4
+    assert cli("verify", str(plan)).returncode == 0
+    assert_same(source_union(servers, dbs), contents(dst))
+    code, again = sync_json(plan)  # nothing left to do
+    assert code == 0 and totals(again) == (0, 0)
+
+
+def test_sync_refuses_a_key_that_came_to_be_in_two_merged_dbs(servers, tmp_path):
+    plan, _ = make_plan(servers, tmp_path, "cluster-union", 200)
+    assert cli("run", str(plan)).returncode == 0
+    key = next(k for k in servers.src(0).scan_iter("k0:s:*"))
+    servers.src(1).set(key, b"another value in DB 1")
+    before = servers.cluster.get(key)
+    out = cli("sync", str(plan))
+    assert out.returncode == 1, out.stderr
+    assert f"'{key.decode()}'" in out.stderr and "source DBs 0 and 1" in out.stderr
+    assert "one value would be lost" in out.stderr and "Traceback" not in out.stderr
+    assert servers.cluster.get(key) == before  # neither value was picked silently
