@@ -34,7 +34,7 @@ from minio.versioningconfig import SUSPENDED, VersioningConfig
 from fixtures import objects_data
 from migrator.config import TLS, Endpoint
 from migrator.engine.verify import schema_differences
-from migrator.errors import EndpointError, PlanError, StoreError
+from migrator.errors import CapabilityMissing, EndpointError, PlanError, StoreError
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
 from migrator.stores.objects import ObjectStore, missing_objects, separator, split_ranges
 
@@ -848,3 +848,82 @@ def test_definitions_without_units_list_the_selected_buckets_by_source_name(pair
     assert src.definitions() == dst.definitions() == src.definitions(units)
     gone = store("DST", f"/{bucket}-gone")  # verify before the run created it
     assert gone.definitions() == {f"{bucket}-gone": None}
+
+
+# -- catch-up (sync) and freeze ------------------------------------------------------------
+
+def test_fetch_names_only_live_keys_and_carries_no_bodies(pair) -> None:
+    src, dst, bucket = pair
+    big = objects_data.FixtureObject("openim/video/big.mp4", 24 * MiB, "video/mp4", "fetch")
+    src.client.put_object(bucket, big.key, objects_data.PartReader(big), big.size,
+                          content_type="video/mp4")
+    put(src, bucket, "openim/a", b"a", metadata={"x-amz-meta-who": "me"})
+    units = src.list_units()
+    tracemalloc.start()
+    try:
+        batch = src.fetch(units[0], ["openim/a", big.key, "openim/gone"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MiB, f"fetch held {peak / MiB:.1f} MiB"
+    assert [r.key for r in batch.records] == ["openim/a", big.key]
+    assert batch.nbytes == big.size + 1 and batch.records[0].metadata == {"who": "me"}
+    src.client.remove_object(bucket, "openim/a")  # gone between fetch and the copy: skipped
+    dst.prepare_target(units, src)
+    imp = dst.importer(units[0])
+    imp.prepare(resumed=True)
+    imp.write_batch(batch)
+    assert batch.skipped == [f"{bucket}/openim/a (deleted on the source)"]
+    assert dst.client.stat_object(bucket, big.key).size == big.size
+
+
+def test_delete_removes_the_keys_in_one_request_and_ignores_absent_ones(pair) -> None:
+    src, dst, bucket = pair
+    keys = [f"k{i:02d}" for i in range(30)]
+    for key in keys:
+        put(src, bucket, key, b"x")
+    units = copy(src, dst)
+    calls = count_calls(dst, "remove_objects")
+    dst.delete(units[0], keys[:20] + ["never-there"])
+    assert len(calls) == 1  # one multi-object DELETE for the whole list
+    left = sorted(o.object_name for o in dst.client.list_objects(bucket, recursive=True))
+    assert left == keys[20:]
+    assert compare(src, dst, units)["missing"] == set(keys[:20])
+    store("DST", "/no-such-bucket-here").delete(
+        replace(units[0], spec=dict(units[0].spec, bucket="no-such-bucket-here")), ["k"])
+
+
+def test_delete_maps_keys_to_the_target_bucket_and_prefix(pair) -> None:
+    src, _, bucket = pair
+    for key in ("a", "b"):
+        put(src, bucket, key, b"x")
+    other = f"m-{uuid.uuid4().hex[:16]}"
+    dst = store("DST", f"/{other}/mirror/")
+    units = copy(src, dst)
+    dst.delete(units[0], ["a"])
+    assert [o.object_name for o in dst.client.list_objects(other, recursive=True)] == \
+        ["mirror/b"]
+    assert [o.object_name for o in src.client.list_objects(bucket)] == ["a", "b"]
+
+
+def test_resumed_importer_rewrites_an_object_whose_metadata_alone_changed(pair) -> None:
+    src, dst, bucket = pair
+    put(src, bucket, "k", b"same bytes", content_type="image/png")
+    units = copy(src, dst)
+    put(src, bucket, "k", b"same bytes", content_type="image/webp",
+        metadata={"x-amz-meta-rev": "2"})  # same ETag and size as on the target
+    imp = dst.importer(units[0])
+    imp.prepare(resumed=True)
+    imp.write_batch(src.fetch(units[0], ["k"]))
+    stat = dst.client.stat_object(bucket, "k")
+    assert stat.content_type == "image/webp" and stat.metadata["x-amz-meta-rev"] == "2"
+    assert equal(src, dst, units)
+
+
+def test_freeze_is_not_available_and_says_the_writers_must_stop(s3_env) -> None:
+    src = store("SRC")
+    reason = src.freeze_check()
+    assert reason is not None and "writers" in reason and "OpenIM" in reason
+    with pytest.raises(CapabilityMissing, match="writers being stopped"):
+        src.freeze(30)
+    src.unfreeze()  # nothing held: harmless

@@ -13,18 +13,19 @@ import threading
 import uuid
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from fnmatch import fnmatchcase
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import certifi
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from migrator.config import Endpoint
@@ -59,6 +60,8 @@ from migrator.stores.objects.records import (
 )
 from migrator.stores.objects.transfer import Budget, ObjectImporter
 
+T = TypeVar("T")
+R = TypeVar("R")
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                "ExpiredToken", "AllAccessDisabled", "AccountProblem", "InvalidSecurity"}
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
@@ -103,12 +106,13 @@ class ObjectStore(Store):
                                           f"{name}.memory_budget"))
         self._client: Minio | None = None
         self._http: urllib3.PoolManager | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_client", "_http", "_lock", "budget"):
+        for name in ("_client", "_http", "_pool", "_lock", "budget"):
             del state[name]
         return state
 
@@ -153,9 +157,27 @@ class ObjectStore(Store):
 
     def close(self) -> None:
         with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
             if self._http is not None:
                 self._http.clear()
             self._client = self._http = None
+
+    def copy_pool(self) -> ThreadPoolExecutor:
+        """One pool of ``transfers`` threads for every batch of every unit of this store:
+        no threads started per batch, and the number of copies at once is bounded for the
+        whole run, whatever ``--parallel`` is."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.transfers, thread_name_prefix="oim-s3-copy")
+            return self._pool
+
+    def map_checks(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``fn`` over ``items`` with ``checkers`` threads (HEAD requests), in order."""
+        with ThreadPoolExecutor(self.checkers, thread_name_prefix="oim-s3-head") as pool:
+            return list(pool.map(fn, items))
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -464,6 +486,52 @@ class ObjectStore(Store):
 
     def importer(self, unit: Unit) -> Importer:
         return ObjectImporter(self, unit)
+
+    # -- catch-up and freeze -----------------------------------------------------------
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        """Source side: the named objects as one batch of descriptors (one HEAD each, in
+        parallel); the importer streams their bodies as it does for an export. Objects gone
+        since ``records()`` named them are left out."""
+        bucket = unit.spec["bucket"]
+        here = self.here_bucket(bucket)
+
+        def head(key: str) -> ObjectRecord | None:
+            rec = self.stat(here, self.here_key(unit, key))
+            return None if rec is None else replace(rec, bucket=bucket, key=key, source=self)
+
+        records = [r for r in self.map_checks(head, sorted(set(keys))) if r is not None]
+        return Batch(records, records[-1].key if records else None,
+                     sum(r.size for r in records))
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        """Target side: one multi-object DELETE per 1000 keys; absent keys (and a bucket
+        that does not exist) are no error."""
+        here = self.here_bucket(unit.spec["bucket"])
+        objects = [DeleteObject(self.here_key(unit, key)) for key in keys]
+        if not objects:
+            return
+        try:
+            with self._errors(f"delete from {here}"):
+                errors = [e for e in self.client.remove_objects(here, objects)
+                          if e.code not in ("NoSuchKey", "NoSuchVersion")]
+        except EndpointError as exc:
+            if getattr(exc.__cause__, "code", None) == "NoSuchBucket":
+                return
+            raise
+        if errors:
+            first, more = errors[0], f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            problem = f"delete {here}/{first.name}: {first.code}: {first.message}{more}"
+            if first.code in _AUTH_CODES:
+                raise self.endpoint.fail(problem, hint="grant s3:DeleteObject to the user")
+            if first.code in _TRANSIENT_CODES:
+                raise TransientError(f"{self.endpoint.label}: {problem}")
+            raise StoreError(f"{self.endpoint.label}: {problem}")
+
+    def freeze_check(self) -> str | None:
+        """S3 has no switch that holds writes (a deny policy would have to name OpenIM's
+        user and would change the very settings verify compares)."""
+        return ("object storage has no server-side write guard: the freeze relies on "
+                "OpenIM's writers being stopped (the plan's freeze command)")
 
     # -- verification ------------------------------------------------------------------
     def chunks(self, unit: Unit) -> list[Chunk]:

@@ -8,7 +8,7 @@ import hashlib
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -117,7 +117,8 @@ def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
 
 
 class ObjectImporter(Importer):
-    """Copies a batch's objects in parallel; the batch returns only when all are stored."""
+    """Copies a batch's objects through the store's shared transfer pool; the batch returns
+    only when all are stored. Never deletes or clears anything, resumed or not."""
 
     def __init__(self, store: ObjectStore, unit: Unit) -> None:
         self.store, self.unit = store, unit
@@ -129,21 +130,35 @@ class ObjectImporter(Importer):
 
     def write_batch(self, batch: Batch) -> None:
         store, unit = self.store, self.unit
-        todo = []
-        for rec in batch.records:
-            key = store.here_key(unit, rec.key)
-            if self._check_replay:  # the batch after a checkpoint may be stored already
-                there = store.stat(self.bucket, key)
-                if there is not None and (there.size, there.etag) == (rec.size, rec.etag):
-                    continue
-            todo.append((rec, key))
+        todo = [(rec, store.here_key(unit, rec.key)) for rec in batch.records]
+        if self._check_replay:  # the batch after a checkpoint may be stored already
+            todo = [(rec, key) for (rec, key), stored in zip(
+                todo, store.map_checks(lambda item: self._stored(*item), todo), strict=True)
+                if not stored]
         self._check_replay = False
-        with ThreadPoolExecutor(store.transfers, thread_name_prefix="oim-s3-copy") as pool:
-            futures = [(rec, pool.submit(copy_object, store, rec, self.bucket, key))
-                       for rec, key in todo]
+        futures = [(rec, store.copy_pool().submit(copy_object, store, rec, self.bucket, key))
+                   for rec, key in todo]
+        try:
             for rec, future in futures:
                 if not future.result():
                     batch.skipped.append(f"{rec.bucket}/{rec.key} (deleted on the source)")
+        except BaseException:
+            for _, future in futures:  # the retry must not race copies still running
+                future.cancel()
+            wait([f for _, f in futures])
+            raise
+
+    def _stored(self, rec: ObjectRecord, key: str) -> bool:
+        """The target holds this very version: same size and ETag, and the same type,
+        metadata and headers (a HEAD of each side; a listing's metadata may be partial)."""
+        there = self.store.stat(self.bucket, key)
+        if there is None or (there.size, there.etag) != (rec.size, rec.etag):
+            return False
+        here = rec.origin().stat(rec.origin().here_bucket(rec.bucket), rec.key)
+        return here is not None and (here.size, here.etag, here.content_type, here.metadata,
+                                     here.headers) == (there.size, there.etag,
+                                                       there.content_type, there.metadata,
+                                                       there.headers)
 
 
 def missing_objects(object_store: ObjectStore, keys: Iterable[str],
