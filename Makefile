@@ -8,6 +8,7 @@ export OPENIM_MIGRATE_BIN ?= $(HOME)/.cache/openim-migrate/bin
 deps:
 	bash scripts/install-deps.sh
 	bash scripts/build-k8s.sh
+	bash scripts/build-documentdb.sh
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
 
 test: deps

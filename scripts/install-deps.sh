@@ -2,6 +2,8 @@
 # Install what the local test servers need (idempotent; quick when all is present):
 #   Debian packages redis-server, mariadb-server, mariadb-client, rclone (only if a binary is missing)
 #   ferretdb + minio, built once by scripts/build-go-servers.sh into ~/.cache/openim-migrate/bin
+#   PostgreSQL 15 and the DocumentDB build/run dependencies, only when the DocumentDB archives
+#   are present (OIM_VENDOR_DIR) or already built: scripts/build-documentdb.sh says which
 # Python packages are installed by the Makefile (pip install -e '.[test]'), not here.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,6 +17,18 @@ pkgs=()
 { have mariadbd && have mariadb-install-db; } || pkgs+=(mariadb-server)
 { have mariadb && have mariadb-admin; } || pkgs+=(mariadb-client)
 have rclone || pkgs+=(rclone)
+
+# The MongoDB test server that behaves like MongoDB (scripts/build-documentdb.sh); without its
+# archives the tests use FerretDB and none of these packages are needed.
+documentdb_pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-15-postgis-3 postgresql-15-rum
+    libbson-dev libpcre2-dev libintelrdfpmath-dev libicu-dev libkrb5-dev libssl-dev pkg-config)
+vendor="${OIM_VENDOR_DIR:-$HOME/.cache/openim-migrate/vendor}"
+if command -v dpkg-query >/dev/null 2>&1 && { [ -f "$vendor/documentdb-0.106.0-ferretdb-2.5.0-src.tar.gz" ] ||
+    compgen -G "$HOME/.cache/openim-migrate/documentdb/*/.complete" >/dev/null; }; then
+    for p in "${documentdb_pkgs[@]}"; do
+        [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || pkgs+=("$p")
+    done
+fi
 
 if [ ${#pkgs[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -39,7 +53,7 @@ if [ ${#pkgs[@]} -gt 0 ]; then
     [ "$policy_added" = no ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
     [ "$status" -eq 0 ] || exit "$status"
 else
-    echo "install-deps: redis, mariadb, rclone already installed" >&2
+    echo "install-deps: redis, mariadb, rclone (and PostgreSQL for DocumentDB if wanted) already installed" >&2
 fi
 
 "$here/build-go-servers.sh"
