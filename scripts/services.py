@@ -11,7 +11,16 @@ Groups:
          3-master Redis Cluster target
   mysql  MariaDB source (+ read-only user ``reader``) and target
   minio  MinIO source and target
-  mongo  FerretDB (SQLite backend) source and target
+  mongo  MongoDB-protocol source and target, one of two flavours (OIM_MONGO_TEST_SERVER=
+         auto|documentdb|ferretdb; auto takes DocumentDB when scripts/build-documentdb.sh
+         has built it):
+           documentdb  PostgreSQL 15 + DocumentDB + its gateway, one PostgreSQL data dir and
+                       one gateway per side; admin user ``oimadmin`` (the URLs carry it as
+                       ``oimadmin:${OIM_MONGO_SRC_PASSWORD}@``) and a source user with only
+                       ``readAnyDatabase`` (OIM_MONGO_SRC_READER_USER/_PASSWORD)
+           ferretdb    FerretDB 1.24 (SQLite backend), no users
+         both: a TLS listener in front of the source (OIM_MONGO_TLS_URL) whose certificate
+         is signed by a test CA (OIM_MONGO_TLS_CA_FILE); OIM_MONGO_FLAVOR names the flavour
 
 State lives in DIR: DIR/services.json (pids, ports, env) and DIR/env.sh (export
 lines). ``start`` may be called again with other groups; they are added.
@@ -55,7 +64,7 @@ BINARIES = {
     "redis": ["redis-server", "redis-cli"],
     "mysql": ["mariadbd", "mariadb-install-db", "mariadb"],
     "minio": ["minio"],
-    "mongo": ["ferretdb"],
+    "mongo": ["ferretdb"],  # the FerretDB flavour; see _binaries() for DocumentDB
 }
 
 # Read-only Redis user: everything for SCAN/DUMP/PTTL/TYPE/H*/L*/S*/Z*/X* reads,
@@ -84,7 +93,8 @@ class MissingBinary(ServiceError):
     def __init__(self, binary: str, group: str):
         self.binary = binary
         self.group = group
-        where = f"PATH or {GO_BIN_DIR}" if binary in ("minio", "ferretdb") else "PATH, /usr/sbin"
+        where = (f"PATH or {GO_BIN_DIR}" if binary in ("minio", "ferretdb", "documentdb_gateway")
+                 else "PATH, /usr/sbin")
         super().__init__(
             f"missing binary '{binary}' (needed for {group} test servers; looked in {where}): "
             f"run `make deps` to install it"
@@ -104,7 +114,13 @@ def find_binary(name: str) -> str | None:
 
 def missing_binaries(only=None) -> list[tuple[str, str]]:
     """[(binary, group)] for every needed binary that is not installed."""
-    return [(b, g) for g in _groups(only) for b in BINARIES[g] if find_binary(b) is None]
+    return [(b, g) for g in _groups(only) for b in _binaries(g) if find_binary(b) is None]
+
+
+def _binaries(group: str) -> list[str]:
+    if group == "mongo" and mongo_flavour() == "documentdb":
+        return DOCUMENTDB_BINARIES
+    return BINARIES[group]
 
 
 def _groups(only) -> list[str]:
@@ -253,6 +269,7 @@ class _Launcher:
         port: int | None = None,
         env: dict | None = None,
         cwd: Path | None = None,
+        user: str | None = None,
     ) -> dict:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +285,7 @@ class _Launcher:
                 cwd=str(cwd or self.root),
                 start_new_session=self.detach,
                 close_fds=True,
+                user=user,
             )
         rec = {
             "name": name,
@@ -291,11 +309,13 @@ def _run(
     env: dict | None = None,
     input: str | None = None,
     timeout: float = READY_TIMEOUT,
+    user: str | None = None,
 ) -> str:
     full_env = dict(os.environ)
     full_env.update(env or {})
     r = subprocess.run(
-        argv, input=input, capture_output=True, text=True, env=full_env, timeout=timeout
+        argv, input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
+        user=user, cwd="/" if user else None,
     )
     with open(log, "a") as f:
         f.write(f"$ {' '.join(shlex.quote(a) for a in argv[:2])} ...\n{r.stdout}{r.stderr}\n")
@@ -675,20 +695,106 @@ def _start_minio(root: Path, L: _Launcher) -> dict:
     return env_out
 
 
-# ----------------------------------------------------------------------------- mongo (FerretDB)
+# ----------------------------------------------------------------------------- mongo
+# Two flavours. DocumentDB (PostgreSQL 15 + the DocumentDB extensions + DocumentDB's gateway,
+# built by scripts/build-documentdb.sh) behaves much like MongoDB: every BSON type, views,
+# validators, TTL/partial/text/2dsphere/hashed indexes, transactions, users and roles.
+# FerretDB 1.24 (SQLite) is the fallback when DocumentDB is not built.
+
+PG_MAJOR = 15
+PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+PG_SHARE = Path(f"/usr/share/postgresql/{PG_MAJOR}")
+# extensions `CREATE EXTENSION documentdb CASCADE` needs (Debian packages + our build)
+DOCUMENTDB_EXTENSIONS = ("documentdb", "documentdb_core", "pg_cron", "vector", "postgis", "rum")
+DOCUMENTDB_BINARIES = ["documentdb_gateway", "psql", "openssl"]
+MONGO_ADMIN = "oimadmin"
+MONGO_READER = "oimreader"
+_PG_SUPERUSER = "oimpg"
+_GATEWAY_READY_TIMEOUT = max(READY_TIMEOUT, 180.0)  # CREATE EXTENSION postgis on busy cores
+
+
+def documentdb_ready() -> bool:
+    """True when the DocumentDB flavour can start (built, installed, PostgreSQL present)."""
+    if find_binary("documentdb_gateway") is None:
+        return False
+    if not all((PG_BIN / b).exists() for b in ("postgres", "initdb")):
+        return False
+    if not all((PG_SHARE / "extension" / f"{e}.control").exists() for e in DOCUMENTDB_EXTENSIONS):
+        return False
+    return os.geteuid() != 0 or _pg_user() is not None
+
+
+def mongo_flavour() -> str:
+    """"documentdb" or "ferretdb": OIM_MONGO_TEST_SERVER if set, else what is available."""
+    want = os.environ.get("OIM_MONGO_TEST_SERVER", "auto").lower()
+    if want in ("documentdb", "ferretdb"):
+        return want
+    if want != "auto":
+        raise ValueError(f"OIM_MONGO_TEST_SERVER={want!r}: choose auto, documentdb or ferretdb")
+    return "documentdb" if documentdb_ready() else "ferretdb"
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, its servers run as user ``postgres``."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    return "postgres"
+
+
+def _test_ca(root: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate chain, server key) for 127.0.0.1/localhost."""
+    d = root / "mongo-tls"
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "server.key",
+                                                  "server.csr", "server.pem"))
+    log = root / "logs" / "mongo-tls.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ssl = find_binary("openssl") or "openssl"
+    _run([ssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+          "-subj", "/CN=openim-migrate test CA", "-keyout", str(ca_key), "-out", str(ca)],
+         "openssl (test CA)", log)
+    _run([ssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+          "-keyout", str(key), "-out", str(csr)], "openssl (server key)", log)
+    ext = d / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _run([ssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+          "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+         "openssl (server certificate)", log)
+    for f in (ca_key, key):
+        f.chmod(0o600)
+    return ca, cert, key
 
 
 def _start_mongo(root: Path, L: _Launcher) -> dict:
+    if mongo_flavour() == "documentdb":
+        return _start_documentdb(root, L)
+    return _start_ferretdb(root, L)
+
+
+def _start_ferretdb(root: Path, L: _Launcher) -> dict:
     exe = find_binary("ferretdb")
     env_out = {"OIM_MONGO_FLAVOR": "ferretdb"}
     started = []
-    ports = _free_ports(2)
-    for side, port in zip(("SRC", "DST"), ports, strict=True):
+    ca, cert, key = _test_ca(root)
+    ports = _free_ports(3)
+    for side, port in zip(("SRC", "DST"), ports, strict=False):
         name = f"mongo-{side.lower()}"
         d = root / name
         shutil.rmtree(d, ignore_errors=True)
         (d / "sqlite").mkdir(parents=True, exist_ok=True)
         (d / "state").mkdir(parents=True, exist_ok=True)
+        tls = []
+        if side == "SRC":  # a TLS listener beside the plain one (tests of tls: options)
+            tls = [f"--listen-tls={HOST}:{ports[2]}", f"--listen-tls-cert-file={cert}",
+                   f"--listen-tls-key-file={key}"]
+            env_out["OIM_MONGO_TLS_URL"] = f"mongodb://{HOST}:{ports[2]}"
+            env_out["OIM_MONGO_TLS_CA_FILE"] = str(ca)
         rec = L.spawn(
             name,
             "mongo",
@@ -697,6 +803,7 @@ def _start_mongo(root: Path, L: _Launcher) -> dict:
                 "--handler=sqlite",
                 f"--sqlite-url=file:{d / 'sqlite'}/",
                 f"--listen-addr={HOST}:{port}",
+                *tls,
                 f"--state-dir={d / 'state'}",
                 "--debug-addr=-",
                 "--telemetry=disable",
@@ -710,7 +817,154 @@ def _start_mongo(root: Path, L: _Launcher) -> dict:
         env_out[f"OIM_MONGO_{side}_URL"] = f"mongodb://{HOST}:{port}"
     for rec, port in started:
         _wait(rec["name"], lambda p=port: _tcp_open(p), proc=rec, log=Path(rec["log"]))
+    _wait("FerretDB TLS listener", lambda: _tcp_open(ports[2]), proc=started[0][0],
+          log=Path(started[0][0]["log"]))
     return env_out
+
+
+def _pg_conf(port: int, sockdir: Path) -> str:
+    return "\n".join([
+        f"listen_addresses = '{HOST}'",
+        f"port = {port}",
+        f"unix_socket_directories = '{sockdir}'",
+        "shared_preload_libraries = 'pg_cron,pg_documentdb_core,pg_documentdb'",
+        "cron.database_name = 'postgres'",
+        # what DocumentDB needs switched on to act like MongoDB (users, validators, ...)
+        "documentdb.enableCompact = true",
+        "documentdb.enableLetAndCollationForQueryMatch = true",
+        "documentdb.enableNowSystemVariable = true",
+        "documentdb.enableSortbyIdPushDownToPrimaryKey = true",
+        "documentdb.enableSchemaValidation = true",
+        "documentdb.enableBypassDocumentValidation = true",
+        "documentdb.enableUserCrud = true",
+        "documentdb.maxUserLimit = 100",
+        # a throw-away test server: durability off, modest memory
+        "fsync = off",
+        "synchronous_commit = off",
+        "full_page_writes = off",
+        "shared_buffers = 128MB",
+        "max_connections = 200",
+        "log_min_messages = warning",
+        "",
+    ])
+
+
+def _start_pg(root: Path, L: _Launcher, name: str, port: int) -> Path:
+    """One PostgreSQL with DocumentDB; returns its private dir (data + unix socket).
+
+    The data dir lives outside ``root`` (a pytest temp dir is private to root, and the
+    server runs as ``postgres``); ``socket-dir`` records it so ``stop()`` removes it.
+    """
+    d = root / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    user = _pg_user()
+    ext = Path(tempfile.mkdtemp(prefix="oim-docdb-"))
+    (d / "socket-dir").write_text(str(ext))
+    if user:
+        shutil.chown(ext, user, user)
+    log = root / "logs" / f"{name}-setup.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    data = ext / "data"
+    _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", _PG_SUPERUSER, "--auth=trust",
+          "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], f"initdb ({name})", log, user=user,
+         timeout=_GATEWAY_READY_TIMEOUT)
+    with open(data / "postgresql.conf", "a") as f:
+        f.write(_pg_conf(port, ext))
+    rec = L.spawn(name, "mongo", [str(PG_BIN / "postgres"), "-D", str(data)], port=port,
+                  user=user, cwd=ext)
+    psql = [find_binary("psql") or "psql", "-q", "-h", HOST, "-p", str(port), "-U",
+            _PG_SUPERUSER, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X"]
+    _wait(f"{name} (PostgreSQL on port {port})",
+          lambda: subprocess.run([*psql, "-c", "SELECT 1"], capture_output=True,
+                                 timeout=10).returncode == 0,
+          proc=rec, log=Path(rec["log"]))
+    _run([*psql, "-c", "CREATE EXTENSION documentdb CASCADE"],
+         f"CREATE EXTENSION documentdb ({name})", log, timeout=_GATEWAY_READY_TIMEOUT)
+    return ext
+
+
+def _psql(port: int, sql: str, what: str, log: Path) -> None:
+    _run([find_binary("psql") or "psql", "-q", "-h", HOST, "-p", str(port), "-U", _PG_SUPERUSER,
+          "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-f", "-"], what, log, input=sql)
+
+
+def _sql_literal(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _start_gateway(root: Path, L: _Launcher, name: str, pg_port: int, port: int,
+                   cert: Path, key: Path, tls: bool) -> dict:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    config = {
+        "NodeHostName": "localhost",
+        "BlockedRolePrefixes": ["documentdb", "citus", "pg", "internal_role"],
+        "PostgresSystemUser": _PG_SUPERUSER,
+        "PostgresHostName": HOST,
+        "PostgresPort": pg_port,
+        "PostgresDatabase": "postgres",
+        "GatewayListenPort": port,
+        "UseLocalHost": True,  # 127.0.0.1 only
+        "EnforceSslTcp": tls,  # either TLS only or plain only
+        "TransactionTimeoutSecs": 30,
+        "CursorTimeoutSecs": 600,
+        "PostgresCommandTimeoutSecs": 300,
+        # release builds refuse to start without a certificate, even when plain
+        "CertificateOptions": {"CertType": "pem_file", "FilePath": str(cert),
+                               "KeyFilePath": str(key)},
+    }
+    (d / "gateway.json").write_text(json.dumps(config, indent=2))
+    return L.spawn(name, "mongo", [find_binary("documentdb_gateway"), str(d / "gateway.json")],
+                   port=port, cwd=d, env={"RUST_LOG": "warn"})
+
+
+def _start_documentdb(root: Path, L: _Launcher) -> dict:
+    ca, cert, key = _test_ca(root)
+    pg_src, pg_dst, gw_src, gw_dst, gw_tls = _free_ports(5)
+    pw = {"SRC": _password("OIM_MONGO_SRC_PASSWORD"), "DST": _password("OIM_MONGO_DST_PASSWORD")}
+    reader_pw = _password("OIM_MONGO_SRC_READER_PASSWORD")
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        futs = [ex.submit(_start_pg, root, L, "mongo-src-pg", pg_src),
+                ex.submit(_start_pg, root, L, "mongo-dst-pg", pg_dst)]
+        for f in futs:
+            f.result()
+    log = root / "logs" / "mongo-users.log"
+    for side, port in (("SRC", pg_src), ("DST", pg_dst)):
+        sql = [f"CREATE ROLE {MONGO_ADMIN} LOGIN INHERIT PASSWORD {_sql_literal(pw[side])} "
+               "IN ROLE documentdb_admin_role",
+               f"ALTER ROLE {MONGO_ADMIN} CREATEROLE",
+               f"GRANT {MONGO_ADMIN} TO {_PG_SUPERUSER} WITH ADMIN OPTION"]
+        if side == "SRC":
+            spec = json.dumps({"createUser": MONGO_READER, "pwd": reader_pw,
+                               "roles": [{"role": "readAnyDatabase", "db": "admin"}]})
+            sql.append(f"SELECT documentdb_api.create_user({_sql_literal(spec)}::"
+                       "documentdb_core.bson)")
+        _psql(port, ";\n".join(sql) + ";\n", f"DocumentDB users (mongo-{side.lower()})", log)
+    gateways = [
+        (_start_gateway(root, L, "mongo-src", pg_src, gw_src, cert, key, False), gw_src),
+        (_start_gateway(root, L, "mongo-dst", pg_dst, gw_dst, cert, key, False), gw_dst),
+        (_start_gateway(root, L, "mongo-tls", pg_src, gw_tls, cert, key, True), gw_tls),
+    ]
+    for rec, port in gateways:
+        _wait(rec["name"], lambda p=port: _tcp_open(p), proc=rec, log=Path(rec["log"]),
+              timeout=_GATEWAY_READY_TIMEOUT)
+    def url(side: str, port: int) -> str:  # a plan-style URL: the password is a reference
+        return f"mongodb://{MONGO_ADMIN}:${{OIM_MONGO_{side}_PASSWORD}}@{HOST}:{port}"
+
+    return {
+        "OIM_MONGO_FLAVOR": "documentdb",
+        "OIM_MONGO_SRC_URL": url("SRC", gw_src),
+        "OIM_MONGO_SRC_USER": MONGO_ADMIN,
+        "OIM_MONGO_SRC_PASSWORD": pw["SRC"],
+        "OIM_MONGO_SRC_READER_USER": MONGO_READER,
+        "OIM_MONGO_SRC_READER_PASSWORD": reader_pw,
+        "OIM_MONGO_DST_URL": url("DST", gw_dst),
+        "OIM_MONGO_DST_USER": MONGO_ADMIN,
+        "OIM_MONGO_DST_PASSWORD": pw["DST"],
+        "OIM_MONGO_TLS_URL": url("SRC", gw_tls),
+        "OIM_MONGO_TLS_CA_FILE": str(ca),
+    }
 
 
 def _start_group(group: str, root: Path, L: _Launcher) -> dict:

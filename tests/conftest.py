@@ -117,8 +117,37 @@ def s3_env(_oim_service_manager):
 
 @pytest.fixture(scope="session")
 def mongo_env(_oim_service_manager):
-    """OIM_MONGO_* (FerretDB or MongoDB source and target, OIM_MONGO_FLAVOR)."""
-    return _oim_service_manager.ensure(["mongo"])
+    """OIM_MONGO_* (DocumentDB gateway, FerretDB or MongoDB source and target;
+    OIM_MONGO_FLAVOR names which). URLs may carry ``${OIM_MONGO_*_PASSWORD}`` references:
+    resolve them (migrator.config.resolve_refs) before giving one to a driver directly."""
+    env = _oim_service_manager.ensure(["mongo"])
+    _MONGO_USED["flavour"] = env.get("OIM_MONGO_FLAVOR", "unknown")
+    return env
+
+
+_MONGO_USED: dict[str, str] = {}
+
+
+def _mongo_flavour_expected() -> str:
+    if "OIM_MONGO_SRC_URL" in os.environ:
+        return os.environ.get("OIM_MONGO_FLAVOR", "unknown") + " (from the environment)"
+    try:
+        flavour = oim_services.mongo_flavour()
+    except ValueError as exc:
+        return str(exc)
+    if flavour == "ferretdb":
+        return ("ferretdb (FerretDB 1.24; DocumentDB not built: see scripts/build-documentdb.sh"
+                " and OIM_VENDOR_DIR)")
+    return "documentdb (PostgreSQL 15 + DocumentDB + its gateway)"
+
+
+def pytest_report_header(config):
+    return f"mongo test server: {_mongo_flavour_expected()}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _MONGO_USED:
+        terminalreporter.write_line(f"MongoDB tests ran against: {_MONGO_USED['flavour']}")
 
 
 # ----------------------------------------------------------------------------- end of test servers
