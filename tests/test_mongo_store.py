@@ -1,15 +1,22 @@
-"""MongoDB store against real servers: FerretDB here, mongo:7 with docker-compose.test.yml.
+"""MongoDB store against real servers: DocumentDB's gateway on PostgreSQL here (FerretDB 1.24
+when DocumentDB is not built), mongo:7 with docker-compose.test.yml.
 
-Features FerretDB lacks are probed at run time; their tests skip with the reason here and
-run against real MongoDB (OIM_MONGO_FLAVOR=mongodb).
+Features a server lacks are probed at run time; their tests skip with the reason here and
+run against real MongoDB (OIM_MONGO_FLAVOR=mongodb). On DocumentDB only change streams,
+snapshot reads at a cluster time, splitVector, collation and capped collections skip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import socket
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import bson
 import pytest
@@ -19,11 +26,11 @@ from pymongo import MongoClient
 from pymongo import errors as mx
 
 from fixtures import mongo_data
-from migrator.config import Endpoint
+from migrator.config import TLS, Endpoint, resolve_refs
 from migrator.errors import CapabilityMissing, EndpointError, StoreError
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
 from migrator.stores.mongo import MongoStore
-from migrator.stores.mongo_meta import id_label
+from migrator.stores.mongo_meta import ferretdb_refusal, id_label
 
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
 
@@ -33,10 +40,15 @@ def with_db(url: str, db: str) -> str:
     return f"{base.rstrip('/')}/{db}" + (f"?{query}" if query else "")
 
 
+def client_for(url: str, **kwargs) -> MongoClient:
+    """A driver client for a test URL (which may carry ${OIM_MONGO_*_PASSWORD} references)."""
+    return MongoClient(resolve_refs(url, "test"), serverSelectionTimeoutMS=5000, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def clients(mongo_env):
-    src = MongoClient(mongo_env["OIM_MONGO_SRC_URL"], serverSelectionTimeoutMS=5000)
-    dst = MongoClient(mongo_env["OIM_MONGO_DST_URL"], serverSelectionTimeoutMS=5000)
+    src = client_for(mongo_env["OIM_MONGO_SRC_URL"])
+    dst = client_for(mongo_env["OIM_MONGO_DST_URL"])
     yield src, dst
     src.close()
     dst.close()
@@ -53,6 +65,18 @@ def db(clients):
 
 def is_ferretdb(client: MongoClient) -> bool:
     return "ferretdbVersion" in client.admin.command("buildInfo")
+
+
+def flavour(client: MongoClient) -> str:
+    build = client.admin.command("buildInfo")
+    if "ferretdbVersion" in build:
+        return "ferretdb"
+    return "mongodb" if "gitVersion" in build else "documentdb"
+
+
+MONGO7 = "runs against mongo:7 from docker-compose.test.yml"
+BOTH = ("runs against DocumentDB (scripts/build-documentdb.sh) and mongo:7 from "
+        "docker-compose.test.yml")
 
 
 def make(env, db: str, *, target_db: str | None = None, options: dict | None = None,
@@ -311,10 +335,13 @@ def test_indexes_are_recreated_after_the_data(mongo_env, clients, db):
 
 INDEX_KINDS = {
     "ttl": ([("at", 1)], {"expireAfterSeconds": 3600}),
-    "partial": ([("p", 1)], {"partialFilterExpression": {"p": {"$exists": True}}}),
+    "partial": ([("p", 1)], {"partialFilterExpression": {"p": {"$exists": True}},
+                             "unique": True}),
     "collation": ([("c", 1)], {"collation": {"locale": "en", "strength": 2}}),
-    "text": ([("body", "text")], {}),
+    "text": ([("body", "text"), ("title", "text")], {"weights": {"title": 5},
+                                                      "default_language": "english"}),
     "2dsphere": ([("loc", "2dsphere")], {}),
+    "hashed": ([("h", "hashed")], {}),
 }
 
 
@@ -322,15 +349,56 @@ INDEX_KINDS = {
 def test_special_index_kinds_are_recreated(mongo_env, clients, db, kind):
     src, dst = clients
     keys, extra = INDEX_KINDS[kind]
-    src[db]["t"].insert_one({"_id": 1})
+    src[db]["t"].insert_one({"_id": 1, "loc": {"type": "Point", "coordinates": [13.4, 52.5]},
+                             "body": "moved to kubernetes", "title": "migration"})
     try:
         src[db]["t"].create_index(keys, name=f"ix_{kind}", **extra)
     except mx.OperationFailure as exc:
-        pytest.skip(f"the source server refuses {kind} indexes ({exc.details.get('errmsg')}); "
-                    "runs against mongo:7 from docker-compose.test.yml")
+        pytest.skip(f"{flavour(src)} refuses {kind} indexes ({exc.details.get('errmsg')}); "
+                    f"{MONGO7}")
     source, target = make(mongo_env, db)
     [unit] = copy_all(source, target)
     assert source.schema(unit) == target.schema(unit)
+    [built] = [i for i in dst[db]["t"].list_indexes() if i["name"] == f"ix_{kind}"]
+    for option, value in extra.items():  # the options travelled, not just the keys
+        if isinstance(value, dict) and option == "weights":  # servers add the default 1
+            assert {k: built[option][k] for k in value} == value, (option, built)
+        else:
+            assert built[option] == value, (option, built)
+    dst[db]["t"].drop_index(f"ix_{kind}")  # and their absence is a schema difference
+    assert source.schema(unit) != target.schema(unit)
+
+
+def test_recreated_indexes_work_on_the_target(mongo_env, clients, db):
+    """Not just listed: $text, $near, the partial unique index and TTL expiry act."""
+    src, dst = clients
+    if is_ferretdb(src):
+        pytest.skip(f"FerretDB 1.24 has no text, 2dsphere, partial or TTL indexes; {BOTH}")
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
+    src[db]["t"].insert_many([
+        {"_id": 1, "body": "kubernetes migration", "loc": {"type": "Point",
+                                                           "coordinates": [13.4, 52.5]}},
+        {"_id": 2, "body": "redis cluster", "loc": {"type": "Point", "coordinates": [2.3, 48.8]},
+         "p": "x"}])
+    for keys, extra in (INDEX_KINDS["text"], INDEX_KINDS["2dsphere"], INDEX_KINDS["partial"]):
+        src[db]["t"].create_index(keys, **extra)
+    src[db]["ttl"].insert_one({"_id": "stays", "at": "not a date"})
+    src[db]["ttl"].create_index("at", expireAfterSeconds=60)
+    source, target = make(mongo_env, db)
+    copy_all(source, target)
+    assert [d["_id"] for d in dst[db]["t"].find({"$text": {"$search": "kubernetes"}})] == [1]
+    near = dst[db]["t"].find({"loc": {"$near": {"$geometry": {
+        "type": "Point", "coordinates": [2.35, 48.85]}, "$maxDistance": 50_000}}})
+    assert [d["_id"] for d in near] == [2]
+    with pytest.raises(mx.DuplicateKeyError):
+        dst[db]["t"].insert_one({"_id": 3, "p": "x"})
+    dst[db]["t"].insert_many([{"_id": 4}, {"_id": 5}])  # partial: no p, no conflict
+    dst[db]["ttl"].insert_one({"_id": "expires", "at": old})
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=150)
+    while dst[db]["ttl"].count_documents({"_id": "expires"}) and \
+            datetime.datetime.now() < deadline:
+        time.sleep(2)
+    assert [d["_id"] for d in dst[db]["ttl"].find()] == ["stays"]
 
 
 def test_index_the_target_refuses_raises_capability_missing_and_the_rest_is_built(
@@ -339,19 +407,29 @@ def test_index_the_target_refuses_raises_capability_missing_and_the_rest_is_buil
     dst[db]["t"].insert_one({"_id": 1})
     _, target = make(mongo_env, db)
     specs = [SON([("key", SON([("at", 1)])), ("name", "ttl"), ("expireAfterSeconds", 60)]),
+             SON([("key", SON([("c", 1)])), ("name", "by_collation"),
+                  ("collation", {"locale": "fr", "strength": 1})]),
              SON([("key", SON([("plain", 1)])), ("name", "plain")])]
     try:
         target.create_indexes([(db, "t", specs)])
     except CapabilityMissing as exc:
-        assert "ttl" in str(exc) and "target.mongo" in str(exc)
+        refused = [s["name"] for s in specs[:2] if s["name"] in str(exc)]
+        assert refused and "target.mongo" in str(exc)
+        built = {i["name"] for i in dst[db]["t"].list_indexes()}
+        assert not set(refused) & built  # named exactly those it could not build
     else:
-        pytest.skip("the target builds TTL indexes, so there is no refusal to report")
+        pytest.skip(f"the target builds TTL and collation indexes, so there is no refusal "
+                    f"to report ({flavour(dst)})")
     assert "plain" in {i["name"] for i in dst[db]["t"].list_indexes()}
 
 
 def test_collection_options_are_created_before_the_data(mongo_env, clients, db):
     src, dst = clients
-    src[db].create_collection("capped", capped=True, size=1 << 20, max=1000)
+    try:
+        src[db].create_collection("capped", capped=True, size=1 << 20, max=1000)
+    except mx.OperationFailure as exc:
+        pytest.skip(f"{flavour(src)} has no capped collections ({exc.details.get('errmsg')}); "
+                    f"{MONGO7}")
     src[db]["capped"].insert_one({"_id": 1})
     source, target = make(mongo_env, db)
     [unit] = source.list_units()
@@ -364,30 +442,70 @@ def test_collection_options_are_created_before_the_data(mongo_env, clients, db):
 
 def test_option_the_target_refuses_raises_capability_missing_naming_it(mongo_env, db):
     _, target = make(mongo_env, db)
-    try:
-        target.create_collection(db, "v", SON([("validator", {"a": {"$exists": True}}),
-                                               ("validationLevel", "moderate")]))
-    except CapabilityMissing as exc:
-        assert "validator" in str(exc) and f"{db}.v" in str(exc)
-    else:
-        pytest.skip("the target supports validators, so there is no refusal to report")
+    tried = []
+    for option, options in (
+            ("validator", SON([("validator", {"a": {"$exists": True}}),
+                               ("validationLevel", "moderate")])),
+            ("capped", SON([("capped", True), ("size", 4096)])),
+            ("collation", SON([("collation", {"locale": "fr"})]))):
+        try:
+            target.create_collection(db, f"c_{option}", options)
+        except CapabilityMissing as exc:
+            assert option in str(exc) and f"{db}.c_{option}" in str(exc)
+            return
+        tried.append(option)
+    pytest.skip(f"the target supports {', '.join(tried)}, so there is no refusal to report")
 
 
-def test_validator_collation_and_views_are_copied(mongo_env, clients, db):
+def test_validators_and_views_are_copied_with_their_list_collections_options(
+        mongo_env, clients, db):
     src, dst = clients
     try:
-        src[db].create_collection("checked", validator={"n": {"$type": "int"}},
-                                  validationLevel="moderate", collation={"locale": "fr"})
+        src[db].create_collection(
+            "checked", validator={"$jsonSchema": {"bsonType": "object",
+                                                  "properties": {"n": {"bsonType": "int"}}}},
+            validationLevel="moderate", validationAction="error")
+        src[db].create_collection("typed", validator={"n": {"$type": "int"}})
         src[db].command("create", "recent", viewOn="checked", pipeline=[{"$match": {"n": 1}}])
+        src[db].command("create", "recent_ids", viewOn="recent",
+                        pipeline=[{"$project": {"_id": 1}}])
     except mx.OperationFailure as exc:
-        pytest.skip(f"the source server lacks validators/collations/views "
-                    f"({exc.details.get('errmsg')}); runs against mongo:7 from "
-                    "docker-compose.test.yml")
+        pytest.skip(f"{flavour(src)} lacks validators or views ({exc.details.get('errmsg')}); "
+                    + BOTH)
     src[db]["checked"].insert_one({"_id": 1, "n": 1})
+    src[db]["checked"].insert_one({"_id": 2, "n": 2})
+    src[db]["typed"].insert_one({"_id": 1, "n": 7})
+    source, target = make(mongo_env, db)
+    units = copy_all(source, target)
+    for unit in units:
+        assert source.schema(unit) == target.schema(unit)
+    for name in ("checked", "typed", "recent", "recent_ids"):
+        assert dst[db][name].options() == src[db][name].options(), name
+    assert list(dst[db]["recent_ids"].find()) == [{"_id": 1}]
+    assert source.definitions(units) == target.definitions(units)
+    assert set(source.definitions(units)) == {f"{db}.recent", f"{db}.recent_ids"}
+    dst[db].drop_collection("recent_ids")
+    assert set(source.definitions(units)) - set(target.definitions(units)) == {
+        f"{db}.recent_ids"}
+    with pytest.raises(mx.WriteError):  # the validator acts on the target
+        dst[db]["checked"].insert_one({"_id": 3, "n": "one"})
+
+
+def test_collection_collation_is_copied(mongo_env, clients, db):
+    src, _ = clients
+    try:
+        src[db].create_collection("fr", collation={"locale": "fr", "strength": 1})
+    except mx.OperationFailure as exc:
+        pytest.skip(f"{flavour(src)} has no collations ({exc.details.get('errmsg')}); "
+                    f"{MONGO7}")
+    if "collation" not in src[db]["fr"].options():
+        pytest.skip(f"{flavour(src)} accepts a collection's collation but does not keep it; "
+                    f"{MONGO7}")
+    src[db]["fr"].insert_one({"_id": 1})
     source, target = make(mongo_env, db)
     [unit] = copy_all(source, target)
     assert source.schema(unit) == target.schema(unit)
-    assert dst[db]["recent"].options() == src[db]["recent"].options()
+    assert source.schema(unit)["options"]["collation"]["locale"] == "fr"
 
 
 # -- selection, consistency, access -------------------------------------------------------------
@@ -405,12 +523,36 @@ def test_describe_names_flavor_and_consistency_basis(mongo_env, clients, db):
     source, _ = make(mongo_env, db)
     info = source.describe()
     hello = src.admin.command("hello")
-    if is_ferretdb(src):
-        assert info["flavor"] == "ferretdb" and "write freeze" in info["consistency"]
+    assert info["flavor"] == flavour(src) and info["tls"] == "off"
+    if info["flavor"] in ("ferretdb", "documentdb"):
+        assert "snapshot_time" not in info and "write freeze" in info["consistency"]
     elif hello.get("setName"):
         assert info["topology"] == "replicaSet" and "snapshot_time" in info
     else:
         assert "write freeze" in info["consistency"]
+
+
+def test_a_snapshot_the_server_does_not_honour_is_never_reported(mongo_env, clients, db):
+    """The probe itself, against the live server: DocumentDB accepts atClusterTime and reads
+    the present, so the store must find that out and claim no snapshot."""
+    src, _ = clients
+    source, _ = make(mongo_env, db)
+    if is_ferretdb(src):
+        pytest.skip("FerretDB refuses snapshot read concern outright; nothing to probe")
+    now = src.admin.command("hello").get("operationTime") or Timestamp(int(time.time()), 1)
+    promised = dataclasses.replace(source.server, start_time=now, topology="replicaSet",
+                                   max_wire=max(13, source.server.max_wire))
+    assert promised.snapshot_candidate
+    honoured = source._snapshot_honoured(promised)
+    if flavour(src) == "documentdb":
+        assert honoured is False
+        fake = dataclasses.replace(promised, snapshot_verified=honoured)
+        source._server = fake
+        described = source.describe()
+        assert "snapshot_time" not in described
+        assert "does not honour" in described["consistency"]
+    else:
+        assert honoured is bool(src.admin.command("hello").get("setName"))
 
 
 def test_snapshot_export_does_not_see_writes_after_the_run_started(mongo_env, clients, db):
@@ -419,11 +561,23 @@ def test_snapshot_export_does_not_see_writes_after_the_run_started(mongo_env, cl
     source, _ = make(mongo_env, db)
     if not source.server.snapshot_reads:
         pytest.skip(f"{source.server.flavor} {source.server.version} ({source.server.topology}) "
-                    "has no snapshot reads; runs against the mongo:7 replica set from "
-                    "docker-compose.test.yml")
+                    "has no snapshot reads at a cluster time (DocumentDB accepts atClusterTime "
+                    f"but does not honour it: probed); {MONGO7} (a replica set)")
     [unit] = source.list_units()
     src[db]["t"].insert_one({"_id": "late"})
     assert sum(len(b) for b in source.export(unit)) == 10
+
+
+def test_change_streams_are_not_used_and_skip_where_missing(mongo_env, clients, db):
+    """Catch-up by change stream is not built yet; this pins down which servers have them."""
+    src, _ = clients
+    try:
+        with src[db]["t"].watch(max_await_time_ms=100) as stream:
+            stream.try_next()
+    except mx.OperationFailure as exc:
+        pytest.skip(f"{flavour(src)} has no change streams (error {exc.code}); {MONGO7} "
+                    "(a replica set)")
+    assert flavour(src) == "mongodb"
 
 
 def test_split_units_hold_at_most_unit_records_documents(mongo_env, clients, db):
@@ -438,11 +592,12 @@ def test_split_units_hold_at_most_unit_records_documents(mongo_env, clients, db)
 
 def test_ferretdb_target_names_the_document_it_cannot_store(mongo_env, clients, db):
     _, dst = clients
-    if not is_ferretdb(dst):
-        pytest.skip("the target is MongoDB, which stores Decimal128")
-    _, target = make(mongo_env, db)
     bad = RawBSONDocument(bson.encode({"_id": "price", "v": Decimal128("9.99")}))
     ok = RawBSONDocument(bson.encode({"_id": "fine", "v": 1}))
+    assert ferretdb_refusal(bad.raw) == "v is a Decimal128" and ferretdb_refusal(ok.raw) is None
+    if not is_ferretdb(dst):
+        return  # the target stores Decimal128 (the round-trip tests prove it)
+    _, target = make(mongo_env, db)
     unit = Unit("mongo", f"{db}.t", {"db": db, "collection": "t", "lo": None, "hi": None})
     with pytest.raises(CapabilityMissing, match=r"\"price\".*Decimal128"):
         target.importer(unit).write_batch(Batch([ok, bad], cursor="x"))
@@ -458,31 +613,82 @@ def test_target_write_probe_leaves_nothing_behind(mongo_env, clients, db):
     assert dst[db].list_collection_names() == ["keep"]
 
 
-def test_source_user_with_read_role_passes_the_source_check(mongo_env, clients, db,
-                                                           monkeypatch):
+def reader_url(env, db: str) -> str:
+    """The source URL with the readAnyDatabase user in place of the admin."""
+    hostport = env["OIM_MONGO_SRC_URL"].split("@")[-1].split("://")[-1].split("/")[0]
+    return (f"mongodb://${{OIM_MONGO_SRC_READER_USER}}:${{OIM_MONGO_SRC_READER_PASSWORD}}@"
+            f"{hostport}/{db}")
+
+
+@pytest.fixture
+def reader(mongo_env, clients):
+    """The source's readAnyDatabase user (made by scripts/services.py, or here on mongo:7)."""
+    src, _ = clients
+    if "OIM_MONGO_SRC_READER_USER" not in mongo_env:
+        if is_ferretdb(src):
+            pytest.skip(f"FerretDB 1.24 (SQLite) has no users or roles; {BOTH}")
+        src.admin.command("createUser", "oim_test_reader", pwd="reader-pw-1",
+                          roles=[{"role": "readAnyDatabase", "db": "admin"}])
+        mongo_env = {**mongo_env, "OIM_MONGO_SRC_READER_USER": "oim_test_reader",
+                     "OIM_MONGO_SRC_READER_PASSWORD": "reader-pw-1"}
+        import os
+        os.environ.update({k: mongo_env[k] for k in ("OIM_MONGO_SRC_READER_USER",
+                                                      "OIM_MONGO_SRC_READER_PASSWORD")})
+        yield mongo_env
+        src.admin.command("dropUser", "oim_test_reader")
+        return
+    yield mongo_env
+
+
+def test_read_any_database_user_passes_the_source_check_and_cannot_write(
+        mongo_env, clients, db, reader):
     src, _ = clients
     src[db]["t"].insert_one({"_id": 1})
-    try:
-        src[db].command("createUser", "reader", pwd="reader-pw", roles=["read"])
-    except mx.OperationFailure as exc:
-        pytest.skip(f"the server has no users/roles ({exc.details.get('errmsg')}); "
-                    "runs against mongo:7 from docker-compose.test.yml")
-    try:
-        monkeypatch.setenv("OIM_TEST_MONGO_READER_PW", "reader-pw")
-        url = with_db(mongo_env["OIM_MONGO_SRC_URL"], db).replace(
-            "mongodb://", "mongodb://reader:${OIM_TEST_MONGO_READER_PW}@", 1)
-        store = MongoStore(Endpoint("mongo", url, name="source.mongo"))
-        store.check_access(Role.SOURCE)
-        assert [u.name for u in store.list_units()] == [f"{db}.t"]
-    finally:
-        src[db].command("dropUser", "reader")
+    store = MongoStore(Endpoint("mongo", reader_url(reader, db), name="source.mongo"))
+    store.check_access(Role.SOURCE)
+    assert [u.name for u in store.list_units()] == [f"{db}.t"]
+    with pytest.raises(EndpointError, match="source.mongo") as info:
+        store.check_access(Role.TARGET)  # the write probe is refused: exit 4, named
+    assert info.value.exit_code == 4
+    raw = client_for(reader_url(reader, db))
+    with pytest.raises(mx.OperationFailure) as refused:
+        raw[db]["t"].insert_one({"_id": 2})
+    assert refused.value.code == 13  # Unauthorized
+    assert src[db]["t"].count_documents({}) == 1
+
+
+def test_plan_run_verify_with_a_read_any_database_source_user(
+        mongo_env, clients, db, reader, tmp_path):
+    """The whole command line with a source account that can only read."""
+    src, dst = clients
+    src[db]["msg"].insert_many([{"_id": i, "v": Decimal128(f"{i}.5")} for i in range(50)])
+    src[db]["msg"].create_index("v")
+    src[db].command("create", "small", viewOn="msg", pipeline=[{"$match": {"_id": {"$lt": 5}}}])
+    plan = tmp_path / "plan.yaml"
+    target = with_db(mongo_env["OIM_MONGO_DST_URL"], db)
+    steps = [["plan", "--source", f"mongo={reader_url(reader, db)}", "--target",
+              f"mongo={target}", "-o", str(plan)],
+             ["run", str(plan), "--no-progress"], ["verify", str(plan)]]
+    for args in steps:
+        out = cli(*args)
+        assert out.returncode == 0, (args[0], out.stdout, out.stderr[-3000:])
+    assert raw_docs(dst, db, "msg") == raw_docs(src, db, "msg")
+    assert dst[db]["small"].count_documents({}) == 5
+    secrets = [v for k, v in reader.items() if k.endswith("PASSWORD")]
+    assert secrets and not [v for v in secrets if v in plan.read_text()]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "migrator", *args],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_wrong_password_is_a_terminal_endpoint_error_without_the_password(
         mongo_env, db, monkeypatch):
     monkeypatch.setenv("OIM_TEST_MONGO_BAD_PW", "s3cr3t-Wr0ng")
-    url = with_db(mongo_env["OIM_MONGO_SRC_URL"], db).replace(
-        "mongodb://", "mongodb://nobody:${OIM_TEST_MONGO_BAD_PW}@", 1)
+    hostport = mongo_env["OIM_MONGO_SRC_URL"].split("://", 1)[1].split("@")[-1]
+    url = f"mongodb://nobody:${{OIM_TEST_MONGO_BAD_PW}}@{hostport}/{db}"
     store = MongoStore(Endpoint("mongo", url, name="source.mongo"))
     with pytest.raises(EndpointError) as info:
         store.open()
@@ -499,3 +705,151 @@ def test_unreachable_server_is_a_transient_endpoint_error():
     with pytest.raises(EndpointError) as info:
         store.open()
     assert info.value.transient and "source.mongo" in str(info.value)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+def test_tls_with_ca_file_verifies_the_servers_certificate(mongo_env, clients, db):
+    src, _ = clients
+    src[db]["t"].insert_one({"_id": 1})
+    endpoint = Endpoint("mongo", with_db(mongo_env["OIM_MONGO_TLS_URL"], db), name="source.mongo",
+                        tls=TLS(enabled=True, ca_file=mongo_env["OIM_MONGO_TLS_CA_FILE"]))
+    store = MongoStore(endpoint)
+    store.check_access(Role.SOURCE)
+    assert [u.name for u in store.list_units()] == [f"{db}.t"]
+    assert store.describe()["tls"] == (
+        f"on, certificate verified against {mongo_env['OIM_MONGO_TLS_CA_FILE']}")
+    plain = MongoStore(Endpoint("mongo", endpoint.url, name="source.mongo",
+                                options={"server_selection_timeout_ms": 1500}))
+    with pytest.raises(EndpointError):  # the listener speaks TLS only
+        plain.open()
+
+
+def test_tls_with_the_wrong_ca_is_exit_4_naming_the_endpoint(mongo_env, db, tmp_path):
+    wrong = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=some other CA", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(wrong)], check=True, capture_output=True)
+    store = MongoStore(Endpoint("mongo", with_db(mongo_env["OIM_MONGO_TLS_URL"], db),
+                                name="source.mongo", tls=TLS(enabled=True, ca_file=str(wrong)),
+                                options={"server_selection_timeout_ms": 3000}))
+    with pytest.raises(EndpointError) as info:
+        store.open()
+    assert info.value.exit_code == 4 and not info.value.transient
+    assert "source.mongo" in str(info.value) and "certificate" in str(info.value)
+    out = cli("plan", "--source", f"mongo={with_db(mongo_env['OIM_MONGO_TLS_URL'], db)}",
+              "--source-option", f"mongo.tls={{enabled: true, ca_file: {wrong}}}",
+              "--source-option", "mongo.server_selection_timeout_ms=3000",
+              "--target", f"mongo={with_db(mongo_env['OIM_MONGO_DST_URL'], db)}",
+              "-o", str(tmp_path / "p.yaml"))
+    assert out.returncode == 4, out.stderr
+    assert "stores.mongo.source" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# -- coverage: what a plan may say -------------------------------------------------------------
+def _unit(lo, hi, name="u", db="d", coll="c") -> Unit:
+    return Unit("mongo", f"{db}.{coll}#{name}", {"db": db, "collection": coll,
+                                                  "lo": lo, "hi": hi})
+
+
+OID = {"$oid": "65f1a2b3c4d5e6f708091a2b"}
+
+
+@pytest.mark.parametrize("units, expected", [
+    ([_unit(None, None)], []),
+    ([_unit(None, OID, "a"), _unit(OID, None, "b")], []),
+    # mixed _id types: edges in different BSON types, numbers compared as numbers
+    ([_unit(None, {"$numberInt": "1"}, "a"), _unit({"$numberDouble": "1.0"}, "x", "b"),
+      _unit("x", OID, "c"), _unit(OID, None, "d")], []),
+    ([_unit(OID, None, "b")], ["d.c: no unit covers _id below ObjectId('65f1a2b3c4d5e6f7"]),
+    ([_unit(None, OID, "a")], ["d.c: no unit covers _id from ObjectId('65f1a2b3c4d5e6f7"]),
+    ([_unit(None, "m", "a"), _unit("n", None, "b")], ['d.c: no unit covers _id from "m" to "n"']),
+    ([_unit(None, "n", "a"), _unit("m", None, "b")], ["d.c#b: overlaps the unit before it"]),
+    ([_unit(None, None, "a"), _unit(None, None, "b")], ["d.c#b: overlaps a unit that already"]),
+    ([_unit(None, "m", "a"), _unit("m", "a", "b"), _unit("m", None, "c")],
+     ["d.c#b: its range is empty"]),
+    ([_unit(None, {"$oid": "zz"}, "a")], ["d.c#a: lo/hi is not an _id value"]),
+])
+def test_uncovered_names_gaps_and_overlaps_per_collection(units, expected):
+    found = MongoStore.uncovered(units)
+    assert len(found) == len(expected), found
+    for line, start in zip(found, expected, strict=True):
+        assert line.startswith(start), (line, start)
+    other = [_unit(None, None, "z", coll="other")]  # another collection is its own space
+    assert len(MongoStore.uncovered(units + other)) == len(expected)
+
+
+def test_container_of_is_db_dot_collection_for_whole_and_split_units():
+    assert MongoStore.container_of(_unit(None, None, coll="msg", db="openim_v3")) == "openim_v3.msg"
+    assert MongoStore.container_of(Unit("mongo", "a.b#0003", {})) == "a.b"
+
+
+def test_spec_schema_refuses_what_the_store_could_not_read():
+    import jsonschema
+    check = jsonschema.Draft202012Validator(MongoStore.SPEC_SCHEMA)
+    assert not list(check.iter_errors({"db": "a", "collection": "b", "lo": None, "hi": OID}))
+    for bad in ({"db": "a", "collection": "b"}, {"db": "a.b", "collection": "c", "lo": None,
+                                                   "hi": None},
+                {"db": "a", "collection": "", "lo": None, "hi": None},
+                {"db": "a", "collection": "b", "lo": None, "hi": None, "slots": [1]},
+                {"db": "a", "collection": "b", "lo": None, "hi": None,
+                 "bypass_validation": "yes"}):
+        assert list(check.iter_errors(bad)), bad
+
+
+BAD_ENDPOINTS = [
+    # (url, options, role, field, message part)
+    ("postgres://h:27017/db", {}, "source", "x.url", "scheme 'postgres'"),
+    ("h:27017/db", {}, "source", "x.url", "has no scheme"),
+    ("mongodb://:27017/db", {}, "source", "x.url", "empty host"),
+    ("mongodb://h:0/db", {}, "source", "x.url", "port 0"),
+    ("mongodb://h:/db", {}, "source", "x.url", "port (empty)"),
+    ("mongodb://h:99999", {}, "source", "x.url", "port 99999"),
+    ("mongodb://h:27017,:27018/db", {}, "source", "x.url", "empty host"),
+    ("mongodb+srv://h:27017/db", {}, "source", "x.url", "takes no port"),
+    ("mongodb+srv://a,b/db", {}, "source", "x.url", "exactly one host"),
+    ("mongodb://h/a.b", {}, "source", "x.url", "'a.b' is not a database name"),
+    ("mongodb://h/a/b", {}, "source", "x.url", "is not a database name"),
+    ("mongodb://:${P}@h/db", {}, "source", "x.url", "without a user name"),
+    ("mongodb://h/db?replicaSett=rs0", {}, "source", "x.url", "'replicaSett' is not a MongoDB"),
+    ("mongodb://h/db?retryWrites=perhaps", {}, "source", "x.url", "'retryWrites' is not valid"),
+    ("mongodb://h/db?directConnection=maybe", {}, "source", "x.url", "is not valid"),
+    ("mongodb://h/db?tls=true", {}, "source", "x.url", "tls: option"),
+    ("mongodb://h/db?tlsCAFile=/x", {}, "source", "x.url", "tls: option"),
+    ("mongodb://h/db?serverSelectionTimeoutMS=5", {}, "source", "x.url",
+     "server_selection_timeout_ms"),
+    ("mongodb://h/db?maxPoolSize=5", {}, "source", "x.url", "overridden"),
+    ("mongodb://h/db?w=0", {}, "target", "x.url", "w=0"),
+    ("mongodb://h/db", {"databases": ["a"]}, "source", "x.databases", "would be ignored"),
+    ("mongodb://h", {"db_map": {"a": "b"}}, "source", "x.db_map", "is for targets"),
+    ("mongodb://h", {"databases": []}, "source", "x.databases", "expected a list"),
+    ("mongodb://h", {"databases": ["a b"]}, "source", "x.databases.0", "expected"),
+    ("mongodb://h", {"db_map": {"a": "b.c"}}, "target", "x.db_map.a", "expected"),
+    ("mongodb://h", {"max_pool_size": "many"}, "target", "x.max_pool_size", "expected"),
+    ("mongodb://h", {"server_selection_timeout_ms": 0}, "target",
+     "x.server_selection_timeout_ms", "expected"),
+    ("mongodb://h", {"snapshot": "no"}, "source", "x.snapshot", "true or false"),
+    ("mongodb://h", {"dbs": ["a"]}, "source", "x.dbs", "unknown option"),
+]
+
+
+@pytest.mark.parametrize("url, options, role, field, message", BAD_ENDPOINTS,
+                         ids=[f"{b[0]}|{sorted(b[1])}" for b in BAD_ENDPOINTS])
+def test_check_endpoint_refuses_urls_and_options_it_would_misread(url, options, role, field,
+                                                                  message):
+    from migrator.errors import PlanError
+    with pytest.raises(PlanError) as info:
+        MongoStore.check_endpoint(Endpoint("mongo", url, name="x", options=options), Role(role))
+    assert info.value.field == field and info.value.exit_code == 3
+    assert message in str(info.value) and "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("url", [
+    "mongodb://h", "mongodb://h:27017/openim_v3", "mongodb://u:${P}@h1:1,h2:2/db?replicaSet=rs0",
+    "mongodb://[::1]:27017/db?authSource=admin&readPreference=secondaryPreferred",
+    "mongodb+srv://cluster0.example.net/db?retryWrites=true&w=majority",
+    "mongodb://h/?directConnection=true"])
+def test_check_endpoint_accepts_urls_the_store_honours(url):
+    MongoStore.check_endpoint(Endpoint("mongo", url, name="x"), Role.SOURCE)
+    MongoStore.check_endpoint(Endpoint("mongo", url, name="x",
+                                       options={"db_map": {"a": "b"}}), Role.TARGET)

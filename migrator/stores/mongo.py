@@ -24,7 +24,8 @@ FerretDB get no snapshot, and the plan says consistency relies on the write free
 
 Coverage (base.py): units of one collection must tile its whole `_id` space in MongoDB's
 order (``uncovered``); ``unlisted`` lists the selection's collections live (one
-``listCollections`` per database); ``definitions`` are the selection's views.
+``listCollections`` per database); ``definitions`` are the selection's views in the
+databases the units name.
 """
 
 from __future__ import annotations
@@ -382,29 +383,14 @@ class MongoStore(Store):
                 found.append(f"{db_name}.{name}")
         return sorted(set(found) - planned)
 
-    def _definition_databases(self) -> list[tuple[str, str]]:
-        """(source name, name here) of the databases whose views belong to the selection.
-
-        Works on either side: a source maps nothing; a target maps through ``db_map`` and
-        names each database the way the source does, so both sides compare as data.
-        """
-        self.open()
-        db_map = {str(k): str(v) for k, v in (self.endpoint.options.get("db_map") or {}).items()}
-        back = {v: k for k, v in db_map.items()}
-        if self._url_db:
-            return [(back.get(self._url_db, self._url_db), self._url_db)]
-        named = [str(d) for d in self.endpoint.options.get("databases") or []]
-        if named:
-            return [(d, db_map.get(d, d)) for d in named]
-        with self._errors("listing databases"):
-            here = [n for n in self.client.list_database_names() if n not in SYSTEM_DBS]
-        # a database named like a source database that db_map sends elsewhere is not its image
-        return sorted((back.get(n, n), n) for n in here if n in back or n not in db_map)
-
-    def definitions(self) -> dict[str, Any]:
-        """The selection's views (``viewOn`` + pipeline + collation), keyed ``db.view``."""
+    def definitions(self, units: list[Unit]) -> dict[str, Any]:
+        """The selection's views (``viewOn`` + pipeline + collation) in the databases of
+        the plan's units, keyed ``db.view`` by the source's database names; on a target the
+        database is found through ``db_map``, as for the units themselves."""
         out: dict[str, Any] = {}
-        for source_db, here in self._definition_databases():
+        dbs = dict.fromkeys(str(u.spec.get("db")) for u in units if u.spec.get("db"))
+        for source_db in dbs:
+            here = self.target_db(source_db)
             with self._errors(f"listing views of {here}"):
                 infos = meta.collection_infos(self.client[here])
             for info in infos:

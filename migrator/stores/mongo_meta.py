@@ -332,7 +332,8 @@ def translate(endpoint: Endpoint, exc: mx.PyMongoError, what: str) -> MigrateErr
     label = endpoint.label
     if isinstance(exc, mx.OperationFailure):
         message = str((exc.details or {}).get("errmsg") or exc).splitlines()[0][:300]
-        if exc.code == _AUTH_FAILED:
+        # DocumentDB's gateway answers a wrong password with 13 (Unauthorized), not 18
+        if exc.code == _AUTH_FAILED or (exc.code in _UNAUTHORIZED and what == "connecting"):
             return endpoint.fail(f"authentication failed while {what}: {message}",
                                  hint="check the user, its password variable and authSource")
         if exc.code in _UNAUTHORIZED:
