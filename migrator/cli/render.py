@@ -106,6 +106,8 @@ def run_summary(result: RunResult, recopied: list[str] | None = None) -> None:
     rate = result.bytes / result.seconds if result.seconds else 0
     click.echo(f"copied {result.records:,} records, {human_bytes(result.bytes)} in "
                f"{result.seconds:.1f} s ({human_bytes(rate)}/s)")
+    for note in result.notices:
+        warning(note)
     skipped = sum(o.skipped for o in result.outcomes)
     if skipped:
         click.echo(f"{skipped} record(s) vanished at the source during the copy (e.g. expired "

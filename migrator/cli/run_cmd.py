@@ -69,6 +69,7 @@ def run_command(plan_path: Path, restart: bool, dry_run: bool, do_verify: bool |
     if as_json:
         render.as_json({"copy": {"seconds": round(result.seconds, 3),
                                  "recopied": outcome.recopied,
+                                 "notices": result.notices,
                                  "units": [vars(o) for o in result.outcomes]},
                         "verify": report.to_dict() if report else None})
     else:

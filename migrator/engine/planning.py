@@ -27,6 +27,12 @@ def build_plan(name: str, pairs: dict[str, StorePair], options: Options) -> Plan
             plan.warnings.extend(selection_warnings(kind, pair, units))
             plan.existing.extend(target.existing(units))
             pair.facts = {"source": source.describe(), "target": target.describe()}
+            for side in ("source", "target"):
+                plan.warnings.extend(f"stores.{kind}.{side}: {w}"
+                                     for w in pair.facts[side].get("warnings", []))
+            from migrator.engine.cutover import record_freeze_guard  # cutover imports planning
+
+            record_freeze_guard(pair.facts, source)
     if plan.existing and options.on_existing == "fail":
         shown = ", ".join(plan.existing[:5]) + (" …" if len(plan.existing) > 5 else "")
         raise TargetNotEmpty(

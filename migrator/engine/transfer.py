@@ -52,6 +52,7 @@ class RunResult:
     outcomes: list[UnitOutcome] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)  # from the stores, e.g. DEFINER rewrites
 
     @property
     def failed(self) -> list[UnitOutcome]:
@@ -146,6 +147,11 @@ class Transfer:
                 self._finalize_targets()
         finally:
             self.progress.close()
+        for kind in self.plan.stores:
+            _, target = self.session.pair(kind)
+            result.notices.extend(f"{kind}: {note}" for note in target.notices())
+        for note in result.notices:
+            self.journal.event(None, "notice", note)
         for unit in self.plan.inventory:
             state = self.journal.unit(unit.key)
             result.outcomes.append(UnitOutcome(unit.key, state.state, state.records,

@@ -240,8 +240,14 @@ class Store(ABC):
         recompute, such as streamed content hashes, so a second verify need not re-read."""
 
     def describe(self) -> dict[str, Any]:
-        """Facts for the plan: server version, topology, consistency notes."""
+        """Facts for the plan: server version, topology, ``notes`` (shown), ``warnings``
+        (shown, and refused by ``plan --strict``: e.g. objects the account cannot see)."""
         return {}
+
+    def notices(self) -> list[str]:
+        """Things a copy did that an operator must know (e.g. a DEFINER rewritten because
+        the account does not exist on the target); the engine journals and reports them."""
+        return []
 
     # -- source side -----------------------------------------------------------------
     @abstractmethod
