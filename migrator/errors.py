@@ -16,6 +16,8 @@ EXIT_CODES: dict[int, str] = {
     5: "verification found differences",
     6: "journal or plan conflict (journal in use or unreadable, or plan edited after `plan`)",
     7: "deploy failure",
+    8: "approval refused: a production cutover needs --approve with the plan's cutover "
+       "fingerprint (nothing was changed)",
     70: "internal error (a bug: the traceback is printed; please report it)",
     130: "interrupted (Ctrl-C); progress is saved, run again to continue",
     143: "terminated (SIGTERM, e.g. a Kubernetes Job stopped); progress is saved",
@@ -99,6 +101,12 @@ class PlanChanged(JournalConflict):
 
 class DeployError(MigrateError):
     exit_code = 7
+
+
+class ApprovalRefused(MigrateError):
+    """A production cutover was not approved with the plan's cutover fingerprint."""
+
+    exit_code = 8
 
 
 class UnitsFailed(MigrateError):

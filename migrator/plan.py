@@ -13,13 +13,14 @@ from typing import Any
 import yaml
 
 from migrator import plan_schema
-from migrator.config import Endpoint
+from migrator.config import Endpoint, check_secret_reference, looks_secret
 from migrator.errors import PlanChanged, PlanError
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
 
 PLAN_VERSION = 1
 STEPS = ("copy", "verify")
 ON_EXISTING = ("fail", "overwrite", "skip")
+ENVIRONMENTS = ("staging", "production")  # production cutovers need an approval
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*(?:/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -79,6 +80,10 @@ class Plan:
     created_at: str = ""
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)  # from planning; not saved
+    # The cutover: which environment (the approval gate) and what to freeze and switch.
+    # Schema-checked on load; read by migrator.engine.cutover. Edited by hand like options.
+    environment: str | None = None
+    cutover: dict[str, Any] = field(default_factory=dict)
 
     def units_of(self, kind: str) -> list[Unit]:
         return [u for u in self.inventory if u.store == kind]
@@ -120,6 +125,10 @@ class Plan:
             "existing_on_target": list(self.existing),
             "inventory": [u.to_dict() for u in self.inventory],
         }
+        if self.environment:
+            data["environment"] = self.environment
+        if self.cutover:
+            data["cutover"] = self.cutover
         data["integrity"] = integrity_of(data)
         return data
 
@@ -194,6 +203,7 @@ def plan_from_dict(raw: Any, *, origin: str = "plan", check_integrity: bool = Tr
                                 preset=sel.get("preset")),
             facts=entry.get("facts") or {})
     options = _options(raw.get("options") or {})
+    _check_cutover(raw.get("cutover") or {})
     steps = tuple(raw.get("steps") or STEPS)
     inventory = []
     for i, entry in enumerate(raw.get("inventory") or []):
@@ -214,7 +224,8 @@ def plan_from_dict(raw: Any, *, origin: str = "plan", check_integrity: bool = Tr
     plan = Plan(name=raw.get("name") or "plan", stores=stores, options=options, inventory=inventory,
                 existing=list(raw.get("existing_on_target") or []),
                 estimate=raw.get("estimate") or {}, steps=steps,
-                created_at=str(raw.get("created_at") or ""))
+                created_at=str(raw.get("created_at") or ""),
+                environment=raw.get("environment"), cutover=raw.get("cutover") or {})
     if check_integrity:
         stated = raw.get("integrity")
         if not stated:
@@ -227,6 +238,22 @@ def plan_from_dict(raw: Any, *, origin: str = "plan", check_integrity: bool = Tr
                               hint="re-run `openim-migrate plan`; only options and steps "
                               "may be edited by hand")
     return plan
+
+
+def _check_cutover(section: dict[str, Any]) -> None:
+    """What the schema cannot say about ``cutover:``: Secret values are references only,
+    and a ConfigMap (plain text, readable by many) is never given a secret."""
+    for i, secret in enumerate(section.get("secrets") or []):
+        for key, value in secret["keys"].items():
+            check_secret_reference(value, f"cutover.secrets[{i}].keys.{key}")
+    for i, configmap in enumerate(section.get("configmaps") or []):
+        for file, keys in configmap["files"].items():
+            for path in keys:
+                if looks_secret(path):
+                    raise PlanError(f"cutover.configmaps[{i}].files.{file}.{path}",
+                                    "looks like a secret; a ConfigMap is plain text",
+                                    hint="set it in a Secret under cutover.secrets (OpenIM "
+                                    "reads credentials from IMENV_* variables)")
 
 
 def _options(data: dict[str, Any]) -> Options:

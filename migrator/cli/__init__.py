@@ -10,6 +10,7 @@ import click
 
 from migrator import __version__
 from migrator.cli import render
+from migrator.cli.cutover_cmd import cutover_command
 from migrator.cli.deploy_cmd import deploy_command
 from migrator.cli.discover_cmd import discover_command
 from migrator.cli.job_cmd import job_group
@@ -44,6 +45,7 @@ cli.add_command(plan_command)
 cli.add_command(run_command)
 cli.add_command(verify_command)
 cli.add_command(sync_command)
+cli.add_command(cutover_command)
 cli.add_command(schema_command)
 cli.add_command(deploy_command)
 cli.add_command(job_group)
