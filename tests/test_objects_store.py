@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -34,9 +35,16 @@ from minio.versioningconfig import SUSPENDED, VersioningConfig
 from fixtures import objects_data
 from migrator.config import TLS, Endpoint
 from migrator.engine.verify import schema_differences
-from migrator.errors import CapabilityMissing, EndpointError, PlanError, StoreError
+from migrator.errors import (
+    CapabilityMissing,
+    EndpointError,
+    PlanError,
+    StoreError,
+    TransientError,
+)
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
 from migrator.stores.objects import ObjectStore, missing_objects, separator, split_ranges
+from migrator.stores.objects import transfer as transfer_module
 
 MiB = 1 << 20
 READ_SETTINGS = ("s3:GetBucketPolicy", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration",
@@ -735,13 +743,14 @@ def test_option_schema_is_a_json_schema_that_accepts_the_documented_forms() -> N
     options = {"access_key": "${AK}", "secret_key": "${SK}", "region": "us-east-1",
                "bucket_map": {"openim": "openim-new"}, "multipart_threshold": "64MiB",
                "multipart_part_size": 8 * MiB, "memory_budget": "1G", "parallel_parts": 4,
-               "transfers": 16, "checkers": 8, "etag_is_md5": False}
+               "transfers": 16, "checkers": 8, "etag_is_md5": False, "unit_bytes": "2GiB"}
     jsonschema.validate(options, ObjectStore.OPTION_SCHEMA)
     for url in ("s3://h:9000/openim/some/prefix/", "https://s3.amazonaws.com/openim",
                 "http://[::1]:9000", "http://${AK}:${SK}@h:9000/openim"):
         ObjectStore.check_endpoint(Endpoint("objects", url, name="x"), Role.TARGET)
     s = ObjectStore(Endpoint("objects", "s3://h:9000", name="x", options=options))
     assert (s.threshold, s.part_size, s.transfers) == (64 * MiB, 8 * MiB, 16)
+    assert s.unit_bytes == 2 << 30
 
 
 # -- TLS: a MinIO that speaks only HTTPS, with a self-signed certificate -------------------
@@ -927,3 +936,87 @@ def test_freeze_is_not_available_and_says_the_writers_must_stop(s3_env) -> None:
     with pytest.raises(CapabilityMissing, match="writers being stopped"):
         src.freeze(30)
     src.unfreeze()  # nothing held: harmless
+
+
+# -- speed: shared pool, count-cut batches, single PUTs, units by bytes ---------------------
+
+def test_export_cuts_batches_by_count_not_by_batch_bytes(pair) -> None:
+    src, _, bucket = pair
+    for i in range(12):
+        put(src, bucket, f"k{i:02d}", os.urandom(600))
+    tiny_batches = StoreOptions(batch_records=5, batch_bytes=1000)
+    unit = store("SRC", f"/{bucket}", options=tiny_batches).list_units()[0]
+    sizes = [len(b) for b in store("SRC", f"/{bucket}", options=tiny_batches).export(unit)]
+    assert sizes == [5, 5, 2]  # 3000 bytes a batch: batch_bytes (1000) does not cut them
+    capped = store("SRC", f"/{bucket}", options=tiny_batches, memory_budget=1500)
+    assert [len(b) for b in capped.export(unit)] == [3, 3, 3, 3]  # the budget still caps
+
+
+def test_batches_of_all_units_share_one_pool_of_transfers_threads(pair) -> None:
+    src, _, bucket = pair
+    for i in range(40):
+        put(src, bucket, f"openim/data/hash/{i % 4}{i:03d}", b"x")
+    options = StoreOptions(batch_records=4, unit_records=10)
+    src = store("SRC", f"/{bucket}", options=options)
+    dst = store("DST", options=options, transfers=3)
+    threads: list[Any] = []
+    original = transfer_module.copy_object
+
+    def spy(*args: Any) -> bool:
+        threads.append(threading.current_thread())  # kept alive: no identity is reused
+        return original(*args)
+
+    transfer_module.copy_object = spy  # type: ignore[assignment]
+    try:
+        units = copy(src, dst)
+    finally:
+        transfer_module.copy_object = original  # type: ignore[assignment]
+    assert len(units) >= 4 and len(threads) == 40
+    assert len(set(threads)) <= 3
+    assert equal(src, dst, units)
+    dst.close()
+    assert all(not t.is_alive() for t in threads)
+
+
+def test_objects_up_to_64_mib_are_one_put_whose_etag_verify_uses(pair) -> None:
+    src, dst, bucket = pair
+    obj = objects_data.FixtureObject("openim/video/v.mp4", 20 * MiB, "video/mp4", "single",
+                                     part_size=5 * MiB)
+    src.client.put_object(bucket, obj.key, objects_data.PartReader(obj), obj.size,
+                          content_type="video/mp4", part_size=obj.part_size)
+    units = copy(src, dst)
+    assert src.client.stat_object(bucket, obj.key).etag.endswith("-4")
+    assert "-" not in dst.client.stat_object(bucket, obj.key).etag
+    gets = count_calls(dst, "get_object")
+    assert equal(src, dst, units) and gets == []  # the target's ETag is its MD5
+
+
+@pytest.mark.parametrize("threshold", ["64MiB", "5MiB"], ids=["single PUT", "multipart"])
+def test_a_byte_changed_in_flight_fails_the_copy_of_that_object(pair, monkeypatch,
+                                                                 threshold) -> None:
+    src, _, bucket = pair
+    dst = store("DST", multipart_threshold=threshold, multipart_part_size="5MiB")
+    put(src, bucket, "flipped", os.urandom(6 * MiB), part_size=8 * MiB)  # ETag: its MD5
+    real_read = transfer_module._BodyReader.read
+
+    def flip(self: Any, size: int = -1) -> bytes:
+        data = real_read(self, size)
+        return bytes([data[0] ^ 1]) + data[1:] if data else data
+
+    monkeypatch.setattr(transfer_module._BodyReader, "read", flip)
+    units = src.list_units()
+    dst.prepare_target(units, src)
+    with pytest.raises(TransientError, match="flipped"):
+        dst.importer(units[0]).write_batch(next(src.export(units[0])))
+
+
+def test_units_are_split_by_bytes_and_a_larger_object_is_a_unit_alone(pair) -> None:
+    src, _, bucket = pair
+    for i in range(9):
+        put(src, bucket, f"openim/data/hash/{i}", os.urandom(300))
+    put(src, bucket, "openim/data/hash/5x", os.urandom(5000))
+    units = store("SRC", f"/{bucket}", unit_bytes=1000).list_units()
+    assert all(u.bytes <= 1000 or u.records == 1 for u in units)
+    assert [u.records for u in units if u.bytes > 1000] == [1]
+    assert sum(u.records for u in units) == 10 and len(units) >= 4
+    assert ObjectStore.uncovered(units) == []

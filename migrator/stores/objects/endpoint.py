@@ -52,8 +52,9 @@ OPTION_SCHEMA: dict[str, Any] = {
         "multipart_threshold": _SIZE,
         "multipart_part_size": _SIZE,
         "memory_budget": _SIZE,
+        "unit_bytes": _SIZE,
         "parallel_parts": _count("parts of one object uploaded at once", 64),
-        "transfers": _count("objects copied at once per unit", 256),
+        "transfers": _count("objects copied at once by this store, all units together", 256),
         "checkers": _count("objects fingerprinted at once per unit by verify", 256),
         "etag_is_md5": {"type": "boolean",
                         "description": "true or false (false for services whose single-part "

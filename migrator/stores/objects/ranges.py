@@ -29,20 +29,29 @@ class _Node:
         self.depth, self.count, self.nbytes = depth, 0, 0
         self.parts: list[_Part] = []
 
-    def add(self, part: _Part, limit: int) -> None:
+    def add(self, part: _Part, limit: _Limit) -> None:
         self.count += part.count
         self.nbytes += part.nbytes
         last = self.parts[-1] if self.parts else None
-        if last is not None and last.count + part.count <= limit:
+        if last is not None and limit.fits(last.count + part.count, last.nbytes + part.nbytes):
             self.parts[-1] = _Part(last.first, part.last, last.count + part.count,
                                    last.nbytes + part.nbytes)
         else:
             self.parts.append(part)
 
-    def finish(self, limit: int) -> list[_Part]:
-        if self.count <= limit:
+    def finish(self, limit: _Limit) -> list[_Part]:
+        if limit.fits(self.count, self.nbytes):
             return [_Part(self.parts[0].first, self.parts[-1].last, self.count, self.nbytes)]
         return self.parts
+
+
+@dataclass(frozen=True)
+class _Limit:
+    count: int
+    nbytes: int | None
+
+    def fits(self, count: int, nbytes: int) -> bool:
+        return count <= self.count and (self.nbytes is None or nbytes <= self.nbytes)
 
 
 def _lcp(a: str, b: str) -> int:
@@ -61,35 +70,38 @@ def separator(last: str, first: str) -> str:
     return first[:_lcp(last, first) + 1]
 
 
-def split_ranges(entries: Iterable[tuple[str, int]], limit: int) -> list[_Part]:
-    """Cut sorted (key, size) pairs into runs of <= limit keys at prefix boundaries.
+def split_ranges(entries: Iterable[tuple[str, int]], limit: int,
+                 byte_limit: int | None = None) -> list[_Part]:
+    """Cut sorted (key, size) pairs into runs of <= limit keys (and <= byte_limit bytes,
+    unless one object alone is larger) at prefix boundaries.
 
     One pass, memory O(key length + runs): in sorted order every prefix's keys are
     contiguous, so a prefix is complete (and its count known) as soon as the listing
     leaves it. Subtrees that fit stay whole; neighbours that fit together are merged.
     """
+    fit = _Limit(limit, byte_limit)
     stack = [_Node(0)]
     prev: str | None = None
     prev_size = 0
 
     def close_to(depth: int) -> None:
         while stack[-1].depth > depth:
-            parts = stack.pop().finish(limit)
+            parts = stack.pop().finish(fit)
             if stack[-1].depth < depth:
                 stack.append(_Node(depth))
             for part in parts:
-                stack[-1].add(part, limit)
+                stack[-1].add(part, fit)
 
     for key, size in entries:
         if prev is not None:
             right = _lcp(prev, key)
             if right > stack[-1].depth:
                 stack.append(_Node(right))
-            stack[-1].add(_Part(prev, prev, 1, prev_size), limit)
+            stack[-1].add(_Part(prev, prev, 1, prev_size), fit)
             close_to(right)
         prev, prev_size = key, size
     if prev is not None:
-        stack[-1].add(_Part(prev, prev, 1, prev_size), limit)
+        stack[-1].add(_Part(prev, prev, 1, prev_size), fit)
         close_to(0)
     return stack[0].parts
 

@@ -49,14 +49,27 @@ class Budget:
                 self._cond.notify_all()
 
 
-class _HashingReader:
+class _BodyReader:
+    """Passes a GET body to put_object as stored (urllib3 would gunzip a body stored with
+    ``Content-Encoding: gzip``)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.raw.read(size, decode_content=False)
+        return data
+
+
+class _HashingReader(_BodyReader):
     """Passes a body through to put_object while computing its MD5."""
 
     def __init__(self, raw: Any) -> None:
-        self.raw, self.md5 = raw, hashlib.md5(usedforsecurity=False)
+        super().__init__(raw)
+        self.md5 = hashlib.md5(usedforsecurity=False)
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size, decode_content=False)
+        data = super().read(size)
         self.md5.update(data)
         return data
 
@@ -68,8 +81,10 @@ def part_size(store: ObjectStore, size: int) -> int:
 
 def copy_object(store: ObjectStore, rec: ObjectRecord, bucket: str, key: str) -> bool:
     """Stream one object from its source into ``bucket/key`` of ``store``; False if it
-    vanished. The MD5 of the streamed bytes is checked against both ETags where they are
-    MD5 based, so a corrupted transfer fails here rather than at verify time."""
+    vanished. A corrupted transfer fails here rather than at verify time: the target's MD5
+    ETag of a single PUT must equal the source's, and a multipart copy is MD5-checked in
+    flight against the source's ETag (the payload itself is checked by the server: SigV4
+    SHA-256 over http, Content-MD5 over https)."""
     multipart = rec.size > store.threshold
     with store.budget.take(part_size(store, rec.size) * (store.parallel_parts + 1)
                            if multipart else rec.size):
@@ -88,7 +103,9 @@ def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
     length = int(resp.headers.get("Content-Length", rec.size))
     content_type, metadata, headers = split_headers(resp.headers)
     multipart = length > store.threshold
-    reader = _HashingReader(resp)
+    # A single PUT's ETag is the target's own MD5 of what it stored (with etag_is_md5), so
+    # hashing in flight would repeat it; a multipart ETag is not, and verify needs the MD5.
+    reader = _HashingReader(resp) if multipart or not store.etag_is_md5 else _BodyReader(resp)
     meta: dict[str, Any] = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
     meta.update(headers)
     with store._errors(f"put {bucket}/{key}"):
@@ -97,19 +114,27 @@ def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
             length, content_type=content_type or "binary/octet-stream",
             metadata=meta, part_size=part_size(store, length) if multipart else
             max(MIN_PART, length), num_parallel_uploads=store.parallel_parts)
-    md5, stored = reader.md5.hexdigest(), etag(result.etag).lower()
+    stored = etag(result.etag).lower()
     src_etag = etag(resp.headers.get("ETag")).lower()
     sse = any(h.lower().startswith("x-amz-server-side-encryption") for h in resp.headers)
     source = rec.origin()
-    if source.etag_is_md5 and not sse and MD5_ETAG.fullmatch(src_etag) and src_etag != md5:
+    src_md5 = src_etag if (source.etag_is_md5 and not sse
+                           and MD5_ETAG.fullmatch(src_etag)) else None
+    if not isinstance(reader, _HashingReader):
+        if src_md5 and MD5_ETAG.fullmatch(stored) and stored != src_md5:
+            raise TransientError(f"{store.endpoint.label}: put {bucket}/{key}: stored ETag "
+                                 f"{stored} is not the source's ({src_md5})")
+        return True
+    md5 = reader.md5.hexdigest()
+    if src_md5 and src_md5 != md5:
         raise TransientError(f"{source.endpoint.label}: get {rec.bucket}/{rec.key}: "
                              f"read bytes with MD5 {md5}, ETag says {src_etag}")
     if store.etag_is_md5 and MD5_ETAG.fullmatch(stored) and stored != md5:
         raise TransientError(f"{store.endpoint.label}: put {bucket}/{key}: stored ETag "
                              f"{stored} does not match the bytes sent ({md5})")
     if multipart:
-        # The server checked every part's payload hash (SigV4 SHA-256, or Content-MD5
-        # over TLS), so this MD5 is the stored content's: spare the verify a re-read.
+        # The server checked every part's payload hash, so this MD5 is the stored
+        # content's: spare the verify a re-read.
         there = store.stat(bucket, key)
         if there is not None and there.etag.lower() == stored:
             store.hash_cache[store.cache_key(bucket, there)] = md5
