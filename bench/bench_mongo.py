@@ -7,9 +7,10 @@ servers; both copies are then checked with our digests. Ours runs through the st
 
     python bench/bench_mongo.py [--scale 3] [--parallel 4]
 
-Servers: OIM_MONGO_SRC_URL / OIM_MONGO_DST_URL if set, else FerretDB from
-scripts/services.py (started and stopped here). mongodump/mongorestore come from
-scripts/build-mongo-tools.sh (~/.cache/openim-migrate/bin).
+Servers: OIM_MONGO_SRC_URL / OIM_MONGO_DST_URL if set, else scripts/services.py's MongoDB
+flavour (DocumentDB's gateway when built, else FerretDB; started and stopped here).
+mongodump/mongorestore come from scripts/build-mongo-tools.sh (~/.cache/openim-migrate/bin);
+they get the password through a --config file, never on the command line.
 """
 
 from __future__ import annotations
@@ -89,9 +90,26 @@ def run_measured(cmd: list[str], **kwargs) -> tuple[int, float, int, bytes]:  # 
     return proc.returncode, time.monotonic() - started, usage.ru_maxrss, out
 
 
+def tool_args(url: str, work: Path, side: str) -> list[str]:
+    """``--uri`` without the password, and a ``--config`` file holding it."""
+    from urllib.parse import urlsplit
+
+    from migrator.config import resolve_refs
+
+    password = urlsplit(url).password
+    if password is None:
+        return [f"--uri={url}"]
+    config = work / f"mongo-{side}.yaml"
+    config.write_text(json.dumps({"password": resolve_refs(password, side)}) + "\n")
+    config.chmod(0o600)
+    return [f"--uri={url.replace(f':{password}@', '@', 1)}", f"--config={config}",
+            "--authenticationDatabase=admin"]
+
+
 def dump_restore(src: str, dst: str, to_db: str, log_dir: Path) -> dict[str, object]:
-    dump = [str(BIN / "mongodump"), f"--uri={src}", f"--db={SOURCE_DB}", "--archive"]
-    restore = [str(BIN / "mongorestore"), f"--uri={dst}", "--archive",
+    dump = [str(BIN / "mongodump"), *tool_args(src, log_dir, "src"), f"--db={SOURCE_DB}",
+            "--archive"]
+    restore = [str(BIN / "mongorestore"), *tool_args(dst, log_dir, "dst"), "--archive",
                f"--nsFrom={SOURCE_DB}.*", f"--nsTo={to_db}.*"]
     result: dict[str, object] = {}
     for label, extra in (("with indexes", []), ("--noIndexRestore", ["--noIndexRestore"])):
@@ -119,7 +137,9 @@ def dump_restore(src: str, dst: str, to_db: str, log_dir: Path) -> dict[str, obj
 
 def mongo_client(url: str):  # noqa: ANN201
     from pymongo import MongoClient
-    return MongoClient(url, serverSelectionTimeoutMS=5000)
+
+    from migrator.config import resolve_refs
+    return MongoClient(resolve_refs(url, "bench"), serverSelectionTimeoutMS=5000)
 
 
 def verify(src: str, dst: str, to_db: str) -> tuple[bool, list[str]]:

@@ -160,38 +160,68 @@ def bench_redis(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
 
 
 # -------------------------------------------------------------------------------- mongo
+def mongo_tool_args(url: str, work: Path, side: str) -> list[str]:
+    """``--uri`` without the password plus ``--config`` holding it (not on the command line).
+
+    Test URLs carry ``user:${OIM_MONGO_*_PASSWORD}@`` (DocumentDB) or no user (FerretDB)."""
+    from urllib.parse import quote, urlsplit
+
+    from migrator.config import resolve_refs
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return [f"--uri={url}"]
+    config = work / f"mongo-{side}.yaml"
+    config.write_text(json.dumps({"password": resolve_refs(parts.password, side)}) + "\n")
+    config.chmod(0o600)
+    bare = url.replace(f":{parts.password}@", "@", 1)
+    return [f"--uri={bare}", f"--config={config}",
+            f"--authenticationDatabase={quote('admin')}"]
+
+
 def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    import shlex
+
     import pymongo
 
     from fixtures import mongo_data
+    from migrator.config import resolve_refs
 
     dump, restore = BIN / "mongodump", BIN / "mongorestore"
     if not (dump.exists() and restore.exists()):
         subprocess.run(["bash", str(ROOT / "scripts" / "build-mongo-tools.sh")], check=True)
-    src = pymongo.MongoClient(env["OIM_MONGO_SRC_URL"])
-    dst = pymongo.MongoClient(env["OIM_MONGO_DST_URL"])
+    src = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_SRC_URL"], "bench"))
+    dst = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_DST_URL"], "bench"))
     for name in ("openim_v3", "native_copy"):
         src.drop_database(name)
         dst.drop_database(name)
     counts = mongo_data.load(Endpoint("mongo", env["OIM_MONGO_SRC_URL"] + "/openim_v3",
                                       name="bench"), seed=1, scale=opts.scale)
-    native = (f"{dump} --uri={env['OIM_MONGO_SRC_URL']} --db=openim_v3 --archive --quiet | "
-              f"{restore} --uri={env['OIM_MONGO_DST_URL']} --archive --quiet "
+    flavour = env.get("OIM_MONGO_FLAVOR", "ferretdb")
+    dump_args = " ".join(map(shlex.quote, mongo_tool_args(env["OIM_MONGO_SRC_URL"], work, "src")))
+    restore_args = " ".join(map(shlex.quote,
+                                mongo_tool_args(env["OIM_MONGO_DST_URL"], work, "dst")))
+    native = (f"{dump} {dump_args} --db=openim_v3 --archive --quiet | "
+              f"{restore} {restore_args} --archive --quiet "
               "--nsFrom='openim_v3.*' --nsTo='native_copy.*'")
-    if env.get("OIM_MONGO_FLAVOR", "ferretdb") == "ferretdb":
+    if flavour == "ferretdb":
         # FerretDB refuses mongorestore's index specs ("ns" is unknown); ours builds them.
         native += " --noIndexRestore"
     native_s, _ = measured(native, shell=True)
+    native_indexes = sum(len(list(dst["native_copy"][c].list_indexes()))
+                         for c in dst["native_copy"].list_collection_names())
     result = ours(work / "mongo.yaml",
                   ["--source", "mongo=" + env["OIM_MONGO_SRC_URL"] + "/openim_v3",
                    "--target", "mongo=" + env["OIM_MONGO_DST_URL"]], opts.parallel)
     copied = sum(dst["openim_v3"][c].estimated_document_count()
                  for c in dst["openim_v3"].list_collection_names())
+    our_indexes = sum(len(list(dst["openim_v3"][c].list_indexes()))
+                      for c in dst["openim_v3"].list_collection_names())
     for name in ("openim_v3", "native_copy"):
         src.drop_database(name)
         dst.drop_database(name)
     return {"store": "mongo", "documents": sum(counts.values()), "copied": copied,
-            "server": env.get("OIM_MONGO_FLAVOR", "ferretdb"),
+            "server": flavour, "indexes": {"ours": our_indexes, "native": native_indexes},
             "native": "mongodump --archive | mongorestore --archive"
                       + (" --noIndexRestore" if "noIndexRestore" in native else ""),
             "native_s": round(native_s, 2), **result,
