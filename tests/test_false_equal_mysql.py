@@ -241,6 +241,22 @@ def test_a_definer_missing_on_the_target_is_rewritten_and_reported(servers, tmp_
         servers.sql("SRC", "DROP USER IF EXISTS 'oimfe_owner'@'%'")
 
 
+def test_objects_a_reader_cannot_see_are_plan_warnings_that_strict_refuses(servers,
+                                                                          tmp_path):
+    servers.load(objects=True)
+    reader = ["--source", "mysql=mysql://${OIM_MYSQL_SRC_READER_USER}:"
+              "${OIM_MYSQL_SRC_READER_PASSWORD}@" + hostport(servers.env["OIM_MYSQL_SRC_URL"])
+              + f"/{DB}", *servers.plan_args()[2:]]
+    plan = tmp_path / "reader.yaml"
+    out = cli("plan", *reader, "-o", str(plan))
+    assert out.returncode == 0, out.stderr
+    assert "NOT copied nor verified: triggers of" in out.stderr
+    assert "without the EVENT privilege" in out.stderr
+    strict = cli("plan", *reader, "--strict", "-o", str(tmp_path / "strict.yaml"))
+    assert strict.returncode == 3, strict.stderr
+    assert "--strict" in strict.stderr and not (tmp_path / "strict.yaml").exists()
+
+
 # ------------------------------------------------------------------ faults
 def test_no_row_file_is_left_in_the_temp_dir_by_a_killed_run(servers, tmp_path):
     servers.load(scale=0.5)

@@ -220,7 +220,7 @@ def test_table_without_primary_key_moves_whole_and_restarts_on_resume(source, ta
     first = next(iter(source.export(unit)))
     importer.write_batch(first)  # then "crash"
     importer = target.importer(unit)
-    importer.prepare(resumed=True)  # truncates: a keyless unit restarts from the top
+    importer.prepare(resumed=False)  # the engine restarts a keyless unit: it truncates
     for batch in source.export(unit, resume_from=first.cursor):
         importer.write_batch(batch)
     importer.finalize()
@@ -688,6 +688,7 @@ def test_a_definer_missing_on_the_target_is_rewritten_reported_and_not_a_differe
     assert all("definer oim_ghost@% does not exist on the target" in line
                for line in dst.definer_rewrites)
     assert dst.definer_rewrites[0] in dst.describe()["notes"]
+    assert dst.notices() == dst.definer_rewrites  # printed by the engine after finalize
     definers = sql(dst, "SELECT DISTINCT DEFINER FROM information_schema.VIEWS WHERE"
                         " TABLE_SCHEMA = %s", (OBJ_COPY,))
     assert definers == [(b"root@127.0.0.1",)]
@@ -713,8 +714,9 @@ def test_a_definer_missing_on_the_target_is_rewritten_reported_and_not_a_differe
 def test_a_reader_is_told_which_objects_it_cannot_see(ports, objects_db):
     reader = objects_source(ports, "${OIM_MYSQL_SRC_READER_USER}",
                             "OIM_MYSQL_SRC_READER_PASSWORD")
-    notes = " ".join(reader.describe()["notes"])
-    assert "TRIGGER privilege" in notes and "EVENT privilege" in notes
+    warnings = reader.describe()["warnings"]  # plan warnings: `plan --strict` refuses
+    assert [w.startswith("NOT copied nor verified: ") for w in warnings] == [True, True]
+    assert "TRIGGER privilege" in " ".join(warnings) and "EVENT privilege" in " ".join(warnings)
     kinds = {name.split()[0] for name in reader.definitions(reader.list_units())}
     assert kinds == {"view", "procedure", "function"}
 

@@ -71,7 +71,10 @@ _TLS_REFUSED = 2026  # TLS was required and the server offers none (or the hands
 _LOCAL_INFILE_OFF = {1148, 3948, 2068, 4166}  # MySQL 5.7, MySQL 8, client, MariaDB
 _LOAD_RESULT = re.compile(rb"Records: (\d+)\s+Deleted: (\d+)\s+Skipped: (\d+)\s+Warnings: (\d+)")
 _POOL_SIZE = 8
+_GLOBAL_GRANT = re.compile(r"GRANT (.+?) ON \*\.\* TO ", re.I)
 _DELETE_SLICE = 10_000
+_KEY_SLICE = 500  # keys per fetch or delete statement: one IN list, one index lookup each
+_READ_ONLY_REFUSED = 1290  # "running with the --read-only option"
 Row = tuple[bytes | None, ...]
 
 # A key value in a unit spec: what mysql_schema.encode_value writes.
@@ -88,6 +91,11 @@ class RowBatch(Batch):
     export started, so the importer loads them into the same columns or refuses."""
 
     columns: tuple[tuple[str, str], ...] = ()
+    # Keyless tables (``sync``): the row MD5s whose rows this batch replaces as a whole.
+    # The importer deletes every target row of these groups, then loads the batch's rows
+    # (the source's rows of the same groups, identical copies included), in one
+    # transaction: n copies on the source become exactly n on the target.
+    groups: tuple[str, ...] = ()
 
 
 class MySQLStore(Store):
@@ -138,6 +146,8 @@ class MySQLStore(Store):
         self._said_fallback = False
         self._hidden: dict[str, str] | None = None
         self._cache: MutableMapping[Any, str] = {}
+        self._frozen_before: bool | None = None  # read_only before our freeze, if we froze
+        self._lapse: threading.Timer | None = None
 
     def use_cache(self, cache: MutableMapping[Any, str]) -> None:
         """The journal's mapping: the target keeps its definer rewrites there, so a later
@@ -304,10 +314,9 @@ class MySQLStore(Store):
     def describe(self) -> dict[str, Any]:
         if not self._facts:
             self.open()
-        notes = [f"tls: {self.settings.tls_state}"]
-        for why in dict.fromkeys(self._hidden_kinds().values()):
-            notes.append(f"NOT copied nor verified: {why}")
-        notes.extend(self.definer_rewrites)
+        notes = [f"tls: {self.settings.tls_state}", *self.definer_rewrites]
+        warnings = [f"NOT copied nor verified: {why}"
+                    for why in dict.fromkeys(self._hidden_kinds().values())]
         return {
             **{k: v for k, v in self._facts.items() if k != "user"},
             "tls": self.settings.tls_state,
@@ -326,6 +335,7 @@ class MySQLStore(Store):
             "timeouts": f"{self.settings.timeout:g} s per read or write"
             f" ({self.settings.ddl_timeout:g} s for index builds)",
             "notes": notes,
+            "warnings": warnings,
         }
 
     def check_access(self, role: base.Role) -> None:
@@ -858,7 +868,7 @@ class MySQLStore(Store):
                 if key:
                     yield ms.key_text(key, row[:n]), row[n].decode("ascii")
                 else:
-                    yield "row md5 " + row[0].decode("ascii"), int(row[1])
+                    yield ms.ROW_MD5_PREFIX + row[0].decode("ascii"), int(row[1])
 
     def schema(self, unit: Unit) -> dict[str, Any]:
         """This side's table as it is now: columns (type, charset, collation, default,
@@ -870,6 +880,194 @@ class MySQLStore(Store):
                 return {"missing": f"table {unit.spec['db']}.{table} does not exist"}
             cur.execute(f"SHOW CREATE TABLE {meta.ident}")
             return ms.schema_of(meta, ms.auto_increment_of(cur.fetchone()[1]))
+
+    # -- catch-up --------------------------------------------------------------------
+    def _wanted(self, unit: Unit, key: list[Column], names: list[str], keys: list[str]
+                ) -> tuple[list[str], tuple[str, ...]]:
+        """WHERE clauses (one per slice of keys) for the records ``records()`` named, and
+        for a keyless table the row MD5s they are. A name this table's key could not have
+        printed is refused: guessing would copy or delete the wrong row."""
+        try:
+            if not key:
+                groups = tuple(dict.fromkeys(ms.parse_row_md5(k) for k in keys))
+                # every statement reads the whole table: one for all the names given
+                return ([ms.row_md5_match(names, list(groups))] if groups else []), groups
+            wanted = list(dict.fromkeys(ms.parse_key(key, k) for k in keys))
+        except StoreError as exc:
+            raise StoreError(f"{self.endpoint.label}: {unit.name}: {exc.message}") from exc
+        return [ms.key_match(key, wanted[i:i + _KEY_SLICE])
+                for i in range(0, len(wanted), _KEY_SLICE)], ()
+
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        """The rows ``records()`` named, as one ``RowBatch`` for the importer (columns read
+        live, as ``export`` does); rows gone meanwhile are absent. One statement per 500
+        keys: an IN list on the unit's key, exact to the byte. For a table without a key
+        the names are row MD5s: the batch carries every source row of those groups and
+        asks the importer to replace the target's rows of the same groups."""
+        spec = unit.spec
+        meta = self._table(self._db(spec), spec["table"])
+        key = self._checked_key(meta, spec)
+        copied = meta.copy_columns()
+        names = [c.name for c in copied]
+        where, groups = self._wanted(unit, key, names, keys)
+        select = f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {meta.ident} WHERE "
+        rows: list[Row] = []
+        with self._session(raw=True, long=not key) as conn, conn.cursor() as cur:
+            for pred in where:
+                cur.execute(select + pred)
+                rows.extend(cur.fetchall())
+        nbytes = sum(len(v) for row in rows for v in row if v is not None)
+        return RowBatch(rows, None, nbytes, columns=tuple((c.name, c.column_type)
+                                                          for c in copied), groups=groups)
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        """Delete the named rows on this target (the rows of the named MD5 groups for a
+        table without a key), 500 keys per statement, with foreign key checks off as
+        for the import: the source decides, and cascades would reach rows of other
+        units. A missing table or row is no error."""
+        spec = unit.spec
+        meta = self._live(self._db(spec), spec["table"])
+        if meta is None or not keys:
+            return
+        key = self._key(meta, spec)
+        where, _groups = self._wanted(unit, key, [c.name for c in meta.copy_columns()], keys)
+        with self._session() as conn, conn.cursor() as cur:
+            cur.execute("SET foreign_key_checks = 0")
+            for pred in where:
+                cur.execute(f"DELETE FROM {meta.ident} WHERE {pred}")
+            cur.execute("SET foreign_key_checks = 1")
+
+    # -- write freeze ----------------------------------------------------------------
+    def _read_only_rights(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(privileges that allow ``SET GLOBAL read_only``, privileges whose holders still
+        write while it is ON), for this server: MariaDB 10.11 moved both from SUPER to
+        READ_ONLY ADMIN (added in 10.5.2); MySQL 8 sets it with SYSTEM_VARIABLES_ADMIN,
+        and SUPER or CONNECTION_ADMIN holders keep writing."""
+        if not self._facts:
+            self.open()
+        version = tuple(int(n) for n in re.findall(r"\d+", str(self._facts["version"]))[:3])
+        if self._facts["flavour"] == "mariadb":
+            if version >= (10, 11):
+                return ("READ_ONLY ADMIN",), ("READ_ONLY ADMIN",)
+            if version >= (10, 5, 2):
+                return ("READ_ONLY ADMIN", "SUPER"), ("READ_ONLY ADMIN", "SUPER")
+            return ("SUPER",), ("SUPER",)
+        if version >= (8,):
+            return ("SYSTEM_VARIABLES_ADMIN", "SUPER"), ("SUPER", "CONNECTION_ADMIN")
+        return ("SUPER",), ("SUPER",)
+
+    def _global_privileges(self, cur: Any) -> set[str]:
+        """This account's privileges ON *.*, from SHOW GRANTS (MariaDB adds the current
+        role's; on MySQL 8 the active roles are named with USING)."""
+        statement = "SHOW GRANTS"
+        if self._facts.get("flavour") == "mysql":
+            cur.execute("SELECT CURRENT_ROLE()")
+            roles = cur.fetchone()[0]
+            if roles and roles != "NONE":
+                statement = f"SHOW GRANTS FOR CURRENT_USER() USING {roles}"
+        cur.execute(statement)
+        held: set[str] = set()
+        for (line,) in cur.fetchall():
+            match = _GLOBAL_GRANT.match(str(line))
+            if match:
+                held.update(p.strip().upper() for p in match.group(1).split(","))
+        return held
+
+    def freeze_check(self) -> str | None:
+        """None when this account may ``SET GLOBAL read_only`` here; else why not (the
+        grants are read, nothing is changed)."""
+        allowed, _writers = self._read_only_rights()
+        with self._session() as conn, conn.cursor() as cur:
+            held = self._global_privileges(cur)
+        if "ALL PRIVILEGES" in held or held & set(allowed):
+            return None
+        server = f"{self._facts['flavour']} {self._facts['version']}"
+        return (f"account {self._facts.get('user')} may not SET GLOBAL read_only on {server}:"
+                f" that needs {' or '.join(allowed)} (it has"
+                f" {', '.join(sorted(held)) or 'no global privilege'})")
+
+    def freeze(self, seconds: float) -> str:
+        """``SET GLOBAL read_only = ON``: every account without the bypass privilege can
+        no longer write. Held until ``unfreeze`` (or ``cutover --rollback``), and for at
+        most ``seconds`` while this process lives; the server keeps it if the process
+        dies. A server that was read-only already is left as it was."""
+        allowed, writers = self._read_only_rights()
+        with self._session() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.read_only")
+            before = bool(int(cur.fetchone()[0]))
+            if not before:
+                # it waits for open write transactions to end: bounded by the timeout
+                cur.execute("SET SESSION lock_wait_timeout ="
+                            f" {max(1, int(self.settings.timeout))}")
+                self._set_read_only(cur, "ON", f"grant {' or '.join(allowed)} ON *.* to the"
+                                    " source account, or turn this store's guard off"
+                                    " (cutover.freeze.guards)")
+            cur.execute("SELECT DISTINCT GRANTEE FROM information_schema.USER_PRIVILEGES"
+                        f" WHERE PRIVILEGE_TYPE IN ({', '.join(['%s'] * len(writers))})"
+                        " ORDER BY 1", writers)
+            bypass = [str(r[0]) for r in cur.fetchall()]
+        self._frozen_before = before
+        self._cache["freeze"] = json.dumps({"read_only_before": before})
+        if before:
+            return ("read_only was ON already (not set by this tool); left ON, and unfreeze"
+                    " leaves it ON")
+        self._arm_lapse(seconds)
+        who = ", ".join(bypass[:8]) + (f" and {len(bypass) - 8} more" if len(bypass) > 8
+                                       else "") if bypass else "none visible to this account"
+        return (f"SET GLOBAL read_only = ON ({self._facts['flavour']}"
+                f" {self._facts['version']}): accounts without {' or '.join(writers)} can no"
+                f" longer write; accounts with it still can ({who}), so their writers must be"
+                f" stopped. Held until unfreeze or `cutover --rollback`, at most {seconds:g} s"
+                " while this process runs; it stays ON if the process dies")
+
+    def _arm_lapse(self, seconds: float) -> None:
+        with self._lock:
+            if self._lapse is not None:
+                self._lapse.cancel()
+            self._lapse = threading.Timer(max(0.0, seconds), self._lapsed)
+            self._lapse.daemon = True
+            self._lapse.start()
+
+    def _lapsed(self) -> None:
+        log.warning("%s: the write freeze reached its limit; SET GLOBAL read_only = OFF",
+                    self.endpoint.label)
+        try:
+            self.unfreeze()
+        except MigrateError as exc:
+            log.warning("%s: could not end the write freeze: %s", self.endpoint.label, exc)
+
+    def unfreeze(self) -> None:
+        """``SET GLOBAL read_only = OFF``, unless ``freeze`` found it ON already (known in
+        this process, or from the journal's cache). Harmless when nothing is held."""
+        with self._lock:
+            timer, self._lapse = self._lapse, None
+        if timer is not None:
+            timer.cancel()
+        before = self._frozen_before
+        if before is None and self._cache.get("freeze"):
+            before = bool(json.loads(self._cache["freeze"]).get("read_only_before"))
+        if before:
+            return
+        with self._session() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.read_only")
+            if int(cur.fetchone()[0]):
+                self._set_read_only(cur, "OFF", "an administrator must run SET GLOBAL"
+                                    " read_only = OFF on the source")
+        self._frozen_before = None
+
+    def _set_read_only(self, cur: Any, value: str, hint: str) -> None:
+        try:
+            cur.execute(f"SET GLOBAL read_only = {value}")
+        except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] in _DENIED:
+                raise self.endpoint.fail(f"cannot SET GLOBAL read_only = {value}:"
+                                         f" {exc.args[-1]}", hint=hint) from exc
+            raise
+
+    def notices(self) -> list[str]:
+        """What the operator should know after ``finalize_target``: objects created with
+        another definer than the source's, one line each."""
+        return list(self.definer_rewrites)
 
 
 def _range_gaps(table: str, group: list[Unit]) -> list[str]:
@@ -977,14 +1175,18 @@ class MySQLImporter(Importer):
 
     def prepare(self, resumed: bool) -> None:
         """A keyless unit restarts from an empty table; ``overwrite`` clears the unit's
-        key range first (in slices, so no transaction grows with the table)."""
+        key range first (in slices, so no transaction grows with the table). A resumed
+        importer (after a checkpoint, or for ``sync``) never clears anything, and checks
+        unique keys again: its rows may replace rows the target holds."""
         conn, meta = self._open()
         key = self.store._key(meta, self.spec)
         try:
             with conn.cursor() as cur:
-                if not key:
+                if resumed:
+                    cur.execute("SET unique_checks = 1")
+                elif not key:
                     cur.execute(f"TRUNCATE TABLE {meta.ident}")
-                elif not resumed and self.store.options.on_existing == "overwrite":
+                elif self.store.options.on_existing == "overwrite":
                     pred = range_predicate(key, self.spec.get("lo"), self.spec.get("hi"))
                     while cur.execute(f"DELETE FROM {meta.ident} WHERE {pred}"
                                       f" ORDER BY {ms.order_by(key)} LIMIT {_DELETE_SLICE}"):
@@ -993,22 +1195,52 @@ class MySQLImporter(Importer):
             raise self.store._error(exc, f"preparing {self.unit.name}") from exc
 
     def write_batch(self, batch: Batch) -> None:
-        if not batch.records:
+        groups = getattr(batch, "groups", ())
+        if not batch.records and not groups:
             return
         conn, meta = self._open()
         self._bind(meta, getattr(batch, "columns", ()))
         try:
-            if self.store.local_infile():
-                try:
-                    self._load(conn, meta, batch.records)
-                    return
-                except pymysql.MySQLError as exc:
-                    if not (exc.args and exc.args[0] in _LOCAL_INFILE_OFF):
-                        raise
-                    self.store.refuse_local_infile(str(exc.args[-1]))
-            self._insert(conn, meta, batch.records)
+            if groups:
+                self._replace_groups(conn, meta, batch.records, groups)
+            else:
+                self._write(conn, meta, batch.records, transaction=False)
         except pymysql.MySQLError as exc:
             raise self.store._error(exc, f"loading {self.unit.name}") from exc
+
+    def _write(self, conn: mc.Connection, meta: Table, rows: list[Row], *,
+               transaction: bool) -> None:
+        """LOAD DATA LOCAL, or REPLACE statements where the server refuses local files;
+        ``transaction``: inside one the caller opened (it commits)."""
+        if self.store.local_infile():
+            try:
+                self._load(conn, meta, rows)
+                return
+            except pymysql.MySQLError as exc:
+                if not (exc.args and exc.args[0] in _LOCAL_INFILE_OFF):
+                    raise
+                self.store.refuse_local_infile(str(exc.args[-1]))
+        self._insert(conn, meta, rows, transaction=transaction)
+
+    def _replace_groups(self, conn: mc.Connection, meta: Table, rows: list[Row],
+                        groups: tuple[str, ...]) -> None:
+        """A keyless table in ``sync``: delete every row of these MD5 groups, then load
+        the source's rows of them, as one transaction (a replay does the same again)."""
+        columns = [c.name for c in meta.copy_columns()]
+        with conn.cursor() as cur:
+            cur.execute("START TRANSACTION")
+            try:
+                cur.execute(f"DELETE FROM {meta.ident} WHERE"
+                            f" {ms.row_md5_match(columns, list(groups))}")
+                if rows:
+                    self._write(conn, meta, rows, transaction=True)
+                cur.execute("COMMIT")
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except pymysql.MySQLError:
+                    pass  # the connection is gone: the server rolled back
+                raise
 
     def _load(self, conn: mc.Connection, meta: Table, rows: list[Row]) -> None:
         """LOAD DATA LOCAL with the rows streamed from memory: nothing on disk."""
@@ -1028,18 +1260,22 @@ class MySQLImporter(Importer):
         shown = "; ".join(str(w[2]) for w in cur.fetchall())
         return f"{self.store.endpoint.label}: {self.unit.name}: {what}: {shown or 'no detail'}"
 
-    def _insert(self, conn: mc.Connection, meta: Table, rows: list[Row]) -> None:
-        """Multi-row REPLACE statements under max_allowed_packet, one transaction."""
+    def _insert(self, conn: mc.Connection, meta: Table, rows: list[Row], *,
+                transaction: bool = False) -> None:
+        """Multi-row REPLACE statements under max_allowed_packet, one transaction (the
+        caller's when ``transaction``)."""
         limit = min(self.store._facts.get("max_allowed_packet", 4 << 20), 16 << 20) - 4096
         with conn.cursor() as cur:
-            cur.execute("START TRANSACTION")
+            if not transaction:
+                cur.execute("START TRANSACTION")
             for sql in ms.insert_statements(meta.ident, self._columns, rows, limit):
                 cur.execute(sql)
                 if cur._result and cur._result.warning_count:
                     problem = self._problem(cur, "the server changed values while inserting")
                     cur.execute("ROLLBACK")
                     raise StoreError(problem)
-            cur.execute("COMMIT")
+            if not transaction:
+                cur.execute("COMMIT")
 
     def finalize(self) -> None:
         self.close()

@@ -253,7 +253,9 @@ def decode_value(value: KeyValue) -> bytes:
 
 def key_text(key: list[Column], raw: tuple[bytes, ...]) -> str:
     """A key as people read it: ``42``, ``u1`` or ``["u1", "u2"]`` for a composite key;
-    binary columns as ``0x…``."""
+    binary columns as ``0x…``. Injective, so ``parse_key`` can hand back the exact bytes:
+    text that is not valid UTF-8, or holds a backslash, shows its backslashes doubled and
+    its undecodable bytes as ``\\xNN`` (a latin1 ``é`` is ``\\xe9``)."""
     parts: list[Any] = []
     for col, value in zip(key, raw, strict=True):
         if col.kind == "int":
@@ -261,10 +263,102 @@ def key_text(key: list[Column], raw: tuple[bytes, ...]) -> str:
         elif col.kind == "bin":
             parts.append("0x" + value.hex())
         else:
-            parts.append(value.decode("utf-8", "backslashreplace"))
+            parts.append(_text_of(value))
     if len(parts) == 1:
         return str(parts[0])
     return json.dumps(parts, ensure_ascii=False)
+
+
+def _text_of(value: bytes) -> str:
+    if b"\\" not in value:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return value.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _bytes_of(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if b"\\" not in raw:
+        return raw
+    return _ESCAPE.sub(lambda m: b"\\" if m[1] == b"\\" else bytes([int(m[1][1:], 16)]), raw)
+
+
+def parse_key(key: list[Column], text: str) -> tuple[bytes, ...]:
+    """The key values (server bytes) that ``key_text`` printed as ``text``: ``sync`` hands
+    keys back by the names ``records`` gave them. Anything ``key_text`` could not have
+    printed for these columns is refused rather than guessed at."""
+    parts: Any = [text]
+    if len(key) > 1:
+        try:
+            parts = json.loads(text)
+        except ValueError:
+            parts = None
+    if not isinstance(parts, list) or len(parts) != len(key):
+        raise StoreError(f"{text!r} is not a key of ({', '.join(c.name for c in key)})")
+    raw: list[bytes] = []
+    for col, part in zip(key, parts, strict=True):
+        if col.kind == "int" and isinstance(part, int) and not isinstance(part, bool):
+            raw.append(str(part).encode("ascii"))
+        elif col.kind == "int" and isinstance(part, str) and _INTEGER.fullmatch(part):
+            raw.append(part.encode("ascii"))
+        elif col.kind == "bin" and isinstance(part, str) and part.startswith("0x"):
+            try:
+                raw.append(bytes.fromhex(part[2:]))
+            except ValueError:
+                raw.append(b"")
+                break
+        elif col.kind not in ("int", "bin") and isinstance(part, str):
+            raw.append(_bytes_of(part))
+        else:
+            break
+    if len(raw) != len(key) or key_text(key, tuple(raw)) != text:
+        raise StoreError(f"{text!r} is not a key of ({', '.join(c.name for c in key)})")
+    return tuple(raw)
+
+
+def key_match(key: list[Column], keys: list[tuple[bytes, ...]]) -> str:
+    """SQL that is true for exactly these keys: an IN list the optimizer turns into index
+    lookups, and, when a text column is part of the key, the same list compared as bytes
+    (under ``utf8mb4_general_ci`` the key ``'a'`` also matches ``'A '``, a different row
+    on the other server)."""
+    def row(items: list[str]) -> str:
+        return items[0] if len(items) == 1 else "(" + ", ".join(items) + ")"
+
+    names = [quote_ident(c.name) for c in key]
+    sql = (f"{row(names)} IN ("
+           + ", ".join(row([c.literal(v) for c, v in zip(key, values, strict=True)])
+                       for values in keys) + ")")
+    if any(c.kind == "char" for c in key):
+        exact = [f"CAST({n} AS BINARY)" if c.kind == "char" else n
+                 for c, n in zip(key, names, strict=True)]
+        sql += (f" AND {row(exact)} IN ("
+                + ", ".join(row([f"X'{v.hex()}'" if c.kind == "char" else c.literal(v)
+                                 for c, v in zip(key, values, strict=True)])
+                            for values in keys) + ")")
+    return sql
+
+
+ROW_MD5_PREFIX = "row md5 "
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def parse_row_md5(text: str) -> str:
+    """The row MD5 of a keyless table's record name (``row md5 <hex>``)."""
+    digest = text[len(ROW_MD5_PREFIX):]
+    if not text.startswith(ROW_MD5_PREFIX) or not _MD5.fullmatch(digest):
+        raise StoreError(f"{text!r} is not a row of a table without a key (row md5 <hex>)")
+    return digest
+
+
+def row_md5_match(columns: list[str], digests: list[str]) -> str:
+    """SQL true for the rows whose ``row_hash`` is one of ``digests``."""
+    return f"{row_hash(columns)} IN ({', '.join(repr(d) for d in digests)})"
 
 
 def compare(key: list[Column], values: list[KeyValue], op: str) -> str:

@@ -1,0 +1,570 @@
+"""Catch-up (`sync`) and the write freeze for MySQL, against the real MariaDB servers of
+``mysql_env``: records named by ``records()`` are fetched and deleted exactly (composite,
+binary, latin1 and case-insensitive keys; identical rows of a keyless table), a resumed
+importer clears nothing, ``SET GLOBAL read_only`` holds a normal account's writes, and
+through the command line a copy made under live writes converges with `sync`, and a
+target changed behind our back is repaired by `sync` alone. Every final comparison reads
+both servers here, row by row, independently of the tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.converters
+import pytest
+
+from fixtures import mysql_data
+from migrator.config import Endpoint
+from migrator.engine.sync import sync_unit
+from migrator.errors import EndpointError, StoreError
+from migrator.stores.base import StoreOptions, Unit
+from migrator.stores.mysql import MySQLStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DB = "oimsync_mysql"
+_RAW = {k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)}
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+
+
+def hostport(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+class Servers:
+    """Connections to both servers (raw: values come back as the server's bytes)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def connect(self, side: str, user: str | None = None, password: str | None = None,
+                raw: bool = True) -> Any:
+        host, port = hostport(self.env[f"OIM_MYSQL_{side}_URL"]).split(":")
+        extra: dict[str, Any] = {"conv": _RAW, "use_unicode": False} if raw else {}
+        return pymysql.connect(
+            host=host, port=int(port), user=user or self.env[f"OIM_MYSQL_{side}_USER"],
+            password=self.env[f"OIM_MYSQL_{side}_PASSWORD"] if password is None else password,
+            autocommit=True, charset="utf8mb4",
+            init_command="SET time_zone = '+00:00'" + (", character_set_results = binary"
+                                                       if raw else ""), **extra)
+
+    def sql(self, side: str, query: str, args: Any = None) -> list[tuple]:
+        conn = self.connect(side)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def url(self, side: str, db: str = "") -> str:
+        return (f"mysql://${{OIM_MYSQL_{side}_USER}}:${{OIM_MYSQL_{side}_PASSWORD}}@"
+                + hostport(self.env[f"OIM_MYSQL_{side}_URL"]) + (f"/{db}" if db else ""))
+
+    def store(self, side: str, db: str = "", **options: Any) -> MySQLStore:
+        store = MySQLStore(Endpoint("mysql", self.url(side, db), name=f"{side.lower()}.mysql"),
+                           options=StoreOptions(**options))
+        store.open()
+        return store
+
+    def drop(self) -> None:
+        for side in ("SRC", "DST"):
+            self.sql(side, f"DROP DATABASE IF EXISTS {DB}")
+
+
+@pytest.fixture
+def servers(mysql_env: dict[str, str]) -> Any:
+    s = Servers(mysql_env)
+    s.drop()
+    yield s
+    s.drop()
+
+
+def table_rows(servers: Servers, side: str, table: str) -> list[tuple]:
+    """Every stored column of every row, as bytes, sorted (duplicates kept)."""
+    columns = [r[0].decode() for r in servers.sql(
+        side, "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
+        " AND TABLE_NAME = %s AND COALESCE(GENERATION_EXPRESSION, '') = ''"
+        " ORDER BY ORDINAL_POSITION",
+        (DB, table))]
+    assert columns, f"{side}: no table {DB}.{table}"
+    rows = servers.sql(side, f"SELECT {', '.join(f'`{c}`' for c in columns)}"
+                             f" FROM {DB}.`{table}`")
+    return sorted(rows, key=lambda r: [(v is None, v or b"") for v in r])
+
+
+def assert_same_tables(servers: Servers) -> None:
+    """Row by row, independent of the tool: no row missing, none left over, none twice
+    (a keyless table compares as a multiset), and the same count on both sides."""
+    tables = sorted(r[0].decode() for r in servers.sql(
+        "SRC", "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+        " AND TABLE_TYPE = 'BASE TABLE'", (DB,)))
+    assert tables
+    for table in tables:
+        src, dst = table_rows(servers, "SRC", table), table_rows(servers, "DST", table)
+        count = f"SELECT COUNT(*) FROM {DB}.`{table}`"
+        assert servers.sql("DST", count) == servers.sql("SRC", count), table
+        if src != dst:
+            s, d = Counter(src), Counter(dst)
+            pytest.fail(f"{table}: missing on target {list((s - d).elements())[:3]},"
+                        f" left over {list((d - s).elements())[:3]}")
+
+
+def copy(source: MySQLStore, target: MySQLStore, units: list[Unit]) -> None:
+    target.prepare_target(units, source)
+    for unit in units:
+        importer = target.importer(unit)
+        importer.prepare(resumed=False)
+        for batch in source.export(unit):
+            importer.write_batch(batch)
+        importer.finalize()
+    target.finalize_target(units, source)
+
+
+def names(store: MySQLStore, unit: Unit) -> dict[str, Any]:
+    return {k: fp for chunk in store.chunks(unit) for k, fp in store.records(unit, chunk)}
+
+
+# Keys a byte-exact fetch must tell apart: case and trailing spaces equal under the
+# table's utf8mb4_general_ci, backslashes and \x.. look-alikes, latin1 bytes that are not
+# UTF-8, binary bytes, emoji.
+KEYED = (f"CREATE TABLE {DB}.k (a VARCHAR(10) NOT NULL, b VARBINARY(4) NOT NULL,"
+         " l VARCHAR(5) CHARACTER SET latin1 NOT NULL, v TEXT, PRIMARY KEY (a, b, l))"
+         " DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci")
+KEYED_ROWS = [("a", b"\x00", "é", "1"), ("b\\x", b"\xff\\", "a", "2"), ("c", b"", "ÿ", None),
+              ("Zz", b"1", "\\xe9", "4"), ("😀", b"2", "x", "5"), ("q", b"3", "y", "6"),
+              ("tab\t", b"\n", "", "7")]
+
+
+def make_keyed(servers: Servers) -> None:
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", KEYED)
+    conn = servers.connect("SRC", raw=False)
+    with conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO {DB}.k VALUES (%s, %s, %s, %s)", KEYED_ROWS)
+    conn.close()
+
+
+# ------------------------------------------------------------------ fetch and delete
+def test_fetch_returns_exactly_the_rows_records_named(servers):
+    make_keyed(servers)
+    source = servers.store("SRC", DB, chunk_records=3)
+    [unit] = source.list_units()
+    named = names(source, unit)
+    assert len(named) == len(KEYED_ROWS)
+    for key in named:  # each name alone brings back its own row, byte for byte
+        batch = source.fetch(unit, [key])
+        assert len(batch.records) == 1
+        [row] = batch.records
+        assert source.fetch(unit, [key]).records == [row]
+        assert names_of_rows(source, unit, batch.records) == [key]
+    gone = '["A ", "0x00", "\\\\xe9"]'  # 'a' in another case with a trailing space
+    batch = source.fetch(unit, [*named, gone, '["nobody", "0x", "x"]'])
+    assert len(batch.records) == len(KEYED_ROWS)  # absent keys are simply absent
+    assert [c for c, _ in batch.columns] == ["a", "b", "l", "v"]
+    assert batch.nbytes == sum(len(v) for r in batch.records for v in r if v is not None)
+    source.close()
+
+
+def names_of_rows(store: MySQLStore, unit: Unit, rows: list[tuple]) -> list[str]:
+    """The names ``records`` gives these rows (their key columns are the first three)."""
+    from migrator.stores.mysql_schema import key_text
+    meta = store._table(DB, unit.spec["table"])
+    key = [meta.column(n) for n in unit.spec["key"]]
+    return [key_text(key, tuple(r[:len(key)])) for r in rows]
+
+
+@pytest.mark.parametrize("bad", ['["a", "0x00"]', '["a", "00", "x"]', '["a", "0xZZ", "x"]',
+                                 "a", '["a", "0x00", "\\\\q"]'])
+def test_a_name_the_key_could_not_have_printed_is_refused(servers, bad):
+    make_keyed(servers)
+    source = servers.store("SRC", DB)
+    [unit] = source.list_units()
+    with pytest.raises(StoreError, match=f"{DB}.k: .* is not a key of \\(a, b, l\\)"):
+        source.fetch(unit, [bad])
+    source.close()
+
+
+def test_fetch_is_one_statement_per_slice_not_one_per_key(servers):
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.many (id INT PRIMARY KEY, v VARCHAR(20))")
+    servers.sql("SRC", f"INSERT INTO {DB}.many VALUES "
+                + ", ".join(f"({i}, 'v{i}')" for i in range(1, 1501)))
+    source = servers.store("SRC", DB)
+    [unit] = source.list_units()
+    keys = [str(i) for i in range(1, 1201)]
+    selects = "SHOW GLOBAL STATUS LIKE 'Com_select'"
+    before = int(servers.sql("SRC", selects)[0][1])
+    batch = source.fetch(unit, keys)
+    after = int(servers.sql("SRC", selects)[0][1])
+    assert sorted(int(r[0]) for r in batch.records) == list(range(1, 1201))
+    # 3 slices of 500 keys, plus the live table definition (4 information_schema reads)
+    assert after - before <= 10, after - before
+    source.close()
+
+
+def test_sync_makes_keys_a_collation_calls_equal_byte_exact(servers):
+    make_keyed(servers)
+    source = servers.store("SRC", DB, chunk_records=3)
+    target = servers.store("DST")
+    units = source.list_units()
+    copy(source, target, units)
+    target_ops = [
+        f"UPDATE {DB}.k SET a = 'A ' WHERE a = 'a'",  # the same key to the server
+        f"UPDATE {DB}.k SET l = 'Y' WHERE a = 'q'",  # likewise, in latin1
+        f"UPDATE {DB}.k SET v = 'changed' WHERE a = '😀'",
+        f"DELETE FROM {DB}.k WHERE a = 'c'",
+        f"INSERT INTO {DB}.k VALUES ('extra', 'e', 'e', 'only here')",
+    ]
+    for query in target_ops:
+        servers.sql("DST", query)
+    reports = [sync_unit(source, target, u) for u in units]
+    assert sum(r.copied for r in reports) == 4 and sum(r.deleted for r in reports) == 3
+    assert_same_tables(servers)
+    assert all(sync_unit(source, target, u).changed == 0 for u in units)
+    source.close()
+    target.close()
+
+
+def test_a_keyless_table_has_its_groups_of_identical_rows_replaced_whole(servers):
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.logins (u VARCHAR(10), at DATETIME(3), ip VARBINARY(4))")
+    servers.sql("SRC", f"INSERT INTO {DB}.logins VALUES ('x', '2024-01-01', X'0a000001'),"
+                       " ('x', '2024-01-01', X'0a000001'), ('x', '2024-01-01', X'0a000001'),"
+                       " ('y', NULL, ''), ('z', '2024-02-02 10:00:00.5', NULL)")
+    source = servers.store("SRC", DB)
+    target = servers.store("DST")
+    [unit] = source.list_units()
+    assert unit.spec["resumable"] is False
+    copy(source, target, [unit])
+    servers.sql("DST", f"DELETE FROM {DB}.logins WHERE u = 'x' LIMIT 1")  # a lost duplicate
+    servers.sql("DST", f"INSERT INTO {DB}.logins VALUES ('y', NULL, '')")  # a gained one
+    servers.sql("DST", f"UPDATE {DB}.logins SET ip = X'00' WHERE u = 'z'")  # changed
+    servers.sql("DST", f"INSERT INTO {DB}.logins VALUES ('w', NULL, NULL)")  # only here
+    report = sync_unit(source, target, unit)
+    # groups x (3 rows), y (1 row) and z (1 row) re-copied; w and the changed z removed
+    assert (report.copied, report.deleted) == (5, 2)
+    assert_same_tables(servers)
+    assert sync_unit(source, target, unit).changed == 0
+    # delete() on its own removes whole groups, and nothing else
+    digest = next(k for k, n in names(target, unit).items() if n == 3)
+    target.delete(unit, [digest])
+    assert servers.sql("DST", f"SELECT u, COUNT(*) FROM {DB}.logins GROUP BY u ORDER BY u") \
+        == [(b"y", b"1"), (b"z", b"1")]
+    source.close()
+    target.close()
+
+
+def test_a_resumed_importer_clears_nothing(servers):
+    make_keyed(servers)
+    servers.sql("SRC", f"CREATE TABLE {DB}.nokey (v INT)")
+    servers.sql("SRC", f"INSERT INTO {DB}.nokey VALUES (1), (1), (2)")
+    source = servers.store("SRC", DB)
+    target = MySQLStore(Endpoint("mysql", servers.url("DST"), name="dst.mysql"),
+                        options=StoreOptions(on_existing="overwrite"))
+    target.open()
+    units = source.list_units()
+    copy(source, target, units)
+    before = {t: table_rows(servers, "DST", t) for t in ("k", "nokey")}
+    for unit in units:
+        importer = target.importer(unit)
+        importer.prepare(resumed=True)  # neither TRUNCATE (keyless) nor overwrite's DELETE
+        importer.finalize()
+    assert {t: table_rows(servers, "DST", t) for t in ("k", "nokey")} == before
+    importer = target.importer(next(u for u in units if u.spec["table"] == "nokey"))
+    importer.prepare(resumed=False)  # what the engine does for a keyless unit: restart
+    importer.finalize()
+    assert servers.sql("DST", f"SELECT COUNT(*) FROM {DB}.nokey") == [(b"0",)]
+    source.close()
+    target.close()
+
+
+def test_delete_ignores_what_is_gone_and_does_not_cascade(servers):
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.parent (id INT PRIMARY KEY) ENGINE=InnoDB")
+    servers.sql("SRC", f"CREATE TABLE {DB}.child (id INT PRIMARY KEY, p INT, FOREIGN KEY (p)"
+                       f" REFERENCES {DB}.parent (id) ON DELETE CASCADE) ENGINE=InnoDB")
+    servers.sql("SRC", f"INSERT INTO {DB}.parent VALUES (1), (2)")
+    servers.sql("SRC", f"INSERT INTO {DB}.child VALUES (10, 1), (20, 2)")
+    source = servers.store("SRC", DB)
+    target = servers.store("DST")
+    units = source.list_units()
+    copy(source, target, units)
+    parent = next(u for u in units if u.spec["table"] == "parent")
+    target.delete(parent, ["1", "3"])  # 3 never existed
+    assert servers.sql("DST", f"SELECT id FROM {DB}.parent") == [(b"2",)]
+    # the child row stays: the source decides about it (its own unit), not a cascade
+    assert servers.sql("DST", f"SELECT id FROM {DB}.child ORDER BY id") == [(b"10",), (b"20",)]
+    servers.sql("DST", f"DROP TABLE {DB}.child")
+    servers.sql("DST", f"DROP TABLE {DB}.parent")
+    target.delete(parent, ["2"])  # no table: nothing to delete
+    source.close()
+    target.close()
+
+
+# ------------------------------------------------------------------ write freeze
+@pytest.fixture
+def writer_account(servers):
+    """A normal application account (no admin privilege) on the source."""
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.w (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+    servers.sql("SRC", "CREATE OR REPLACE USER 'oim_app'@'%' IDENTIFIED BY 'app-secret'")
+    servers.sql("SRC", f"GRANT SELECT, INSERT, UPDATE, DELETE ON {DB}.* TO 'oim_app'@'%'")
+    yield lambda: servers.connect("SRC", "oim_app", "app-secret")
+    servers.sql("SRC", "SET GLOBAL read_only = OFF")
+    servers.sql("SRC", "DROP USER IF EXISTS 'oim_app'@'%'")
+
+
+def reader_store(servers: Servers) -> MySQLStore:
+    url = ("mysql://${OIM_MYSQL_SRC_READER_USER}:${OIM_MYSQL_SRC_READER_PASSWORD}@"
+           + hostport(servers.env["OIM_MYSQL_SRC_URL"]) + f"/{DB}")
+    store = MySQLStore(Endpoint("mysql", url, name="source.mysql"))
+    store.open()
+    return store
+
+
+def insert(connect: Any) -> None:
+    conn = connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {DB}.w (v) VALUES (1)")
+    finally:
+        conn.close()
+
+
+def test_freeze_check_reads_the_grants_and_names_the_missing_privilege(servers, writer_account):
+    reader = reader_store(servers)
+    reason = reader.freeze_check()
+    assert reason is not None
+    assert "reader@" in reason and "READ_ONLY ADMIN" in reason and "SELECT" in reason
+    with pytest.raises(EndpointError, match="cannot SET GLOBAL read_only = ON") as info:
+        reader.freeze(30)
+    assert "READ_ONLY ADMIN" in str(info.value)
+    assert servers.sql("SRC", "SELECT @@GLOBAL.read_only") == [(b"0",)]  # changed nothing
+    root = servers.store("SRC", DB)
+    assert root.freeze_check() is None
+    assert servers.sql("SRC", "SELECT @@GLOBAL.read_only") == [(b"0",)]
+    reader.close()
+    root.close()
+
+
+def test_freeze_holds_a_normal_accounts_writes_until_unfreeze(servers, writer_account):
+    store = servers.store("SRC", DB)
+    insert(writer_account)
+    said = store.freeze(120)
+    try:
+        assert servers.sql("SRC", "SELECT @@GLOBAL.read_only") == [(b"1",)]
+        # MariaDB: READ_ONLY ADMIN holders (root here) still write; the text says so
+        assert "READ_ONLY ADMIN" in said and "'root'@" in said and "still" in said
+        with pytest.raises(pymysql.OperationalError) as info:
+            insert(writer_account)
+        assert info.value.args[0] == 1290  # --read-only
+        assert list(store.fetch(store.list_units()[0], ["1"]).records)  # reads go on
+    finally:
+        store.unfreeze()
+    insert(writer_account)
+    assert servers.sql("SRC", f"SELECT COUNT(*) FROM {DB}.w") == [(b"2",)]
+    store.unfreeze()  # harmless when nothing is held
+    store.close()
+
+
+def test_freeze_lapses_after_its_limit_and_respects_a_read_only_server(servers, writer_account):
+    store = servers.store("SRC", DB)
+    store.freeze(1.0)
+    deadline = time.monotonic() + 30
+    while servers.sql("SRC", "SELECT @@GLOBAL.read_only") != [(b"0",)]:
+        assert time.monotonic() < deadline, "the freeze did not lapse"
+        time.sleep(0.2)
+    insert(writer_account)
+    servers.sql("SRC", "SET GLOBAL read_only = ON")  # a server that is read-only already
+    said = store.freeze(60)
+    assert "already" in said
+    store.unfreeze()
+    assert servers.sql("SRC", "SELECT @@GLOBAL.read_only") == [(b"1",)]  # left as found
+    store.close()
+
+
+# ------------------------------------------------------------------ through the CLI
+def load_fixture(servers: Servers, scale: float) -> None:
+    mysql_data.load(Endpoint("mysql", servers.url("SRC", DB), name="fixture"), seed=5,
+                    scale=scale)
+
+
+def plan_args(servers: Servers) -> list[str]:
+    return ["--source", f"mysql={servers.url('SRC', DB)}", "--target",
+            f"mysql={servers.url('DST')}"]
+
+
+class Writer(threading.Thread):
+    """Changes, adds and deletes source rows until told to stop: a composite-key table
+    (friends), binary and utf8mb4 values (type_zoo), identical rows of a keyless table
+    (user_login_records) and chat_logs."""
+
+    def __init__(self, servers: Servers, seed: int) -> None:
+        super().__init__(name="mysql-writer", daemon=True)
+        self.conn = servers.connect("SRC", raw=False)
+        self.rng = random.Random(seed)
+        self.halt = threading.Event()
+        self.done: Counter[str] = Counter()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(f"USE {DB}")
+                while not self.halt.is_set():
+                    self.step(cur)
+                    time.sleep(0.01)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.conn.close()
+
+    def one(self, cur: Any, query: str) -> tuple | None:
+        cur.execute(query + " ORDER BY RAND() LIMIT 1")
+        return cur.fetchone()
+
+    def step(self, cur: Any) -> None:
+        rng = self.rng
+        table = rng.choice(["friends", "type_zoo", "user_login_records", "chat_logs"])
+        op = rng.choice(["insert", "update", "delete"])
+        emoji = rng.choice(mysql_data.EMOJI)
+        if table == "friends":
+            row = self.one(cur, "SELECT owner_user_id, friend_user_id FROM friends")
+            if op == "insert" or row is None:
+                cur.execute("INSERT IGNORE INTO friends (owner_user_id, friend_user_id, remark)"
+                            " VALUES (%s, %s, %s)", (f"u{rng.randrange(10**9):09d}",
+                                                     f"w{rng.randrange(10**6)}", emoji))
+            elif op == "update":
+                cur.execute("UPDATE friends SET remark = %s WHERE owner_user_id = %s AND"
+                            " friend_user_id = %s", (f"{emoji} tab\there", *row))
+            else:
+                cur.execute("DELETE FROM friends WHERE owner_user_id = %s AND"
+                            " friend_user_id = %s", row)
+        elif table == "type_zoo":
+            row = self.one(cur, "SELECT id FROM type_zoo")
+            if op == "insert" or row is None:
+                cur.execute("INSERT INTO type_zoo (t_varbinary, t_blob, t_text, t_latin1)"
+                            " VALUES (%s, %s, %s, %s)", (rng.randbytes(16), rng.randbytes(300),
+                                                         emoji * 3 + "\\N", "café"))
+            elif op == "update":
+                cur.execute("UPDATE type_zoo SET t_blob = %s, t_mediumtext = %s,"
+                            " t_binary = %s WHERE id = %s",
+                            (b"\x00\\\t\n" + rng.randbytes(40), emoji, rng.randbytes(8), row[0]))
+            else:
+                cur.execute("DELETE FROM type_zoo WHERE id = %s", row)
+        elif table == "user_login_records":
+            if op == "insert":  # an identical copy of a row: a duplicate to carry over
+                cur.execute("INSERT INTO user_login_records SELECT * FROM user_login_records"
+                            " ORDER BY RAND() LIMIT 1")
+            elif op == "update":
+                cur.execute("UPDATE user_login_records SET ip = %s ORDER BY RAND() LIMIT 1",
+                            (f"10.9.{rng.randrange(256)}.{rng.randrange(256)}",))
+            else:
+                cur.execute("DELETE FROM user_login_records ORDER BY RAND() LIMIT 1")
+        else:
+            row = self.one(cur, "SELECT server_msg_id FROM chat_logs")
+            if op == "insert" or row is None:
+                cur.execute("INSERT INTO chat_logs (server_msg_id, content, send_time) VALUES"
+                            " (%s, %s, NOW(3))", (f"live-{rng.randrange(10**12):012d}",
+                                                  f'{{"content": "{emoji}"}}'))
+            elif op == "update":
+                cur.execute("UPDATE chat_logs SET status = status + 1, content = %s WHERE"
+                            " server_msg_id = %s", (emoji, row[0]))
+            else:
+                cur.execute("DELETE FROM chat_logs WHERE server_msg_id = %s", row)
+        self.done[op] += 1
+        self.done[table] += 1
+
+
+def test_live_writes_during_a_rate_limited_run_converge_with_sync(servers, tmp_path):
+    load_fixture(servers, scale=0.5)
+    plan = tmp_path / "mysql.yaml"
+    out = cli("plan", *plan_args(servers), "--unit-records", "400", "--chunk-records", "100",
+              "--batch-records", "50", "--rate-limit", "150KiB", "-o", str(plan))
+    assert out.returncode == 0, out.stderr + out.stdout
+    writer = Writer(servers, seed=3)
+    run = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
+                            "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=dict(os.environ))
+    writer.start()
+    started = time.monotonic()
+    stdout, stderr = run.communicate(timeout=600)
+    elapsed = time.monotonic() - started
+    writer.halt.set()
+    writer.join()
+    assert writer.error is None, writer.error
+    assert run.returncode == 0, stderr + stdout
+    assert elapsed > 5, f"the run took {elapsed:.1f}s: too short for the writer to matter"
+    assert all(writer.done[k] >= 5 for k in ("insert", "update", "delete", "friends",
+                                             "type_zoo", "user_login_records")), writer.done
+
+    synced = cli("sync", str(plan), "--until-stable", "--json")
+    assert synced.returncode == 0, synced.stderr + synced.stdout
+    passes = json.loads(synced.stdout)["passes"]
+    first = passes[0]["units"]
+    assert sum(u["copied"] for u in first) > 0 and sum(u["deleted"] for u in first) > 0
+    assert passes[-1]["changed"] == 0
+    verified = cli("verify", str(plan), "--json")
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    assert_same_tables(servers)
+
+    # EQUAL is a promise: a change after the sync is seen again, by name.
+    [(changed,)] = servers.sql("SRC", f"SELECT MAX(id) FROM {DB}.type_zoo")
+    servers.sql("SRC", f"UPDATE {DB}.type_zoo SET t_blob = X'00' WHERE id = %s", (changed,))
+    again = cli("verify", str(plan), "--json")
+    assert again.returncode == 5, again.stderr + again.stdout
+    assert [k for u in json.loads(again.stdout)["units"] for k in u["differ"]] \
+        == [changed.decode()]
+
+
+def test_sync_alone_repairs_deleted_changed_and_extra_rows_on_the_target(servers, tmp_path):
+    load_fixture(servers, scale=0.2)
+    plan = tmp_path / "mysql.yaml"
+    out = cli("plan", *plan_args(servers), "--chunk-records", "50", "-o", str(plan))
+    assert out.returncode == 0, out.stderr + out.stdout
+    run = cli("run", str(plan), "--json")
+    assert run.returncode == 0, run.stderr + run.stdout
+
+    [owner, friend] = servers.sql("DST", f"SELECT owner_user_id, friend_user_id FROM"
+                                         f" {DB}.friends ORDER BY 1, 2 LIMIT 1 OFFSET 7")[0]
+    servers.sql("DST", f"DELETE FROM {DB}.friends WHERE owner_user_id = %s AND"
+                       " friend_user_id = %s", (owner, friend))
+    [(zoo,)] = servers.sql("DST", f"SELECT MIN(id) FROM {DB}.type_zoo")
+    servers.sql("DST", f"UPDATE {DB}.type_zoo SET t_varchar = 'not 😀' WHERE id = %s", (zoo,))
+    servers.sql("DST", f"INSERT INTO {DB}.users (user_id, name) VALUES ('zz-extra', 'stray')")
+    servers.sql("DST", f"DELETE FROM {DB}.user_login_records ORDER BY user_id LIMIT 1")
+    verified = cli("verify", str(plan), "--json")
+    assert verified.returncode == 5, verified.stderr + verified.stdout
+    units = {u["unit"]: u for u in json.loads(verified.stdout)["units"]
+             if u["status"] == "differ"}
+    friend_key = json.dumps([owner.decode(), friend.decode()], ensure_ascii=False)
+    assert units[f"mysql:{DB}.friends"]["missing_on_target"] == [friend_key]
+    assert units[f"mysql:{DB}.type_zoo"]["differ"] == [zoo.decode()]
+    assert units[f"mysql:{DB}.users"]["missing_on_source"] == ["zz-extra"]
+    assert f"mysql:{DB}.user_login_records" in units
+    assert "sync" in verified.stdout + verified.stderr  # the hint says how to repair
+
+    synced = cli("sync", str(plan), "--json")
+    assert synced.returncode == 0, synced.stderr + synced.stdout
+    done = {u["unit"]: u for u in json.loads(synced.stdout)["passes"][0]["units"]}
+    assert done[f"mysql:{DB}.friends"]["copied"] == 1
+    assert done[f"mysql:{DB}.type_zoo"]["copied"] == 1
+    assert done[f"mysql:{DB}.users"]["deleted"] == 1
+    assert done[f"mysql:{DB}.user_login_records"]["copied"] >= 1
+    again = cli("verify", str(plan), "--json")
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert_same_tables(servers)
