@@ -68,9 +68,20 @@ installed() {
     done <"$STAGE/files"
 }
 
+# install_tree DIR: put each file under DIR at the same path under / when it differs there.
+# install(1) replaces a file by a new inode, so running servers that mapped the old
+# library keep it; existing directories keep their owner, mode and times.
+install_tree() {
+    local f
+    while IFS= read -r -d '' f; do
+        cmp -s "$1/$f" "/$f" ||
+            "${sudo[@]}" install -D -p -m "$(stat -c %a "$1/$f")" "$1/$f" "/$f"
+    done < <(cd "$1" && find . -type f -printf '%P\0')
+}
+
 install_stage() {
     log "installing the cached extension files into PostgreSQL $PG_MAJOR"
-    "${sudo[@]}" cp -a "$STAGE/root/." /
+    install_tree "$STAGE/root"
 }
 
 if [ "${1:-}" = --check ]; then
@@ -133,7 +144,7 @@ ext() {
     make -s -C "$dir" -j"$(nproc)" PG_CONFIG="$PG_CONFIG" with_llvm=no "$@" >"$work/make.log" 2>&1 &&
         make -s -C "$dir" PG_CONFIG="$PG_CONFIG" with_llvm=no DESTDIR="$work/root" "$@" install \
             >>"$work/make.log" 2>&1 || { tail -n 40 "$work/make.log" >&2; die "building $dir failed"; }
-    "${sudo[@]}" cp -a "$work/root/." /
+    install_tree "$work/root"
 }
 ext "$work/pgvector"
 ext "$work/pg_cron"

@@ -64,7 +64,7 @@ BINARIES = {
     "redis": ["redis-server", "redis-cli"],
     "mysql": ["mariadbd", "mariadb-install-db", "mariadb"],
     "minio": ["minio"],
-    "mongo": ["ferretdb"],  # the FerretDB flavour; see _binaries() for DocumentDB
+    "mongo": ["ferretdb", "openssl"],  # the FerretDB flavour; see _binaries() for DocumentDB
 }
 
 # Read-only Redis user: everything for SCAN/DUMP/PTTL/TYPE/H*/L*/S*/Z*/X* reads,
@@ -838,6 +838,8 @@ def _pg_conf(port: int, sockdir: Path) -> str:
         "documentdb.enableBypassDocumentValidation = true",
         "documentdb.enableUserCrud = true",
         "documentdb.maxUserLimit = 100",
+        # index builds on collections with data run from a pg_cron job (default every 2 s)
+        "documentdb.indexBuildScheduleInSec = 1",
         # a throw-away test server: durability off, modest memory
         "fsync = off",
         "synchronous_commit = off",

@@ -135,6 +135,8 @@ def _mongo_flavour_expected() -> str:
         flavour = oim_services.mongo_flavour()
     except ValueError as exc:
         return str(exc)
+    if flavour == "ferretdb" and os.environ.get("OIM_MONGO_TEST_SERVER"):
+        return "ferretdb (FerretDB 1.24, chosen by OIM_MONGO_TEST_SERVER)"
     if flavour == "ferretdb":
         return ("ferretdb (FerretDB 1.24; DocumentDB not built: see scripts/build-documentdb.sh"
                 " and OIM_VENDOR_DIR)")

@@ -133,6 +133,15 @@ BSON_VALUES = {
     "decimal128": Decimal128("1.2300E+5"), "minkey": MinKey(), "maxkey": MaxKey(),
     "code": Code("function () { return 1; }"), "code_with_scope": Code("function(){return x}",
                                                                         {"x": 1}),
+    "binary_1_function": Binary(b"f()", 1), "binary_2_old": Binary(b"old", 2),
+    "binary_3_old_uuid": Binary(uuid.UUID(int=9).bytes, 3), "binary_6_encrypted": Binary(b"e", 6),
+    "binary_8_sensitive": Binary(b"secret", 8),
+    "dollar_fields": SON([("$price", Decimal128("9.99")), ("$currency", "EUR")]),
+    "dotted_fields": SON([("a.b", 1), ("c.d.e", {"f.g": 2})]),
+    "arrays_in_arrays_deep": [[[1], [2, [3, []]]], [{"x": [[4]]}]],
+    "decimal128_specials": [Decimal128("NaN"), Decimal128("-Infinity"), Decimal128("-0"),
+                            Decimal128("1E+6144")],
+    "double_neg_inf": float("-inf"),
 }
 
 

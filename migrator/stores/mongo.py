@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,6 +76,8 @@ from migrator.stores.base import (
 log = logging.getLogger(__name__)
 
 SYSTEM_DBS = ("admin", "config", "local")
+INDEX_BUILDS_AT_ONCE = 8  # collections whose indexes are built concurrently (finalize)
+MEASURE_AT_ONCE = 4  # collections counted / probed concurrently while planning
 DEFAULT_TARGET_DB = "openim_v3"  # where check_access(TARGET) probes when nothing is named
 _SNAPSHOT_GONE = {239, 246}  # SnapshotTooOld, SnapshotUnavailable
 _DUPLICATE_KEY = 11000
@@ -292,9 +295,12 @@ class MongoStore(Store):
             except mx.OperationFailure:
                 existed = True  # cannot see it: never drop what we cannot prove is ours
             try:
-                db.create_collection(name)
+                # createIndexes on a new name creates the collection with its index at once
+                # (on DocumentDB an index on an existing collection is a ~1-2 s background
+                # build); proves createCollection, createIndex and insert rights
+                db.command("createIndexes", name, indexes=[{"key": {"probe": 1},
+                                                           "name": "probe_1"}])
                 db[name].insert_one({"probe": 1})
-                db[name].create_index("probe")
                 db[name].delete_many({})
             finally:
                 db.drop_collection(name)
@@ -401,7 +407,12 @@ class MongoStore(Store):
 
     # -- units ---------------------------------------------------------------------------
     def list_units(self) -> list[Unit]:
-        units: list[Unit] = []
+        """One unit per collection, or `_id` ranges above ``unit_records`` documents.
+
+        Collections are measured a few at a time (a count and ``collStats`` each): planning
+        is round trips, not work, and OpenIM has ~20 collections per database.
+        """
+        wanted: list[tuple[str, str, dict[str, Any]]] = []
         for db_name in self._databases():
             db = self.client[db_name]
             with self._errors(f"listing collections of {db_name}"):
@@ -417,8 +428,11 @@ class MongoStore(Store):
                         f"{self.endpoint.label}: {db_name}.{name} is a {kind} collection, "
                         "which this tool cannot copy yet",
                         hint=f"exclude it ({db_name}.{name}) and copy it with mongodump")
-                units += self._collection_units(db_name, name, info)
-        return units
+                wanted.append((db_name, name, info))
+        with ThreadPoolExecutor(max_workers=max(1, min(MEASURE_AT_ONCE, len(wanted))),
+                                thread_name_prefix="mongo-plan") as pool:
+            return [u for part in pool.map(lambda w: self._collection_units(*w), wanted)
+                    for u in part]
 
     def _collection_units(self, db_name: str, name: str, info: dict[str, Any]) -> list[Unit]:
         coll = self.client[db_name].get_collection(name, codec_options=meta.RAW)
@@ -521,13 +535,15 @@ class MongoStore(Store):
 
     # -- target side ---------------------------------------------------------------------
     def existing(self, units: list[Unit]) -> list[str]:
-        found = []
-        for unit in units:
+        def holds_data(unit: Unit) -> bool:
             with self._errors(f"looking for data of {unit.name}"):
-                if self._coll(unit, mapped=True).find_one(
-                        self._unit_filter(unit), {"_id": 1}) is not None:
-                    found.append(unit.name)
-        return found
+                return self._coll(unit, mapped=True).find_one(
+                    self._unit_filter(unit), {"_id": 1}) is not None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(MEASURE_AT_ONCE, len(units))),
+                                thread_name_prefix="mongo-plan") as pool:
+            return [u.name for u, full in zip(units, pool.map(holds_data, units), strict=True)
+                    if full]
 
     def importer(self, unit: Unit) -> Importer:
         self.open()
@@ -585,12 +601,25 @@ class MongoStore(Store):
         self.create_indexes(wanted)
 
     def create_indexes(self, wanted: list[tuple[str, str, list[SON]]]) -> None:
-        """Build (db, collection, specs) indexes; every refusal is named in one error."""
+        """Build (db, collection, specs) indexes; every refusal is named in one error.
+
+        Collections are built a few at a time: a server may queue each build and poll for
+        it (DocumentDB's gateway answers after a background build, ~1-2 s even when the
+        collection is tiny), so building them one after another would add up the waits.
+        """
         refused: list[str] = []
         failed: list[str] = []
-        for target, name, specs in wanted:
+
+        def build(item: tuple[str, str, list[SON]]) -> list[tuple[str, Any, bool]]:
+            target, name, specs = item
             with self._errors(f"building indexes of {target}.{name}"):
-                failures = meta.create_indexes(self.client[target], name, specs)
+                return meta.create_indexes(self.client[target], name, specs)
+
+        todo = [w for w in wanted if w[2]]
+        with ThreadPoolExecutor(max_workers=max(1, min(INDEX_BUILDS_AT_ONCE, len(todo))),
+                                thread_name_prefix="mongo-index") as pool:
+            results = list(pool.map(build, todo))
+        for (target, name, _), failures in zip(todo, results, strict=True):
             for index, exc, unsupported in failures:
                 text = str((exc.details or {}).get("errmsg") or exc)[:200]
                 (refused if unsupported else failed).append(f"{target}.{name} {index}: {text}")
