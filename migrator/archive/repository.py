@@ -62,6 +62,28 @@ class SetInfo:
         source = self.manifest.start if self.manifest else self.start
         return list(source.stores) if source else []
 
+    def to_dict(self) -> dict[str, Any]:
+        """For ``list``: time, state, stores, cuts, sizes; never a secret."""
+        out: dict[str, Any] = {"set": self.set_id,
+                               "time": self.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "state": self.state, "stores": self.stores,
+                               "stored_files": len(self.stored),
+                               "stored_bytes": sum(self.stored.values())}
+        head = self.manifest.start if self.manifest else self.start
+        if head is not None:
+            out["plan"] = {"name": head.plan_name, "fingerprint": head.plan_fingerprint}
+            out["tool_version"] = head.tool_version
+        if self.manifest is not None:
+            out["finished"] = self.manifest.finished
+            out["cuts"] = {kind: store.cut.to_dict() if store.cut else None
+                           for kind, store in self.manifest.stores.items()}
+            out["totals"] = self.manifest.totals()
+        elif self.state == INCOMPLETE:
+            out["units_done"] = sum(1 for p in self.stored if "/records/" in p)
+        if self.problem:
+            out["problem"] = {"path": self.problem_path, "problem": self.problem}
+        return out
+
 
 class Repository:
     def __init__(self, location: Location, backend: Backend, cipher: Cipher,

@@ -10,6 +10,7 @@ import click
 
 from migrator import __version__
 from migrator.cli import render
+from migrator.cli.backup_cmd import backup_group
 from migrator.cli.cutover_cmd import cutover_command
 from migrator.cli.deploy_cmd import deploy_command
 from migrator.cli.discover_cmd import discover_command
@@ -50,6 +51,7 @@ cli.add_command(schema_command)
 cli.add_command(deploy_command)
 cli.add_command(job_group)
 cli.add_command(discover_command)
+cli.add_command(backup_group)
 
 
 _TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM
