@@ -217,14 +217,20 @@ def staging_cutover(plan_path: Path, work_dir: Path, *, ns: str = "openim") -> i
     try:
         if kube.read("ConfigMap", "openim-config", ns) is None:
             create_openim_objects(kube, ns)
-        stores = list(load_plan(plan_path).stores)
+        plan = load_plan(plan_path)
+        stores = list(plan.stores)
+        # A store guard only where plan found the source account may use one; the others
+        # rely on the stopped writers, as the cutover then says.
+        guards = {kind: pair.facts.get("source", {}).get("freeze_guard") == "available"
+                  for kind, pair in plan.stores.items()}
         secrets = {}
         if "redis" in stores and "OIM_REDIS_CLUSTER_PASSWORD" in os.environ:
             secrets["openim-redis-secret"] = {"redis-password": "${OIM_REDIS_CLUSTER_PASSWORD}"}
         if "objects" in stores and "OIM_S3_DST_SECRET_KEY" in os.environ:
             secrets["openim-minio-secret"] = {"minio-root-password": "${OIM_S3_DST_SECRET_KEY}"}
-        add_cutover(plan_path, "staging", cutover_section(
-            ns, stores, kubeconfig=state["kubeconfig"], secrets=secrets))
+        section = cutover_section(ns, stores, kubeconfig=state["kubeconfig"], secrets=secrets)
+        section["freeze"]["guards"] = guards
+        add_cutover(plan_path, "staging", section)
         print("  (the local API server runs no controllers: a thread here patches each "
               "Deployment's /status, standing in for the Deployment controller)")
         metrics = work_dir / "cutover.prom"

@@ -100,8 +100,12 @@ class Setup:
     objects = (("ConfigMap", "openim-config"), ("Secret", "openim-redis-secret"))
 
     def client(self, side: str, timeout: float = 5) -> redis.Redis:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         host, port = hostport(self.env[f"OIM_REDIS_{side}_URL"]).split(":")
         return redis.Redis(host, int(port), db=DB, socket_timeout=timeout,
+                           retry=Retry(NoBackoff(), 0),  # a timeout is the answer here
                            password=self.env[f"OIM_REDIS_{side}_PASSWORD"])
 
     def source_url(self, user: str = "", password_var: str = "OIM_REDIS_SRC_PASSWORD") -> str:
@@ -125,8 +129,8 @@ class Setup:
         sh = "/bin/sh"
         section = demo.cutover_section(
             self.ns, ["redis"], kubeconfig=self.cluster.kubeconfig,
-            freeze=[sh, "-c", f"touch {self.started}; [ -e {self.slow} ] && sleep 30; "
-                    f"echo writers stopped; touch {self.marker}"],
+            freeze=[sh, "-c", f"touch {self.started}; [ -e {self.slow} ] && echo $$ > "
+                    f"{self.slow} && exec sleep 60; echo writers stopped; touch {self.marker}"],
             unfreeze=[sh, "-c", f"echo writers started; rm -f {self.marker} {self.started}"],
             secrets={"openim-redis-secret": {"redis-password": "${OIM_REDIS_DST_PASSWORD}"}})
         section.update(changes)
@@ -223,6 +227,9 @@ def test_cutover_killed_at_each_step_ends_switched_or_rolled_back(setup):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        while not setup.slow.read_text().strip():
+            time.sleep(0.05)
+        os.kill(int(setup.slow.read_text()), signal.SIGKILL)  # the command's orphan
         setup.slow.unlink()
         assert journal(plan)["state"] == "freezing"
         again = cli("cutover", str(plan), "--json")
@@ -277,6 +284,11 @@ def test_rollout_that_never_finishes_rolls_back_and_names_the_deployment(setup):
 def test_production_cutover_needs_the_plan_fingerprint_and_a_refusal_writes_nothing(setup):
     plan = setup.plan()
     setup.set_cutover(plan, "production")
+    check = cli("cutover", str(plan), "--check")  # needs no approval, changes nothing
+    fingerprint = cli("cutover", str(plan), "--fingerprint").stdout.strip()
+    assert check.returncode == 0 and f"cutover fingerprint {fingerprint}" in check.stdout
+    assert "pre-check: cluster: 1 ConfigMap(s), 1 Secret(s)" in check.stdout
+    assert journal(plan) == {} and not setup.marker.exists()
     journal_file = plan.with_name("p.journal.sqlite")
     before = hashlib.sha256(journal_file.read_bytes()).hexdigest()
     versions = {n: setup.kube.core.read_namespaced_config_map(n, setup.ns).metadata
@@ -292,7 +304,6 @@ def test_production_cutover_needs_the_plan_fingerprint_and_a_refusal_writes_noth
         .resource_version == versions["openim-config"]
     assert len(setup.kube.core.list_namespaced_config_map(setup.ns).items) == 1  # no backup
 
-    fingerprint = cli("cutover", str(plan), "--fingerprint").stdout.strip()
     assert len(fingerprint) == 64
     with demo.DeploymentController(setup.kube, setup.ns):
         out = cli("cutover", str(plan), "--approve", fingerprint[:12])

@@ -140,3 +140,22 @@ def test_rollout_wait_passes_once_status_is_patched_and_times_out_naming_the_dep
     template = kube.apps.read_namespaced_deployment("openim-api", k8s_ns).spec.template
     assert template.metadata.annotations["kubectl.kubernetes.io/restartedAt"] == \
         "2026-01-01T00:00:00Z"
+
+
+def test_the_documented_cutover_section_loads_and_a_secret_in_a_configmap_is_refused():
+    import re
+
+    from migrator.engine.cutover import settings_of
+    from migrator.errors import PlanError
+    from migrator.plan import plan_from_dict
+
+    text = (ROOT / "docs" / "cutover.md").read_text()
+    section = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", text, re.S)[0])
+    raw = {"version": 1, "stores": {"redis": {"source": "redis://h:6379/0",
+                                              "target": "redis://t:6379/0"}}, **section}
+    settings = settings_of(plan_from_dict(raw, check_integrity=False))
+    assert settings.freeze_command[0] == "ssh" and settings.guards == {"redis": True}
+    raw["cutover"]["configmaps"][0]["files"]["redis.yml"]["password"] = "x"
+    with pytest.raises(PlanError, match=r"^cutover.configmaps\[0\].files.redis.yml.password: "
+                       "looks like a secret"):
+        plan_from_dict(raw, check_integrity=False)

@@ -65,15 +65,20 @@ def _metrics(metrics: object, out: cutover.CutoverOutcome) -> None:
 
 
 def _report(out: cutover.CutoverOutcome) -> None:
-    head = f"cutover {out.cutover_id or '-'} ({out.environment}): {out.action}"
-    if out.resumed_from:
-        head += f" (resumed from {out.resumed_from})"
-    click.echo(head)
-    if out.steps:
-        render.table([[s, f"{v:.2f}"] for s, v in out.steps.items()], ["step", "seconds"])
-    if out.window is not None:
-        click.echo(f"freeze window: {out.window:.2f} s (from the start of the freeze to the end "
-                   "of the rollout)")
+    """The pre-checks and each step were shown as they happened; this is the summary."""
+    if out.action == "rolled-back" and out.failure is None:
+        click.echo(f"cutover {out.cutover_id} ({out.environment}): rolled back from state "
+                   f"{out.resumed_from}")
+    else:
+        resumed = f" (resumed from {out.resumed_from})" if out.resumed_from else ""
+        click.echo(f"cutover {out.cutover_id or '-'} ({out.environment}): {out.action}"
+                   f"{resumed}")
+        if out.steps:
+            render.table([[s, f"{v:.2f}"] for s, v in out.steps.items()],
+                         ["step", "seconds"])
+        if out.window is not None:
+            click.echo(f"freeze window: {out.window:.2f} s (from the start of the freeze to "
+                       "the end of the rollout)")
     for note in out.notes:
         click.echo(f"  {note}")
     if out.verify is not None and not out.verify.ok:
@@ -141,8 +146,8 @@ def cutover_command(plan_path: Path, rollback: bool, approve: str | None,
         if as_json:
             render.as_json(out.to_dict())
         else:
-            for note in out.notes:
-                click.echo(f"pre-check: {note}")
+            for line in out.checks:
+                click.echo(f"pre-check: {line}")
             click.echo(f"pre-checks passed ({out.environment}); cutover fingerprint "
                        f"{out.fingerprint}")
         return 0

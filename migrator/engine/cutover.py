@@ -175,7 +175,8 @@ class CutoverOutcome:
     state: str | None = None  # the journal's cutover state at the end
     steps: dict[str, float] = field(default_factory=dict)  # seconds per freeze-window step
     window: float | None = None  # seconds from the start of the freeze to the end of switch
-    notes: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # what the pre-checks found
+    notes: list[str] = field(default_factory=list)  # what the steps did or could not do
     resumed_from: str | None = None
     failure: MigrateError | None = None  # what made an automatic rollback happen
     rollback_error: MigrateError | None = None  # the rollback did not finish
@@ -187,7 +188,7 @@ class CutoverOutcome:
                 "state": self.state, "resumed_from": self.resumed_from,
                 "freeze_window_seconds": None if self.window is None else round(self.window, 3),
                 "steps": {k: round(v, 3) for k, v in self.steps.items()},
-                "notes": self.notes,
+                "checks": self.checks, "notes": self.notes,
                 "failure": None if self.failure is None else self.failure.message,
                 "rollback_error": None if self.rollback_error is None
                 else self.rollback_error.message,
@@ -455,7 +456,7 @@ class Cutover:
             if resumed is None:
                 record.start(self.environment, self.fingerprint)
             out = self.outcome("switched", record)
-            out.resumed_from, out.notes = resumed, notes
+            out.resumed_from, out.checks = resumed, notes
             for line in notes:
                 self.on_event(f"pre-check: {line}")
             self._run_steps(out, record)
@@ -506,8 +507,9 @@ class Cutover:
         output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-4000:]
         detail = f"{shlex.join(argv)} -> exit {proc.returncode}\n{output}".rstrip()
         journal.event(None, "cutover-command", detail)
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        self.on_event(f"{label.replace('_', ' ')}: exit {proc.returncode}: {last}")
         if proc.returncode != 0:
-            last = output.strip().splitlines()[-1] if output.strip() else "no output"
             raise MigrateError(f"{field_name} exited {proc.returncode}: {last}",
                                hint="its whole output is in the journal's events")
         return output
@@ -748,5 +750,5 @@ def check_only(plan: Plan, plan_path: Path) -> CutoverOutcome:
     with Journal(path).open(exclusive=False) as journal:
         record = Record(journal)
         out = job.outcome("checked", record)
-        out.notes = job.precheck(journal, fresh=record.state not in ACTIVE)
+        out.checks = job.precheck(journal, fresh=record.state not in ACTIVE)
     return out
