@@ -1210,3 +1210,18 @@ def test_freeze_of_a_cluster_pauses_every_master(clean, unpause):
     assert [clean["cluster"].get(f"{key}:read") for key in keys] == [b"r"] * 3  # reads go on
     store.unfreeze()
     assert [writable(ep, key) for key in keys] == [True, True, True]
+
+
+def test_chunks_narrow_as_the_estimate_grows_and_always_tile_the_unit():
+    store = RedisStore(Endpoint("redis", "redis://127.0.0.1:6379", name="source.redis"))
+    widths = {}
+    for records, slots in [(0, [0, 16383]), (16_384, [0, 16383]), (200_000, [0, 16383]),
+                           (1_000_000, [0, 16383]), (125_000, [2048, 4095]), (10, [5, 7])]:
+        chunks = store.chunks(Unit("redis", "u", {"db": 0, "slots": slots}, records))
+        covered = [s for c in chunks for s in range(c.bounds[0], c.bounds[1] + 1)]
+        assert covered == list(range(slots[0], slots[1] + 1))  # each slot once, in order
+        widths[records] = max(c.bounds[1] - c.bounds[0] + 1 for c in chunks)
+        assert widths[records] == 1 or records * widths[records] / (
+            slots[1] - slots[0] + 1) <= 64  # about 64 keys a chunk at most, by the estimate
+    # a sync lists every key of a chunk that holds a change: few keys a chunk, few listed
+    assert widths == {0: 64, 16_384: 64, 200_000: 4, 1_000_000: 1, 125_000: 1, 10: 3}

@@ -85,7 +85,8 @@ from migrator.stores.base import (
 )
 
 SLOTS = 16384
-CHUNK_SLOTS = 64  # verification chunk = 64 hash slots
+CHUNK_SLOTS = 64  # widest verification chunk, in hash slots
+CHUNK_KEYS = 64  # narrower chunks while the plan's estimate puts more keys than this in one
 MAX_UNIT_PARTS = 64
 SCAN_COUNT = 1000
 _REFUSED = "payload version or checksum are wrong"
@@ -1148,10 +1149,19 @@ class RedisStore(Store):
 
     # -- verification ----------------------------------------------------------------
     def chunks(self, unit: Unit) -> list[Chunk]:
+        """Aligned slot ranges of up to 64 slots, narrower (down to one slot) for a unit the
+        plan estimates at more than ``CHUNK_KEYS`` keys a chunk: a chunk whose digests
+        differ is listed key by key on both sides, so a few changes spread over a big DB
+        (a ``sync`` pass) list few keys; narrower still would cost more round trips than
+        keys saved."""
         lo, hi = unit.spec.get("slots", [0, SLOTS - 1])
+        per_slot = unit.records / max(1, hi - lo + 1)
+        width = CHUNK_SLOTS
+        while width > 1 and width * per_slot > CHUNK_KEYS:
+            width //= 2
         out = []
-        for start in range(lo - lo % CHUNK_SLOTS, hi + 1, CHUNK_SLOTS):
-            a, b = max(lo, start), min(hi, start + CHUNK_SLOTS - 1)
+        for start in range(lo - lo % width, hi + 1, width):
+            a, b = max(lo, start), min(hi, start + width - 1)
             out.append(Chunk(id=f"slots-{a:05d}-{b:05d}", bounds=[a, b]))
         return out
 

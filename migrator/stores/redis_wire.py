@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 READ_AHEAD = 2  # SCAN pages being read while the next SCAN runs
 FEED = 16 << 10  # bytes handed to the reply parser at a time
+SLOTS = 16384
 
 
 class ScanPage:
@@ -262,7 +263,8 @@ class KeyListings:
 
     def __init__(self, limit: int = 1_000_000, max_age: float = 600.0) -> None:
         self.limit, self.max_age = limit, max_age
-        self._units: OrderedDict[str, tuple[float, dict[int, list[bytes]], list]] = \
+        # unit -> (scan start, keys by slot, slots handed out: one byte a slot)
+        self._units: OrderedDict[str, tuple[float, dict[int, list[bytes]], bytearray]] = \
             OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
@@ -278,9 +280,9 @@ class KeyListings:
         with self._lock:
             entry = self._units.get(unit)
             if entry is None or time.monotonic() - entry[0] > self.max_age or any(
-                    a <= hi and lo <= b for a, b in entry[2]):
+                    entry[2][lo:hi + 1]):
                 return None
-            entry[2].append((lo, hi))
+            entry[2][lo:hi + 1] = b"\x01" * (hi - lo + 1)
             keys = [k for slot in range(lo, hi + 1) for k in entry[1].pop(slot, ())]
             self._size -= len(keys)
             return keys
@@ -292,8 +294,10 @@ class KeyListings:
         size = sum(map(len, by_slot.values()))
         if size > self.limit:
             return
+        handed = bytearray(SLOTS)
+        handed[taken[0]:taken[1] + 1] = b"\x01" * (taken[1] - taken[0] + 1)
         with self._lock:
-            self._units[unit] = (started, by_slot, [taken])
+            self._units[unit] = (started, by_slot, handed)
             self._size += size
             while self._size > self.limit and len(self._units) > 1:
                 _, (_, dropped, _) = self._units.popitem(last=False)
