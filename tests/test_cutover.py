@@ -337,6 +337,14 @@ def test_bad_input_is_one_line_naming_the_problem_and_freezes_nothing(setup):
         f"error: cutover.configmaps[0].files.redis.yml: ConfigMap {setup.ns}/openim-config: "
         "redis.yml has no key 'adress'")
 
+    assert first_line(max_check_age_seconds=0.001).startswith(
+        "error: cutover.max_check_age_seconds: the last verify or sync of redis:")
+    setup.src.set("FCM_TOKEN:late:2", "x")
+    assert cli("sync", str(plan)).returncode == 0  # its pass copied 1 record: the lag
+    assert first_line(max_lag_records=0) == (
+        "error: cutover.max_lag_records: the lag estimate is 1 record(s) (what the last sync "
+        "or verify of each unit found changed), over 0")
+
     # a guard the account lacks: said by `plan`, named by the pre-check
     reader = setup.plan("r", setup.source_url("${OIM_REDIS_SRC_READER_USER}",
                                               "OIM_REDIS_SRC_READER_PASSWORD"),

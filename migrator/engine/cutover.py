@@ -724,7 +724,9 @@ class Cutover:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A restart stamp; sub-second, so a rollback right after a switch is a new rollout
+    (an unchanged annotation would restart nothing)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _verify_error(report: VerifyReport) -> MigrateError:
