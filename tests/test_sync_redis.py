@@ -216,7 +216,8 @@ def test_sync_alone_repairs_what_verify_found_different(servers, tmp_path, scena
     last = dbs[-1]
     gone = next(k for k in servers.src(last).scan_iter(f"k{last}:s:*"))  # from the last DB
     changed = next(k for k in servers.src(0).scan_iter("k0:h:*"))
-    timed = next(k for k in servers.src(0).scan_iter("k0:s:*") if servers.src(0).ttl(k) > 0)
+    timed = next(k for k in servers.src(0).scan_iter("k0:s:*")
+                 if k != gone and servers.src(0).ttl(k) > 0)
     dst.delete(gone)
     dst.hset(changed, "f0", b"changed on the target")
     dst.persist(timed)  # an expiry lost on the target
