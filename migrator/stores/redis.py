@@ -34,6 +34,11 @@ Verification: chunk digests come from string values and DUMP payloads, which are
 may differ for equal values (encodings, versions); a chunk that differs is then listed with
 canonical, encoding-independent fingerprints, so only a real difference is reported.
 
+Catch-up (``sync``): ``fetch`` reads the keys ``records`` named (in any DB of a union) in
+the batch form above, ``delete`` UNLINKs keys per master; importers never clear a DB.
+Write freeze (``cutover``): ``CLIENT PAUSE <ms> WRITE`` on every master, which lapses by
+itself; ``freeze_check`` proves the right with ACL DRYRUN or a discarded MULTI.
+
 Redis offers no snapshot: consistency comes from the write freeze and the re-verify.
 """
 
