@@ -2,8 +2,11 @@
 """`make demo`: the main job end to end on local services.
 
 Starts real servers (a standalone OpenIM-like source and Kubernetes-like targets: a Redis
-Cluster, MariaDB, FerretDB, MinIO) on free loopback ports, loads OpenIM-shaped data, then
-runs the commands an operator would: `plan`, `run`, `verify`. Stops every server at the end.
+Cluster, MariaDB, DocumentDB's MongoDB-protocol gateway (FerretDB when it is not built),
+MinIO) on free loopback ports, loads OpenIM-shaped data, then runs the commands an operator
+would: `plan`, `run`, `verify`, `sync`; then the cluster part against a local
+kube-apiserver: `deploy` and a staging `cutover` with its rollback. Stops every server at
+the end.
 """
 
 from __future__ import annotations

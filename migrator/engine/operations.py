@@ -127,6 +127,9 @@ def sync_plan(plan: Plan, plan_path: Path, *, until_stable: bool = False, thresh
         with Session(plan.stores, plan.options, journal) as session:
             connect_all(plan, session, access=True)
             refuse_source_drift(plan, session)
+            for kind in plan.stores:  # idempotent; attaches the source where a target needs it
+                source, target = session.pair(kind)
+                target.prepare_target(plan.units_of(kind), source)
             for number in range(1, (max_passes if until_stable else 1) + 1):
                 try:
                     result = sync_pass(number, plan.inventory, session, journal,

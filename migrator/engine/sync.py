@@ -84,31 +84,33 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
         src_future = pool.submit(source.digest, unit, chunks)
         tgt_digest = target.digest(unit, chunks)
         src_digest = src_future.result()
-    importer: Importer | None = None
+    # List the differing chunks first, then copy and delete across them in full batches:
+    # a pass costs round trips per batch of changes, not per chunk.
+    to_copy: list[str] = []
+    to_delete: list[str] = []
     empty = ChunkDigest()
     for chunk in chunks:
         if src_digest.get(chunk.id, empty) == tgt_digest.get(chunk.id, empty):
             continue
         if stop is not None and stop.is_set():
             break
-        to_copy, to_delete = _chunk_changes(source, target, unit, chunk)
-        if not (to_copy or to_delete):
-            continue  # a tolerance case (e.g. a TTL at a rounding edge): equal
-        report.chunks.append(chunk.id)
-        if to_copy and importer is None:
-            importer = target.importer(unit)
-            importer.prepare(resumed=True)  # never clear the unit: only these keys change
+        copy, delete = _chunk_changes(source, target, unit, chunk)
+        if copy or delete:  # none: a tolerance case (e.g. a TTL at a rounding edge)
+            report.chunks.append(chunk.id)
+            to_copy.extend(copy)
+            to_delete.extend(delete)
+    if to_copy:
+        importer: Importer = target.importer(unit)
+        importer.prepare(resumed=True)  # never clear the unit: only these keys change
         for keys in _slices(to_copy, batch_records):
             batch = source.fetch(unit, keys)
-            assert importer is not None
             importer.write_batch(batch)
             report.copied += len(batch)
             report.bytes += batch.nbytes
-        for keys in _slices(to_delete, batch_records):
-            target.delete(unit, keys)
-            report.deleted += len(keys)
-    if importer is not None:
         importer.finalize()
+    for keys in _slices(to_delete, batch_records):
+        target.delete(unit, keys)
+        report.deleted += len(keys)
     report.seconds = time.monotonic() - started
     return report
 
