@@ -14,7 +14,8 @@ from migrator.config import Endpoint
 from migrator.errors import UsageError, VerificationFailed
 
 # -o NAME=VALUE: the archive endpoint's options (see docs/backups.md)
-_OPTION_NAMES = ("access_key", "secret_key", "session_token", "region", "compression_level",
+_OPTION_NAMES = ("access_key", "secret_key", "session_token", "region", "multipart_part_size",
+                 "compression_level",
                  "tls.enabled", "tls.ca_file", "tls.cert_file", "tls.key_file", "tls.verify")
 _BOOLEAN = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
