@@ -156,6 +156,8 @@ def integrity_of(data: dict[str, Any]) -> str:
     guarded = {"stores": {kind: {k: v for k, v in (entry or {}).items() if k != "facts"}
                           for kind, entry in (data.get("stores") or {}).items()},
                "existing_on_target": data.get("existing_on_target") or [],
+               # production needs an approved cutover: flipping it by hand must be seen
+               "environment": data.get("environment"),
                "inventory": data.get("inventory") or []}
     text = json.dumps(guarded, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         message = "internal error (a bug); please report it with the traceback above"
     if code == 130 and _TERMINATED:
         code = 143
-        message = ("stopped by SIGTERM at a batch boundary; progress is saved in the journal; "
-                   "run the same command again to continue")
+        if not message or message.startswith("interrupted"):  # keep a command's own account
+            message = ("stopped by SIGTERM at a safe point; progress is saved in the journal; "
+                       "run the same command again to continue")
     if message:
         render.error(message)
     sys.exit(code if isinstance(code, int) else 0)

@@ -12,7 +12,7 @@ from migrator.cli.options import apply_tunables, json_option, pairs, parallel_op
 from migrator.config import Endpoint
 from migrator.engine.planning import build_plan
 from migrator.errors import PlanError, UsageError
-from migrator.plan import ON_EXISTING, Options, StorePair, parse_size
+from migrator.plan import ENVIRONMENTS, ON_EXISTING, Options, StorePair, parse_size
 from migrator.stores.base import Selection
 
 
@@ -53,6 +53,9 @@ def _endpoint_options(values: tuple[str, ...], flag: str) -> dict[str, dict[str,
               help="Records per verification chunk (smaller localises differences better).")
 @click.option("--rate-limit", default=None, metavar="SIZE/s", help="Cap throughput, e.g. 50MiB.")
 @click.option("--name", default=None, help="Plan name (default: the output file's stem).")
+@click.option("--environment", type=click.Choice(ENVIRONMENTS), default=None,
+              help="Where the plan's cutover runs: staging (unattended) or production "
+              "(cutover needs --approve). Guarded by the plan's integrity hash.")
 @click.option("--strict", is_flag=True,
               help="Treat warnings (e.g. a selection that matches nothing) as errors (exit 3).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -63,7 +66,8 @@ def plan_command(sources: tuple[str, ...], targets: tuple[str, ...],
                  preset: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...],
                  on_existing: str, parallel: int | None, batch_records: int | None,
                  unit_records: int | None, chunk_records: int | None, rate_limit: str | None,
-                 name: str | None, strict: bool, output: Path, as_json: bool) -> int:
+                 name: str | None, environment: str | None, strict: bool, output: Path,
+                 as_json: bool) -> int:
     """Measure source and target and write a plan file.
 
     Checks that both sides are reachable with the rights needed (read on the source,
@@ -102,6 +106,7 @@ def plan_command(sources: tuple[str, ...], targets: tuple[str, ...],
             setattr(options, field_name, value)
     options.batch_bytes = parse_size(options.batch_bytes, "batch_bytes") or options.batch_bytes
     plan = build_plan(name or output.stem, stores, options)
+    plan.environment = environment
     for warning in plan.warnings:
         render.warning(warning)
     if strict and plan.warnings:
