@@ -100,6 +100,11 @@ def check(repo: Repository, *, read_data: bool = False, subset: float = 100.0,
                     report.add(repo.layout.manifest(info.set_id),
                                f"{kind}:{unit.name}: chunk digests count {counted} records, "
                                f"the unit {unit.records}")
+                unknown = set(unit.digests) - {str(c.get("id")) for c in unit.chunks}
+                if unit.chunks and unknown:
+                    report.add(repo.layout.manifest(info.set_id),
+                               f"{kind}:{unit.name}: digests for chunks it does not list: "
+                               f"{', '.join(sorted(unknown))}")
     report.files = len(named)
     for path, entry in sorted(named.items()):
         size = everything.get(path)

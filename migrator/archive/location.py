@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import jsonschema
 from minio.helpers import check_bucket_name
 
+from migrator.archive.layout import SET_ID
 from migrator.config import REF_PATTERN, Endpoint
 from migrator.errors import PlanError
 
@@ -40,6 +41,9 @@ OPTION_SCHEMA: dict[str, Any] = {
         "passphrase": _reference("the archive's passphrase"),
         "compression_level": {"type": "integer", "minimum": 1, "maximum": 22,
                               "description": "a zstd level from 1 (fastest) to 22"},
+        "set": {"type": "string", "pattern": SET_ID.pattern,
+                "description": "a set's name, e.g. 20250102T030405Z-1a2b3c (default: the "
+                               "newest complete set)"},
         "access_key": {"type": "string"},
         "secret_key": {"type": "string"},
         "session_token": {"type": "string"},

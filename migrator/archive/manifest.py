@@ -96,6 +96,9 @@ class UnitRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     started: str = ""
     finished: str = ""
+    # The source's chunks (id and store-specific bounds) the digests are keyed by, so a
+    # verify against the archive cuts the same chunks.
+    chunks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -108,6 +111,7 @@ class UnitRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "name": self.name, "unit": self.unit,
                 "records": self.records, "bytes": self.bytes, "plain_bytes": self.plain_bytes,
+                "chunks": self.chunks,
                 "digests": {k: d.to_dict() for k, d in sorted(self.digests.items())},
                 "files": [f.to_dict() for f in self.files], "meta": self.meta,
                 "started": self.started, "finished": self.finished}
@@ -119,7 +123,8 @@ class UnitRecord:
                    digests={k: digest_from_dict(v) for k, v in (data.get("digests") or {}).items()},
                    files=[FileEntry.from_dict(f) for f in data.get("files") or []],
                    meta=dict(data.get("meta") or {}), started=str(data.get("started") or ""),
-                   finished=str(data.get("finished") or ""))
+                   finished=str(data.get("finished") or ""),
+                   chunks=[dict(c) for c in data.get("chunks") or []])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from migrator.archive.layout import (
 )
 from migrator.archive.location import Location, parse
 from migrator.archive.manifest import FileEntry, Manifest, ManifestError, SetStart, now, parse_time
+from migrator.archive.reader import SetReader
 from migrator.archive.writer import SetWriter, read_start
 from migrator.config import Endpoint
 from migrator.errors import PlanError, StoreError
@@ -239,6 +240,10 @@ class Repository:
         if info.manifest is None:
             raise PlanError(f"{name}@{set_id}", f"the set is {info.state}")
         return info.manifest
+
+    def reader(self, set_id: str | None = None) -> SetReader:
+        """A complete set (the newest when ``set_id`` is None), for restores and drills."""
+        return SetReader(self, self.open_set(set_id))
 
     def begin_set(self, *, plan_name: str, plan_fingerprint: str, stores: list[str],
                   resume: str | None = None) -> SetWriter:

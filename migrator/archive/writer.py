@@ -30,7 +30,7 @@ from migrator.archive.manifest import (
     now,
 )
 from migrator.errors import StoreError
-from migrator.stores.base import ChunkDigest, Unit
+from migrator.stores.base import Chunk, ChunkDigest, Unit
 
 if TYPE_CHECKING:
     from migrator.archive.repository import Repository
@@ -47,6 +47,7 @@ class UnitWriter:
         self._repo = store.repo
         self._files: dict[str, FileEntry] = {}
         self._digests: dict[str, ChunkDigest] = {}
+        self._chunks: list[dict[str, Any]] = []
         self._records = 0
         self._started = now()
         self._lock = threading.Lock()
@@ -81,6 +82,13 @@ class UnitWriter:
             return list(self._files.values())
 
     # -- counts and digests ----------------------------------------------------------
+    def set_chunks(self, chunks: Iterable[Chunk]) -> None:
+        """The source's chunks (``Store.chunks(unit)``) the digests below are keyed by."""
+        with self._lock:
+            self._chunks = [{"id": c.id, "bounds": c.bounds} for c in chunks]
+            for chunk in self._chunks:
+                self._digests.setdefault(chunk["id"], ChunkDigest())
+
     def record(self, chunk_id: str, record_hash: int) -> None:
         """One record stored: counted, and added to its chunk's digest (the same
         per-record hash the store's ``digest()`` uses, so verify can compare)."""
@@ -112,7 +120,8 @@ class UnitWriter:
                                 unit=self.unit.to_dict(), records=self._records,
                                 digests=dict(self._digests),
                                 files=sorted(self._files.values(), key=lambda f: f.name),
-                                meta=dict(self.meta), started=self._started, finished=now())
+                                meta=dict(self.meta), started=self._started, finished=now(),
+                                chunks=list(self._chunks))
             self._committed = True
         self._repo.write_record(self._repo.layout.unit_record(self.store.set_id,
                                                               self.store.kind, self.unit.name),
