@@ -142,6 +142,7 @@ class StoreWriter:
         self.set_id = set_writer.set_id
         self.kind = kind
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         path = self.repo.layout.store_record(self.set_id, kind)
         earlier = self.repo.read_record(path) if self.repo.backend.size(path) is not None \
             else None
@@ -196,9 +197,11 @@ class StoreWriter:
         self._save()
 
     def _save(self) -> None:
-        with self._lock:
-            data = self._record.to_dict(with_units=False)
-        self.repo.write_record(self.repo.layout.store_record(self.set_id, self.kind), data)
+        # One save at a time, so an older snapshot of the record never lands last.
+        with self._save_lock:
+            with self._lock:
+                data = self._record.to_dict(with_units=False)
+            self.repo.write_record(self.repo.layout.store_record(self.set_id, self.kind), data)
 
 
 class SetWriter:
