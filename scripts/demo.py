@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,12 +103,44 @@ def cli(*args: str) -> int:
     return subprocess.call([sys.executable, "-m", "migrator", *args], cwd=ROOT)
 
 
+class SourceWriter(threading.Thread):
+    """OpenIM still running on the source during the copy: logins come and go (token keys
+    the openim preset keeps), so the target is behind when the copy ends."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        import redis
+
+        self.client = redis.Redis.from_url(env["OIM_REDIS_SRC_URL"],
+                                           password=env["OIM_REDIS_SRC_PASSWORD"])
+        self.stopping = threading.Event()
+        self.writes = 0
+
+    def run(self) -> None:
+        i = 0
+        while not self.stopping.wait(0.02):
+            i += 1
+            key = f"UID_PID_TOKEN_STATUS:demo-user-{i % 500}:iOS"
+            if i % 7 == 0:
+                self.client.delete(key)
+            else:
+                self.client.hset(key, f"token-{i}", "1")
+            self.writes += 1
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.join()
+        return self.writes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stores", default="redis,mysql,mongo,objects",
                         help="comma-separated subset of redis,mysql,mongo,objects")
     parser.add_argument("--scale", type=float, default=1.0, help="fixture size multiplier")
     parser.add_argument("--keep", action="store_true", help="leave the servers running")
+    parser.add_argument("--no-cluster", action="store_true",
+                        help="skip the Kubernetes part (deploy, cutover)")
     opts = parser.parse_args()
     stores = [s for s in opts.stores.split(",") if s]
     work = Path(tempfile.mkdtemp(prefix="openim-migrate-demo-"))
@@ -122,15 +155,37 @@ def main() -> int:
         load_fixtures(env, stores, opts.scale)
         args = endpoints(env, stores)
         step("plan: measure both sides, check access, write plans/demo.yaml")
-        code = cli("plan", *args, "-o", str(plan.relative_to(ROOT)))
+        code = cli("plan", *args, "--environment", "staging", "-o", str(plan.relative_to(ROOT)))
         if code:
             return code
-        step("run: copy every unit (resumable), then verify")
+        writer = SourceWriter(env) if "redis" in stores else None
+        step("run: copy every unit (resumable)"
+             + (", while OpenIM keeps writing to the source Redis" if writer else ""))
+        if writer:
+            writer.start()
         code = cli("run", str(plan.relative_to(ROOT)), "--no-verify")
+        if writer:
+            print(f"  (the writer made {writer.stop():,} changes during the copy)")
+        if code:
+            return code
+        step("sync: catch the target up with what changed during the copy")
+        code = cli("sync", str(plan.relative_to(ROOT)), "--until-stable")
         if code:
             return code
         step("verify: checksums of source and target, unit by unit")
-        return cli("verify", str(plan.relative_to(ROOT)))
+        code = cli("verify", str(plan.relative_to(ROOT)))
+        if code or opts.no_cluster:
+            return code
+        step("deploy: the in-cluster data services, against a local kube-apiserver")
+        code = subprocess.call([sys.executable, "scripts/k8s_apiserver.py", "demo",
+                                "--dir", str(work / "k8s-deploy")], cwd=ROOT)
+        if code:
+            return code
+        step("cutover (staging): freeze, final sync, verify, switch OpenIM's config; "
+             "then --rollback")
+        from demo_cutover import staging_cutover
+
+        return staging_cutover(plan, work)
     finally:
         if opts.keep:
             print(f"\nservers left running; stop them with: python scripts/services.py stop "
