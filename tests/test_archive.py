@@ -443,13 +443,14 @@ def test_wrong_and_missing_keys_are_one_line_exit_3_and_nothing_written(place):
         (["--passphrase", "${OIM_TEST_ARCHIVE_PASSPHRASE}"], "archive.passphrase: this "
          "archive has no passphrase"),
     ]
-    for args, message in cases:
-        for command in (["list"], ["check"], ["prune", "--keep-last", "1"]):
-            proc = cli("backup", *command, *place.cli_args(), *args)
-            assert proc.returncode == 3, (args, command, proc.stderr)
-            line = one_error_line(proc)
-            assert message in line, line
-            assert str(KEY) not in proc.stderr + proc.stdout
+    runs = [(["list"], args, message) for args, message in cases]
+    runs += [(command, *cases[0]) for command in (["check"], ["prune", "--keep-last", "1"])]
+    for command, args, message in runs:
+        proc = cli("backup", *command, *place.cli_args(), *args)
+        assert proc.returncode == 3, (args, command, proc.stderr)
+        line = one_error_line(proc)
+        assert message in line, line
+        assert str(KEY) not in proc.stderr + proc.stdout
     assert place.stored() == before
 
 
