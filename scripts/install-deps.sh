@@ -17,6 +17,8 @@ pkgs=()
 { have mariadbd && have mariadb-install-db; } || pkgs+=(mariadb-server)
 { have mariadb && have mariadb-admin; } || pkgs+=(mariadb-client)
 have rclone || pkgs+=(rclone)
+have age || pkgs+=(age)        # backups: docs/backups.md shows `age -d`; tests run it
+have zstd || pkgs+=(zstd)
 
 # The MongoDB test server that behaves like MongoDB (scripts/build-documentdb.sh); without its
 # archives the tests use FerretDB and none of these packages are needed.
