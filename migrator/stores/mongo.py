@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import bson
 from bson import SON, Timestamp
 from bson import errors as bson_errors
 from bson.codec_options import CodecOptions
@@ -81,6 +82,11 @@ MEASURE_AT_ONCE = 4  # collections counted / probed concurrently while planning
 DEFAULT_TARGET_DB = "openim_v3"  # where check_access(TARGET) probes when nothing is named
 _SNAPSHOT_GONE = {239, 246}  # SnapshotTooOld, SnapshotUnavailable
 _DUPLICATE_KEY = 11000
+_UNAUTHORIZED = {13, 8000}
+_NOT_LOCKED = 20  # IllegalOperation: "fsyncUnlock called when not locked"
+FETCH_SLICE = 1000  # `_id`s per `$in` query of fetch/delete
+WRITE_ROUNDS = 3  # insert, then again after clearing a changed `_id`, then a unique key
+MAX_UNLOCKS = 1000  # fsyncUnlock calls before giving up on a lock count that never drops
 
 
 class _SnapshotAt(ReadConcern):
@@ -108,6 +114,15 @@ def _bound(value: Any) -> Any:
     return None if value is None else meta.from_ejson(value)
 
 
+def _slices(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+
+
 class MongoStore(Store):
     kind = "mongo"
     capabilities = Capabilities(snapshot_reads=True, server_side_checksum=False, ttls=True,
@@ -121,6 +136,8 @@ class MongoStore(Store):
         self._server: meta.ServerInfo | None = None
         self._lock = threading.Lock()
         self._url_db: str | None = None
+        self._change_streams: str | None = None  # "" = available, else why not (probed once)
+        self._lapse: threading.Timer | None = None  # releases our fsyncLock at its limit
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> None:
@@ -308,38 +325,70 @@ class MongoStore(Store):
                     self.client.drop_database(db_name)
 
     def describe(self) -> dict[str, Any]:
-        """Server facts for the plan; a snapshot is named only when a probe confirmed it."""
+        """Server facts for the plan; a snapshot or a change stream is named only when a
+        probe against this server confirmed it."""
         info = self.server
         out: dict[str, Any] = {"flavor": info.flavor, "version": info.version,
                                "topology": info.topology, "tls": meta.tls_state(self.endpoint)}
         if info.set_name:
             out["replica_set"] = info.set_name
+        after = ("writes after it are caught up by `sync` passes, the last one inside the "
+                 "write freeze")
         use_snapshot = self.endpoint.options.get("snapshot", True)
         if info.snapshot_reads and use_snapshot:
             out["snapshot_time"] = meta.to_ejson(info.start_time)
-            out["consistency"] = (
-                "every unit is read with snapshot read concern at snapshot_time; a change "
-                "stream catch-up from that time is not implemented yet, so writes after it "
-                "need the write freeze")
+            out["consistency"] = ("every unit is read with snapshot read concern at "
+                                  f"snapshot_time; {after}")
         elif info.snapshot_reads:
             out["consistency"] = ("snapshot: false: units are read without a snapshot; "
-                                  "consistency relies on the write freeze")
+                                  "consistency relies on `sync` and the write freeze")
         elif info.flavor == "ferretdb":
-            out["consistency"] = ("FerretDB has no snapshot reads or change streams: "
-                                  "consistency relies on the write freeze")
+            out["consistency"] = ("FerretDB has no snapshot reads: consistency relies on "
+                                  "`sync` and the write freeze")
         elif info.snapshot_candidate:
             out["consistency"] = (f"{info.flavor} {info.version} accepts snapshot reads at a "
                                   "cluster time but does not honour them (probed when "
-                                  "connecting): no snapshot; consistency relies on the write "
-                                  "freeze")
+                                  "connecting): no snapshot; consistency relies on `sync` "
+                                  "and the write freeze")
         elif info.flavor == "documentdb":
-            out["consistency"] = ("DocumentDB has no snapshot reads at a cluster time and no "
-                                  "change streams: consistency relies on the write freeze")
+            out["consistency"] = ("DocumentDB has no snapshot reads at a cluster time: "
+                                  "consistency relies on `sync` and the write freeze")
         else:
             out["consistency"] = (f"a {info.topology} MongoDB has no snapshot across units "
                                   "(needs a replica set, MongoDB ≥5.0): consistency relies on "
-                                  "the write freeze")
+                                  "`sync` and the write freeze")
+        missing = self.change_streams_missing()
+        out["catch_up"] = "chunk digests"
+        out["change_streams"] = "available" if missing is None else f"none ({missing})"
+        out["notes"] = [
+            f"no change streams ({missing}): catch-up (sync) re-digests every chunk"
+            if missing is not None else
+            "change streams are available, but sync does not follow them yet: catch-up "
+            "(sync) re-digests every chunk"]
         return out
+
+    def change_streams_missing(self) -> str | None:
+        """None when the server opened a change stream for us, else why not, in the
+        server's words. Probed once (opens a stream on a database we read, closes it)."""
+        if self._change_streams is None:
+            self._change_streams = self._probe_change_stream()
+        return self._change_streams or None
+
+    def _probe_change_stream(self) -> str:
+        info = self.server
+        names = [*([self._url_db] if self._url_db else []),
+                 *(str(d) for d in self.endpoint.options.get("databases") or []),
+                 *(str(d) for d in (self.endpoint.options.get("db_map") or {}).values())]
+        try:
+            watched = self.client[names[0]] if names else self.client
+            with watched.watch(max_await_time_ms=1):
+                return ""
+        except mx.OperationFailure as exc:
+            message = str((exc.details or {}).get("errmsg") or exc).splitlines()[0][:160]
+            return f"{info.flavor} {info.version} refuses $changeStream: error {exc.code}, " \
+                   f"{message}"
+        except mx.PyMongoError as exc:  # never claim what we could not see
+            return f"could not be probed: {type(exc).__name__}: {str(exc)[:160]}"
 
     # -- coverage ------------------------------------------------------------------------
     @classmethod
@@ -646,14 +695,27 @@ class MongoStore(Store):
         return [Chunk(f"{i:05d}", {"lo": edges[i], "hi": edges[i + 1]})
                 for i in range(len(edges) - 1)]
 
+    @property
+    def scan_order(self) -> list[tuple[str, int]] | None:
+        """How a scan that spans batches must be ordered to be exact on this server.
+
+        DocumentDB's gateway (0.106) loses its place between the batches of an unsorted
+        cursor once documents of the collection were updated: it returns some twice, or
+        loops (400 documents came back as 130,000 in a test); sorted by `_id` it walks the
+        index and is exact, and no slower. MongoDB's collection scans are exact unsorted.
+        """
+        return [("_id", 1)] if self.server.flavor == "documentdb" else None
+
     def _scan(self, unit: Unit, flt: dict[str, Any]) -> Iterator[RawBSONDocument]:
         coll = self._coll(unit, mapped=True)
         with self._errors(f"reading {unit.name} for verification"):
-            with coll.find(flt, batch_size=max(100, self.options.batch_records)) as cursor:
+            with coll.find(flt, sort=self.scan_order,
+                           batch_size=max(100, self.options.batch_records)) as cursor:
                 yield from cursor
 
     def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
-        """Count + sum of hashes of raw BSON bytes per chunk, in one unsorted pass."""
+        """Count + sum of hashes of raw BSON bytes per chunk, in one pass (unsorted where
+        the server's scans are exact unsorted, see ``scan_order``)."""
         out = {c.id: ChunkDigest() for c in chunks}
         if not chunks:
             return out
@@ -687,6 +749,7 @@ class MongoStore(Store):
             codec_options=CodecOptions())
         with self._errors(f"reading {unit.name}.{field}"):
             with coll.find(self._unit_filter(unit), {field: 1, "_id": 0},
+                           sort=self.scan_order,
                            batch_size=max(1000, self.options.batch_records)) as cursor:
                 for doc in cursor:
                     if doc.get(field) is not None:
@@ -697,6 +760,155 @@ class MongoStore(Store):
         with self._errors(f"reading the definition of {unit.name}"):
             return meta.schema(self.client[db_name], str(unit.spec["collection"]))
 
+    # -- catch-up ------------------------------------------------------------------------
+    def _ids(self, unit: Unit, keys: list[str]) -> dict[str, Any]:
+        """label -> exact `_id` value for ``records()``' keys; anything else is refused."""
+        out: dict[str, Any] = {}
+        for key in dict.fromkeys(keys):
+            try:
+                out[key] = meta.id_from_label(key)
+            except ValueError as exc:
+                raise StoreError(f"{self.endpoint.label}: {unit.name}: {exc}") from exc
+        return out
+
+    def _exact(self, coll: Collection, wanted: dict[str, Any], what: str,
+               projection: dict[str, Any] | None = None) -> Iterator[RawBSONDocument]:
+        """The documents whose `_id` is one of ``wanted`` with the same BSON type: ``$in``
+        matches 1, 1.0 and NumberLong(1) alike, a key names exactly one of them."""
+        for part in _slices(list(wanted.values()), FETCH_SLICE):
+            with self._errors(what):
+                for doc in coll.find({"_id": {"$in": part}}, projection,
+                                     sort=[("_id", 1)], batch_size=len(part)):
+                    if meta.id_label(_doc_id(doc)) in wanted:
+                        yield doc
+
+    def fetch(self, unit: Unit, keys: list[str]) -> Batch:
+        """Source side: the raw documents ``records()`` named, read now (no snapshot), one
+        ``$in`` query per slice; a document gone meanwhile, or whose `_id` changed type, is
+        absent (the next pass sees it under its new name)."""
+        wanted = self._ids(unit, keys)
+        coll = self._coll(unit, mapped=False)
+        records = list(self._exact(coll, wanted, f"fetching documents of {unit.name}"))
+        return Batch(records, None, sum(len(d.raw) for d in records))
+
+    def delete(self, unit: Unit, keys: list[str]) -> None:
+        """Target side: delete the named documents (through ``db_map``), type-exact: a key
+        ``NumberLong(1)`` leaves a document with ``_id: 1`` alone."""
+        wanted = self._ids(unit, keys)
+        coll = self._coll(unit, mapped=True)
+        found = [_doc_id(d) for d in self._exact(coll, wanted, f"finding {unit.name} "
+                                                 "documents to delete", {"_id": 1})]
+        for part in _slices(found, FETCH_SLICE):
+            with self._errors(f"deleting documents of {unit.name}"):
+                coll.delete_many({"_id": {"$in": part}})
+
+    # -- write freeze --------------------------------------------------------------------
+    def freeze_check(self) -> str | None:
+        """None when this account may ``fsyncLock`` this server, else why not. Reads only:
+        ``listCommands`` (does the server have fsync at all), the version (a mongos locks
+        only from 7.1 on) and ``connectionStatus`` (our privileges: fsync and unlock on the
+        cluster). A server without access control lets everyone lock."""
+        info = self.server
+        with self._errors("checking whether fsyncLock is possible"):
+            try:
+                commands = self.client.admin.command("listCommands").get("commands") or {}
+            except mx.OperationFailure as exc:
+                return (f"{info.flavor} {info.version} does not list its commands (error "
+                        f"{exc.code}), so fsyncLock cannot be checked; stop the writers")
+            missing = [c for c in ("fsync", "fsyncUnlock") if c not in commands]
+            if missing:
+                return (f"{info.flavor} {info.version} has no {' or '.join(missing)} command "
+                        "(not in listCommands), so no fsyncLock; stop the writers")
+            if info.topology == "sharded" and _version(info.version) < (7, 1):
+                return (f"fsyncLock through a mongos needs MongoDB 7.1 or later (this is "
+                        f"{info.version}); stop the writers")
+            status = self.client.admin.command("connectionStatus", showPrivileges=True)
+        auth = status.get("authInfo") or {}
+        users = [f"{u.get('user')}@{u.get('db')}" for u in auth.get("authenticatedUsers") or []]
+        if not users:
+            return None  # no access control: the store could read without logging in
+        actions: set[str] = set()
+        for privilege in auth.get("authenticatedUserPrivileges") or []:
+            if (privilege.get("resource") or {}).get("cluster"):
+                actions.update(privilege.get("actions") or [])
+        lacking = [a for a in ("fsync", "unlock") if a not in actions]
+        if lacking:
+            roles = ", ".join(f"{r.get('role')}@{r.get('db')}"
+                              for r in auth.get("authenticatedUserRoles") or []) or "none"
+            return (f"user {', '.join(users)} lacks the {' and '.join(lacking)} action(s) on "
+                    f"the cluster that fsyncLock needs (roles: {roles}); grant hostManager, "
+                    "or stop the writers")
+        return None
+
+    def freeze(self, seconds: float) -> str:
+        """``fsyncLock``: every write on this server waits (reads go on) until ``unfreeze``.
+        The server never lifts it by itself; this process lifts it after ``seconds``, but a
+        tool that dies leaves it held until ``unfreeze`` (``cutover --rollback``)."""
+        reason = self.freeze_check()
+        if reason is not None:
+            raise CapabilityMissing(f"{self.endpoint.label}: {reason}")
+        with self._errors("locking writes with fsyncLock"):
+            try:
+                reply = self.client.admin.command("fsync", lock=True)
+            except mx.OperationFailure as exc:
+                if exc.code in _UNAUTHORIZED or exc.code in meta.UNSUPPORTED_CODES:
+                    raise CapabilityMissing(f"{self.endpoint.label}: fsyncLock refused: "
+                                            f"{(exc.details or {}).get('errmsg') or exc}") from exc
+                raise
+        self._arm_lapse(seconds)
+        count = reply.get("lockCount")
+        return (f"fsyncLock on {self.endpoint.label} (lock count {count}): writes wait until "
+                f"unfreeze; the server does not lift it by itself, so this process lifts it "
+                f"after {seconds:g} s, and if the tool dies it stays held until "
+                "`cutover --rollback` (or db.fsyncUnlock())")
+
+    def _arm_lapse(self, seconds: float) -> None:
+        if self._lapse is not None:
+            self._lapse.cancel()
+
+        def lapse() -> None:
+            closed = self._client is None  # the store was closed with the lock held
+            try:
+                self.open()
+                self._unlock(self.client)
+                log.warning("%s: the fsyncLock reached its limit (%g s) and was lifted",
+                            self.endpoint.label, seconds)
+            except MigrateError as exc:
+                log.warning("%s: could not lift the fsyncLock at its limit: %s",
+                            self.endpoint.label, exc)
+            finally:
+                if closed:
+                    self.close()
+
+        self._lapse = threading.Timer(max(0.0, seconds), lapse)
+        self._lapse.daemon = True
+        self._lapse.start()
+
+    def unfreeze(self) -> None:
+        """``fsyncUnlock`` until the server's lock count is 0; harmless when nothing is held,
+        on a server without fsync, and for an account that could not have locked."""
+        if self._lapse is not None:
+            self._lapse.cancel()
+            self._lapse = None
+        self.open()
+        self._unlock(self.client)
+
+    def _unlock(self, client: MongoClient) -> None:
+        for _ in range(MAX_UNLOCKS):
+            with self._errors("lifting the fsyncLock"):
+                try:
+                    reply = client.admin.command("fsyncUnlock")
+                except mx.OperationFailure as exc:
+                    if (exc.code == _NOT_LOCKED or exc.code in _UNAUTHORIZED
+                            or exc.code in meta.UNSUPPORTED_CODES
+                            or "not locked" in str(exc)):
+                        return
+                    raise
+            if int(reply.get("lockCount") or 0) <= 0:
+                return
+        raise StoreError(f"{self.endpoint.label}: still fsync-locked after {MAX_UNLOCKS} "
+                         "fsyncUnlock calls", hint="run db.fsyncUnlock() on the server")
+
 
 def _mongo_source(source: Store) -> MongoStore:
     if not isinstance(source, MongoStore):
@@ -706,15 +918,26 @@ def _mongo_source(source: Store) -> MongoStore:
 
 
 class MongoImporter(Importer):
-    """Inserts raw documents unordered; a replayed batch finds identical documents."""
+    """Inserts raw documents unordered; a replayed batch finds identical documents.
+
+    Prepared as resumed (a run after a checkpoint, or ``sync``), the importer replaces:
+    a document whose `_id` is there with other bytes (or another type of the same number)
+    is deleted and inserted again, and so is a target document that holds this one's key
+    of a unique index under another `_id` (a group member who left and joined again).
+    Delete-and-insert rather than ``replaceOne``: a replacement keeps the stored `_id`'s
+    type and refuses top-level ``$`` fields, an insert stores the source's bytes as they are.
+    """
 
     def __init__(self, store: MongoStore, unit: Unit) -> None:
         self.store = store
         self.unit = unit
         self.coll = store._coll(unit, mapped=True)
         self.bypass = bool(unit.spec.get("bypass_validation"))
+        self.replace = False
+        self._unique: list[dict[str, Any]] | None = None
 
     def prepare(self, resumed: bool) -> None:
+        self.replace = resumed
         if self.store.options.on_existing == "overwrite" and not resumed:
             with self.store._errors(f"clearing {self.unit.name} on the target"):
                 self.coll.delete_many(self.store._unit_filter(self.unit))
@@ -725,17 +948,28 @@ class MongoImporter(Importer):
         where = f"writing {self.unit.name}"
         try:
             with self.store._errors(where):
-                try:
-                    self.coll.insert_many(batch.records, ordered=False,
-                                          bypass_document_validation=self.bypass or None)
-                except mx.BulkWriteError as exc:
-                    self._settle(exc)
+                docs: list[RawBSONDocument] = list(batch.records)
+                for _ in range(WRITE_ROUNDS):
+                    try:
+                        self.coll.insert_many(docs, ordered=False,
+                                              bypass_document_validation=self.bypass or None)
+                        return
+                    except mx.BulkWriteError as exc:
+                        docs = self._settle(exc)
+                    if not docs:
+                        return
+                raise StoreError(
+                    f"{self.store.endpoint.label}: {self.unit.name}: document "
+                    f"{meta.id_label(_doc_id(docs[0]))} still collides after "
+                    f"{WRITE_ROUNDS} attempts to make room for it",
+                    hint="another writer is changing the target; stop it and run sync again")
         except TransientError:
             self._explain_dropped_connection(batch)
             raise
 
-    def _settle(self, exc: mx.BulkWriteError) -> None:
-        """Accept duplicates that are byte-identical replays; anything else names the _id."""
+    def _settle(self, exc: mx.BulkWriteError) -> list[RawBSONDocument]:
+        """Accept duplicates that are byte-identical replays; when replacing, clear the way
+        for the others and return them to insert again; otherwise name the `_id`."""
         details = exc.details or {}
         errors = details.get("writeErrors") or []
         others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
@@ -745,26 +979,68 @@ class MongoImporter(Importer):
                 f"{self.store.endpoint.label}: {self.unit.name}: document "
                 f"{meta.id_label(_doc_id(first['op']))} was refused: {first.get('errmsg')}"
                 + (f" (and {len(others) - 1} more)" if len(others) > 1 else ""))
-        dups = {meta.id_label(_doc_id(e["op"])): e["op"] for e in errors}
-        if dups:
-            ids = [_doc_id(d) for d in dups.values()]
-            found = {meta.id_label(_doc_id(d)): d.raw
-                     for d in self.coll.find({"_id": {"$in": ids}})}
-            for label, doc in dups.items():
-                if label not in found:
-                    raise StoreError(
-                        f"{self.store.endpoint.label}: {self.unit.name}: document {label} "
-                        "collides with a unique index on the target: "
-                        f"{next(e['errmsg'] for e in errors if e['op'] is doc)}",
-                        hint="the target holds other data; use an empty target")
-                if found[label] != doc.raw:
-                    raise StoreError(
-                        f"{self.store.endpoint.label}: {self.unit.name}: the target already "
-                        f"holds a different document with _id {label}",
-                        hint="use on_existing: overwrite to replace the unit's range")
         if details.get("writeConcernErrors"):
             raise TransientError(f"{self.store.endpoint.label}: {self.unit.name}: write "
                                  f"concern not met: {details['writeConcernErrors'][0]}")
+        if not errors:
+            return []
+        # `_id` equality is numeric across int32/int64/double, as the server's
+        ids = [_doc_id(e["op"]) for e in errors]
+        found = {meta.order_key(_doc_id(d)): d.raw
+                 for d in self.coll.find({"_id": {"$in": ids}}, sort=[("_id", 1)])}
+        again: list[RawBSONDocument] = []
+        stale_ids: list[Any] = []  # documents of ours to delete before inserting again
+        for error in errors:
+            doc = error["op"]
+            label = meta.id_label(_doc_id(doc))
+            held = found.get(meta.order_key(_doc_id(doc)))
+            if held is None:  # the `_id` is free: another unique index is in the way
+                if not self.replace:
+                    raise StoreError(
+                        f"{self.store.endpoint.label}: {self.unit.name}: document {label} "
+                        f"collides with a unique index on the target: {error.get('errmsg')}",
+                        hint="the target holds other data; use an empty target")
+                stale_ids += self._unique_conflicts(doc, str(error.get("errmsg") or ""))
+                again.append(doc)
+            elif held == doc.raw:
+                continue  # a replay: already there, byte for byte
+            elif self.replace:
+                stale_ids.append(_doc_id(doc))
+                again.append(doc)
+            else:
+                raise StoreError(
+                    f"{self.store.endpoint.label}: {self.unit.name}: the target already "
+                    f"holds a different document with _id {label}",
+                    hint="use on_existing: overwrite to replace the unit's range")
+        for part in _slices(stale_ids, FETCH_SLICE):
+            self.coll.delete_many({"_id": {"$in": part}})
+        return again
+
+    def _unique_conflicts(self, doc: RawBSONDocument, message: str) -> list[Any]:
+        """`_id`s of target documents that hold ``doc``'s key of a unique index. They are
+        stale: the source's own index says no other document has that key now, and
+        ``sync`` re-copies whichever of them the source still holds."""
+        if self._unique is None:
+            self._unique = [dict(s) for s in self.coll.with_options(
+                codec_options=meta.META).list_indexes() if s.get("unique")]
+        named = meta.duplicate_index_name(message)
+        specs = [s for s in self._unique if s.get("name") == named] or self._unique
+        plain = bson.decode(doc.raw, codec_options=meta.META)
+        ids: list[Any] = []
+        for spec in specs:
+            flt = meta.unique_conflict_filter(spec, plain)
+            if flt is None:
+                continue
+            found = self.coll.find(flt, {"_id": 1}, sort=[("_id", 1)],
+                                   collation=spec.get("collation"))
+            ids += [_doc_id(d) for d in found]
+        if not ids:
+            raise StoreError(
+                f"{self.store.endpoint.label}: {self.unit.name}: document "
+                f"{meta.id_label(_doc_id(doc))} collides with a unique index on the target "
+                f"and the document in its way cannot be found: {message}",
+                hint="compare the collection's unique indexes on both sides")
+        return ids
 
     def _explain_dropped_connection(self, batch: Batch) -> None:
         """FerretDB drops the connection over values it cannot store; name the document."""

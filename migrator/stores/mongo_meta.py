@@ -31,6 +31,7 @@ import bson
 import jsonschema
 from bson import SON, json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from pymongo import errors as mx
 from pymongo.database import Database
@@ -374,10 +375,30 @@ def from_ejson(value: Any) -> Any:
 
 
 def id_label(value: Any) -> str:
-    """A readable, unambiguous name for an `_id` in reports."""
+    """A readable, unambiguous name for an `_id` in reports (and ``records()``' keys)."""
     if isinstance(value, bson.ObjectId):
         return f"ObjectId('{value}')"
     return json.dumps(to_ejson(value), separators=(",", ":"))
+
+
+def id_from_label(label: str) -> Any:
+    """The exact `_id` value (type included: int32, int64, double...) ``id_label`` named.
+
+    Raises ValueError for a text ``id_label`` could not have printed, so a key is never
+    read as a look-alike of another type.
+    """
+    try:
+        if label.startswith("ObjectId('") and label.endswith("')"):
+            value: Any = bson.ObjectId(label[len("ObjectId('"):-2])
+        else:
+            value = from_ejson(json.loads(label))
+        same = id_label(value) == label
+    except (ValueError, TypeError, KeyError, OverflowError, BSONError) as exc:
+        raise ValueError(f"{label!r} is not an _id as this tool names one ({exc})") from exc
+    if not same:
+        raise ValueError(f"{label!r} is not an _id as this tool names one (it reads as "
+                         f"{id_label(value)})")
+    return value
 
 
 def json_like(value: Any) -> Any:
@@ -498,6 +519,62 @@ def create_indexes(db: Database, collection: str,
         except OperationFailure as exc:
             failures.append((str(spec.get("name")), exc, exc.code in _INDEX_UNSUPPORTED_CODES))
     return failures
+
+
+_MISSING = object()  # a path the document does not have (indexed as null)
+_THROUGH_ARRAY = object()  # a path that crosses an array: not expressible as one filter
+_INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key|Index '([^']+)'")
+
+
+def _at_path(doc: Mapping[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if isinstance(value, list):
+            return _THROUGH_ARRAY
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def duplicate_index_name(message: str) -> str | None:
+    """The index a duplicate-key error names (MongoDB: ``index: NAME dup key``; DocumentDB's
+    gateway: ``Index 'NAME'``), if it names one."""
+    m = _INDEX_IN_MESSAGE.search(message)
+    return (m[1] or m[2]) if m else None
+
+
+def unique_conflict_filter(spec: Mapping[str, Any],
+                           doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A filter for the documents other than ``doc`` that hold its key of the unique index
+    ``spec``, i.e. those that keep ``doc`` from being inserted; None when the index cannot
+    make it collide, or the key is not expressible as one filter (a path through an array).
+
+    An array value matches any of its elements (a multikey index collides on each), so the
+    filter may find more than the one document in the way; the caller only deletes from a
+    target that ``sync`` re-checks anyway.
+    """
+    if not spec.get("unique") or spec.get("name") == "_id_":
+        return None
+    clauses: list[dict[str, Any]] = []
+    present = False
+    for path, kind in spec["key"].items():
+        if isinstance(kind, str):  # text, hashed, 2dsphere...: not an equality key
+            return None
+        value = _at_path(doc, path)
+        if value is _THROUGH_ARRAY or (isinstance(value, list) and not value):
+            return None
+        if value is _MISSING:
+            clauses.append({path: None})  # matches missing and null, as the index stores both
+            continue
+        present = True
+        clauses.append({path: {"$in": value} if isinstance(value, list) else value})
+    if spec.get("sparse") and not present:
+        return None
+    if spec.get("partialFilterExpression"):
+        clauses.append(dict(spec["partialFilterExpression"]))
+    clauses.append({"_id": {"$ne": doc["_id"]}})
+    return {"$and": clauses}
 
 
 def schema(db: Database, collection: str) -> dict[str, Any]:
