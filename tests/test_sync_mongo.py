@@ -699,3 +699,15 @@ def test_sync_alone_repairs_deleted_changed_and_extra_documents_on_the_target(
     verified = cli("verify", str(plan), "--json")
     assert verified.returncode == 0, verified.stderr + verified.stdout
     assert_same_databases(src, dst, db)
+
+    # a pass copies the changed documents and nothing else, whatever their chunks hold
+    changed = mongo_data.change(Endpoint("mongo", with_db(mongo_env["OIM_MONGO_SRC_URL"], db),
+                                         name="fixture"), fraction=0.05, seed=4)
+    assert min(changed.values()) > 0, changed
+    synced = cli("sync", str(plan), "--json")
+    assert synced.returncode == 0, synced.stderr + synced.stdout
+    [one] = json.loads(synced.stdout)["passes"]
+    assert sum(u["copied"] for u in one["units"]) == changed["updated"] + changed["inserted"]
+    assert sum(u["deleted"] for u in one["units"]) == changed["deleted"]
+    assert cli("verify", str(plan)).returncode == 0
+    assert_same_databases(src, dst, db)
