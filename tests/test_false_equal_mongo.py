@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bson import Int64
 from pymongo import MongoClient
 
 from migrator.config import resolve_refs
@@ -154,3 +155,17 @@ def test_an_edited_plan_that_narrows_or_drops_a_unit_is_refused(copied):
         out = copied.verify()
         assert out.returncode == 3, out.stdout + out.stderr
         assert gap in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_id_that_changed_only_its_type_is_a_difference_that_sync_repairs(copied):
+    """`1` and `NumberLong(1)` are one key to the server and to `$in`; to verify they are
+    two documents, and `sync` must neither miss the change nor delete what it copied."""
+    doc = copied.dst["msg"].find_one({"_id": 7})
+    copied.dst["msg"].delete_one({"_id": 7})
+    copied.dst["msg"].insert_one({**doc, "_id": Int64(7)})  # same number, same fields
+    out = copied.verify()
+    different(out, id_label(7), id_label(Int64(7)))
+    synced = cli("sync", str(copied.plan))
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert copied.verify().returncode == 0
+    assert type(copied.dst["msg"].find_one({"_id": 7}, {"_id": 1})["_id"]) is int

@@ -12,15 +12,19 @@ so field order, number types and binary subtypes cannot drift. A unit is one col
 above ``unit_records`` documents, one `_id` range of it (boundaries found by walking `_id`
 in order; ``splitVector`` where the server offers it and our user may run it). Ranges use
 MongoDB's order across BSON types (``mongo_meta.id_range_filter``), so mixed `_id` types
-are covered exactly once. Replays are harmless: a duplicate `_id` is accepted only if the
-document already there is byte-identical.
+are covered exactly once. Replays are harmless: in a first copy a duplicate `_id` is
+accepted only if the document already there is byte-identical; after a checkpoint and in
+``sync`` the importer replaces what differs (``MongoImporter``).
 
 Consistency: on a replica set (MongoDB ≥5.0) every unit of a run is read with snapshot read
-concern at the cluster time recorded when the store opened; that time is where a change
-stream catch-up would start (not implemented yet). Whether the server really honours
-``atClusterTime`` is probed when the store opens (a time in the future must be refused):
-DocumentDB's gateway accepts it and reads the present, so it, standalone servers and
-FerretDB get no snapshot, and the plan says consistency relies on the write freeze.
+concern at the cluster time recorded when the store opened. Whether the server really
+honours ``atClusterTime`` is probed when the store opens (a time in the future must be
+refused): DocumentDB's gateway accepts it and reads the present, so it, standalone servers
+and FerretDB get no snapshot. Writes during and after the copy are caught up by ``sync``:
+``records()`` names each document by its exact `_id` (type included), ``fetch`` and
+``delete`` find exactly those. Catch-up compares chunk digests; whether the server has
+change streams is probed and shown, but they are not followed yet. The write freeze is
+``fsyncLock`` where the server and the account allow it (``freeze_check`` says why not).
 
 Coverage (base.py): units of one collection must tile its whole `_id` space in MongoDB's
 order (``uncovered``); ``unlisted`` lists the selection's collections live (one
