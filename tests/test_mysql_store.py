@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import ssl
@@ -200,6 +201,41 @@ def test_big_table_splits_into_key_ranges_that_cover_it_exactly(source, loaded):
     counts = source.digest(units[1], chunks)
     assert sum(d.count for d in counts.values()) == 1000
     assert len(chunks) == 4  # ~300 rows each
+
+
+@dataclasses.dataclass(frozen=True)
+class WithParallel(StoreOptions):
+    parallel: int = 4  # what the engine's --parallel would be
+
+
+def test_a_table_below_unit_records_fills_parallel_but_never_with_tiny_units(ports):
+    db = "oimtest_mysql_split"
+    endpoint = Endpoint("mysql", src_endpoint(ports).url.replace(SRC_DB, db), name="source.mysql")
+    store = MySQLStore(endpoint)
+    for query in (f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}",
+                  f"CREATE TABLE {db}.wide (id INT PRIMARY KEY, v INT)",
+                  f"CREATE TABLE {db}.small (id INT PRIMARY KEY, v INT)",
+                  f"INSERT INTO {db}.wide VALUES "
+                  + ", ".join(f"({i}, {i % 7})" for i in range(45_000)),
+                  f"INSERT INTO {db}.small VALUES "
+                  + ", ".join(f"({i}, {i})" for i in range(900)),
+                  f"ANALYZE TABLE {db}.wide, {db}.small"):
+        sql(store, query)
+    try:
+        for parallel, wide in ((4, 4), (2, 2), (16, 4), (1, 1)):
+            store = MySQLStore(endpoint, options=WithParallel(parallel=parallel))
+            units = store.list_units()
+            counts = {t: [u.records for u in units if u.spec["table"] == t]
+                      for t in ("wide", "small")}
+            # at least 10,000 rows per unit, at most `parallel` units below unit_records
+            assert len(counts["wide"]) == wide, (parallel, counts)
+            assert sum(counts["wide"]) == 45_000 and min(counts["wide"]) >= 10_000
+            assert counts["small"] == [900]
+            assert MySQLStore.uncovered(units) == []
+        many = MySQLStore(endpoint, options=WithParallel(parallel=4, unit_records=5_000))
+        assert len([u for u in many.list_units() if u.spec["table"] == "wide"]) == 9  # asked
+    finally:
+        sql(store, f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_unit_spec_is_plain_json_and_survives_a_plan_round_trip(source, target):

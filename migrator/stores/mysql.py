@@ -27,6 +27,7 @@ import re
 import ssl
 import threading
 from collections.abc import Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,8 @@ _LOAD_RESULT = re.compile(rb"Records: (\d+)\s+Deleted: (\d+)\s+Skipped: (\d+)\s+
 _POOL_SIZE = 8
 _GLOBAL_GRANT = re.compile(r"GRANT (.+?) ON \*\.\* TO ", re.I)
 _DELETE_SLICE = 10_000
+_MIN_UNIT_ROWS = 10_000  # a table is split to fill --parallel only into units this big
+_DEFAULT_PARALLEL = 4  # the engine's default, while StoreOptions does not carry it
 _KEY_SLICE = 500  # keys per fetch or delete statement: one IN list, one index lookup each
 _READ_ONLY_REFUSED = 1290  # "running with the --read-only option"
 Row = tuple[bytes | None, ...]
@@ -146,6 +149,8 @@ class MySQLStore(Store):
         self._said_fallback = False
         self._hidden: dict[str, str] | None = None
         self._cache: MutableMapping[Any, str] = {}
+        # digest statements running at once on this server, all units together
+        self._digest_slots = threading.BoundedSemaphore(self._parallel())
         self._frozen_before: bool | None = None  # read_only before our freeze, if we froze
         self._lapse: threading.Timer | None = None
 
@@ -451,8 +456,23 @@ class MySQLStore(Store):
         return [unit for db, table, rows, size in tables
                 for unit in self._units_of(db, table, rows, size)]
 
+    def _parallel(self) -> int:
+        return max(1, int(getattr(self.options, "parallel", _DEFAULT_PARALLEL)))
+
+    def _unit_step(self, rows: int) -> int | None:
+        """Rows per unit when a table of ``rows`` rows should be cut into more units than
+        ``unit_records`` asks for, else None: a table of at least 2 × 10,000 rows is cut
+        into up to ``parallel`` units of about 10,000 rows or more, so one table alone
+        still loads and verifies in parallel; never more units than ``parallel``."""
+        step = max(1, self.options.unit_records)
+        wanted = min(self._parallel(), rows // _MIN_UNIT_ROWS)
+        if wanted > max(1, -(-rows // step)):
+            return -(-rows // wanted)
+        return None
+
     def _units_of(self, db: str, table: str, est_rows: int, size: int) -> list[Unit]:
-        """One unit per ``unit_records`` rows of key range; counts are exact (every range
+        """One unit per ``unit_records`` rows of key range (fewer rows per unit where
+        ``_unit_step`` fills ``parallel``); counts are exact (every range
         but the last holds exactly that many rows at plan time). The spec names the rows
         (table and key range), not the columns: those are read when the copy starts."""
         meta = self._table(db, table)
@@ -468,6 +488,8 @@ class MySQLStore(Store):
             return [Unit(self.kind, f"{db}.{table}", spec, count, estimate(count))]
         key = self._key(meta, spec)
         step = max(1, self.options.unit_records)
+        if self._unit_step(est_rows) is not None:  # an estimate: the split uses the count
+            step = self._unit_step(self._count(meta, key, None, None)) or step
         edges = [None, *self._boundaries(meta, index, key, None, None, step), None]
         units = []
         for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)):
@@ -835,15 +857,28 @@ class MySQLStore(Store):
         if found is None:
             return {c.id: ChunkDigest() for c in chunks}
         meta, key = found
-        columns = [c.name for c in meta.copy_columns()]
-        out = {}
-        with self._session(long=not key) as conn, conn.cursor() as cur:
-            for chunk in chunks:
-                pred = self._chunk_predicate(key, chunk)
-                cur.execute(ms.digest_sql(meta.ident, columns, pred))
-                count, high, low = cur.fetchone()
-                total = ((int(high or 0) << 64) + int(low or 0)) & base.HASH_MASK
-                out[chunk.id] = ChunkDigest(count=int(count), hash=total)
+        columns = meta.copy_columns()
+        out: dict[str, ChunkDigest] = {}
+
+        def part(share: list[Chunk]) -> None:
+            with self._session(long=not key) as conn, conn.cursor() as cur:
+                for chunk in share:
+                    pred = self._chunk_predicate(key, chunk)
+                    with self._digest_slots:
+                        cur.execute(ms.digest_sql(meta.ident, columns, pred))
+                        count, high, low = cur.fetchone()
+                    total = ((int(high or 0) << 64) + int(low or 0)) & base.HASH_MASK
+                    out[chunk.id] = ChunkDigest(count=int(count), hash=total)
+
+        lanes = min(len(chunks), self._parallel())
+        if lanes <= 1:
+            part(chunks)
+            return out
+        # the chunks of one unit on several connections (the server sums each chunk on
+        # one core); a store-wide limit keeps units times lanes from swamping the server
+        with ThreadPoolExecutor(lanes, thread_name_prefix="mysql-digest") as pool:
+            for done in [pool.submit(part, chunks[i::lanes]) for i in range(lanes)]:
+                done.result()
         return out
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
@@ -854,7 +889,7 @@ class MySQLStore(Store):
             return
         meta, key = found
         pred = self._chunk_predicate(key, chunk)
-        hashed = ms.row_hash([c.name for c in meta.copy_columns()])
+        hashed = ms.row_hash(meta.copy_columns())
         if key:
             sql = (f"SELECT {ms.order_by(key)}, {hashed} FROM {meta.ident} WHERE {pred}"
                    f" ORDER BY {ms.order_by(key)}")
@@ -882,7 +917,7 @@ class MySQLStore(Store):
             return ms.schema_of(meta, ms.auto_increment_of(cur.fetchone()[1]))
 
     # -- catch-up --------------------------------------------------------------------
-    def _wanted(self, unit: Unit, key: list[Column], names: list[str], keys: list[str]
+    def _wanted(self, unit: Unit, key: list[Column], columns: list[Column], keys: list[str]
                 ) -> tuple[list[str], tuple[str, ...]]:
         """WHERE clauses (one per slice of keys) for the records ``records()`` named, and
         for a keyless table the row MD5s they are. A name this table's key could not have
@@ -891,7 +926,7 @@ class MySQLStore(Store):
             if not key:
                 groups = tuple(dict.fromkeys(ms.parse_row_md5(k) for k in keys))
                 # every statement reads the whole table: one for all the names given
-                return ([ms.row_md5_match(names, list(groups))] if groups else []), groups
+                return ([ms.row_md5_match(columns, list(groups))] if groups else []), groups
             wanted = list(dict.fromkeys(ms.parse_key(key, k) for k in keys))
         except StoreError as exc:
             raise StoreError(f"{self.endpoint.label}: {unit.name}: {exc.message}") from exc
@@ -909,7 +944,7 @@ class MySQLStore(Store):
         key = self._checked_key(meta, spec)
         copied = meta.copy_columns()
         names = [c.name for c in copied]
-        where, groups = self._wanted(unit, key, names, keys)
+        where, groups = self._wanted(unit, key, copied, keys)
         select = f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {meta.ident} WHERE "
         rows: list[Row] = []
         with self._session(raw=True, long=not key) as conn, conn.cursor() as cur:
@@ -930,7 +965,7 @@ class MySQLStore(Store):
         if meta is None or not keys:
             return
         key = self._key(meta, spec)
-        where, _groups = self._wanted(unit, key, [c.name for c in meta.copy_columns()], keys)
+        where, _groups = self._wanted(unit, key, meta.copy_columns(), keys)
         with self._session() as conn, conn.cursor() as cur:
             cur.execute("SET foreign_key_checks = 0")
             for pred in where:
@@ -1226,7 +1261,7 @@ class MySQLImporter(Importer):
                         groups: tuple[str, ...]) -> None:
         """A keyless table in ``sync``: delete every row of these MD5 groups, then load
         the source's rows of them, as one transaction (a replay does the same again)."""
-        columns = [c.name for c in meta.copy_columns()]
+        columns = meta.copy_columns()
         with conn.cursor() as cur:
             cur.execute("START TRANSACTION")
             try:

@@ -356,7 +356,7 @@ def parse_row_md5(text: str) -> str:
     return digest
 
 
-def row_md5_match(columns: list[str], digests: list[str]) -> str:
+def row_md5_match(columns: list[Column], digests: list[str]) -> str:
     """SQL true for the rows whose ``row_hash`` is one of ``digests``."""
     return f"{row_hash(columns)} IN ({', '.join(repr(d) for d in digests)})"
 
@@ -392,16 +392,30 @@ def order_by(key: list[Column]) -> str:
     return ", ".join(quote_ident(c.name) for c in key)
 
 
-def row_hash(columns: list[str]) -> str:
+# Kinds whose text form is never empty, never ``N`` and never holds a ``#``.
+_PLAIN_TEXT_KINDS = frozenset({"int", "dec", "float", "time"})
+
+
+def row_hash(columns: list[Column]) -> str:
     """SQL for a row's MD5, computed by the server on binary strings: every column in its
-    own stored bytes, then a length list (``N`` for NULL) so that neither NULL vs ''
-    nor a ``#`` inside a value can make two different rows hash alike."""
-    idents = [quote_ident(c) for c in columns]
-    lengths = ", ".join(f"IFNULL(LENGTH({i}), _binary'N')" for i in idents)
-    return f"MD5(CONCAT_WS(_binary'#', {', '.join(idents)}, CONCAT_WS(_binary',', {lengths})))"
+    own stored bytes, ``#`` between them, so that neither NULL vs '' nor a ``#`` inside a
+    value can make two different rows hash alike: a number or a date (never empty, never
+    holding ``#``) stands for itself and NULL as ``N``; any other column is followed, in a
+    length list at the end, by its length (``N`` for NULL, which CONCAT_WS skips). The
+    length list only where needed: it is a fifth of the server's digest work."""
+    parts, lengths = [], []
+    for col in columns:
+        ident = quote_ident(col.name)
+        if col.kind in _PLAIN_TEXT_KINDS:
+            parts.append(f"IFNULL({ident}, _binary'N')" if col.nullable else ident)
+        else:
+            parts.append(ident)
+            lengths.append(f"IFNULL(LENGTH({ident}), _binary'N')")
+    return (f"MD5(CONCAT_WS(_binary'#', {', '.join(parts)},"
+            f" CONCAT_WS(_binary',', {', '.join(lengths) or '_binary' + repr('')})))")
 
 
-def digest_sql(table_ident: str, columns: list[str], predicate: str) -> str:
+def digest_sql(table_ident: str, columns: list[Column], predicate: str) -> str:
     """COUNT and the two 64-bit halves of the sum of row MD5s, summed exactly (DECIMAL)
     by the server; the caller folds them into the 128-bit sum. The LIMIT keeps the
     optimizer from merging the derived table, which would compute each MD5 twice
