@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,61 +74,180 @@ def hostport(url: str) -> str:
 
 
 # -------------------------------------------------------------------------------- mysql
+MYSQL_DB = "openIM_bench"
+
+
+def _server_cpu(pid_files: dict[str, str]) -> dict[str, float]:
+    """CPU seconds each local mariadbd has used so far (from /proc), by side."""
+    out = {}
+    for side, pid_file in pid_files.items():
+        try:
+            pid = int(Path(pid_file).read_text().strip())
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[side] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            out[side] = float("nan")  # a server elsewhere (docker-compose): not measured
+    return out
+
+
+def _mysql_step(cmd: list[str] | str, pid_files: dict[str, str], *, shell: bool = False
+                ) -> dict[str, float]:
+    """One timed command: wall seconds, CPU seconds of the command's processes and of
+    each server, and the 1-minute load average around it (the machine is shared)."""
+    load = os.getloadavg()[0]
+    before = _server_cpu(pid_files)
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, shell=shell, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, executable="/bin/bash" if shell else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise SystemExit(f"command failed: {cmd}\n{err[-3000:]}")
+    after = _server_cpu(pid_files)
+    return {"s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            **{f"{side}_server_cpu_s": round(after[side] - before[side], 2) for side in after},
+            "rss_mib": round(usage.ru_maxrss / 1024),
+            "load": round(max(load, os.getloadavg()[0]), 1)}
+
+
 def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    """One chat_logs table of ``--rows`` rows, loaded once; then, interleaved and
+    ``repeat`` times (3 unless --repeat says otherwise): ``mariadb-dump | mariadb``,
+    ``mydumper`` + ``myloader`` (4 threads; ``--rows`` asks for one chunk per thread, which
+    mydumper 0.10 only does on an integer key: chat_logs' key is text, one file) and
+    ours (plan, run, verify, default options). Medians; every run keeps its wall and CPU
+    seconds (ours, each server) and the load average. OIM_BENCH_MYSQL_NATIVE=mydumper
+    (or mariadb-dump) runs one native tool only."""
+    from statistics import median
+
     import pymysql
 
     from fixtures import mysql_data
 
-    db = "openIM_bench"
+    db = MYSQL_DB
+    natives = os.environ.get("OIM_BENCH_MYSQL_NATIVE", "mariadb-dump,mydumper").split(",")
+    if "mydumper" in natives and not (shutil.which("mydumper") and shutil.which("myloader")):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "mydumper"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     src = Endpoint("mysql", f"mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
                    f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}", name="bench")
-    host, port = hostport(env["OIM_MYSQL_DST_URL"]).split(":")
-    dst = pymysql.connect(host=host, port=int(port), user="root",
-                          password=env["OIM_MYSQL_DST_PASSWORD"], autocommit=True)
-    with dst.cursor() as cur:
-        for name in (db, "native_copy"):
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        cur.execute("CREATE DATABASE native_copy CHARACTER SET utf8mb4")
+    sh, sp = hostport(env["OIM_MYSQL_SRC_URL"]).split(":")
+    dh, dp = hostport(env["OIM_MYSQL_DST_URL"]).split(":")
+    conns = {side: pymysql.connect(host=h, port=int(p), user="root", autocommit=True,
+                                   password=env[f"OIM_MYSQL_{side}_PASSWORD"])
+             for side, h, p in (("SRC", sh, sp), ("DST", dh, dp))}
+    pid_files = {}
+    for side, conn in conns.items():
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@pid_file")
+            pid_files[side.lower()] = str(cur.fetchone()[0])
+    copies = (db, "native_copy", "native_myloader")
+
+    def clean_target() -> None:
+        with conns["DST"].cursor() as cur:
+            for name in copies:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def copied(name: str) -> int:
+        with conns["DST"].cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`.chat_logs")
+            return int(cur.fetchone()[0])
+
+    clean_target()
     loaded = time.monotonic()
     mysql_data.message_rows(src, opts.rows, seed=1)
     load_s = time.monotonic() - loaded
-    sh, sp = hostport(env["OIM_MYSQL_SRC_URL"]).split(":")
-    native = (f"mariadb-dump -h {sh} -P {sp} -u root --single-transaction --quick "
-              f"{db} chat_logs | mariadb -h {host} -P {port} -u root native_copy")
-    native_s, _ = _native_two_passwords(native, env)
-    result = ours(work / "mysql.yaml",
-                  ["--source", f"mysql=mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
-                   f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}",
-                   "--target", f"mysql=mysql://root:${{OIM_MYSQL_DST_PASSWORD}}@"
-                   f"{hostport(env['OIM_MYSQL_DST_URL'])}"], opts.parallel)
-    with dst.cursor() as cur:
-        cur.execute(f"SELECT COUNT(*) FROM `{db}`.chat_logs")
-        copied = cur.fetchone()[0]
-        for name in (db, "native_copy"):
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    assert copied == opts.rows, (copied, opts.rows)
-    return {"store": "mysql", "rows": opts.rows, "load_s": round(load_s, 1),
-            "native": "mariadb-dump --single-transaction --quick | mariadb",
-            "native_s": round(native_s, 2), **result,
-            "speedup": round(native_s / result["copy_s"], 2)}
-
-
-def _native_two_passwords(native: str, env: dict[str, str]) -> tuple[float, float]:
-    """Each client gets its own password through its own defaults file."""
-    files = []
+    # passwords reach the clients through defaults files, never the command line
+    cnf = {}
     for side in ("SRC", "DST"):
-        handle = tempfile.NamedTemporaryFile("w", suffix=".cnf", delete=False)  # noqa: SIM115
-        handle.write(f"[client]\npassword={env[f'OIM_MYSQL_{side}_PASSWORD']}\n")
-        handle.close()
-        files.append(handle.name)
-    dump, load = native.split(" | ")
-    cmd = (dump.replace("mariadb-dump ", f"mariadb-dump --defaults-extra-file={files[0]} ")
-           + " | " + load.replace("mariadb ", f"mariadb --defaults-extra-file={files[1]} ", 1))
-    try:
-        return measured(cmd, shell=True)
-    finally:
-        for name in files:
-            os.unlink(name)
+        path = work / f"{side.lower()}.cnf"
+        path.write_text("".join(f"[{group}]\npassword={env[f'OIM_MYSQL_{side}_PASSWORD']}\n"
+                                for group in ("client", "mydumper", "myloader")))
+        path.chmod(0o600)
+        cnf[side] = str(path)
+    threads = 4
+    chunk_rows = max(10_000, -(-opts.rows // threads))
+    commands = {
+        "mariadb-dump": (f"mariadb-dump --defaults-extra-file={cnf['SRC']} -h {sh} -P {sp}"
+                         f" -u root --single-transaction --quick {db} chat_logs"
+                         f" | mariadb --defaults-extra-file={cnf['DST']} -h {dh} -P {dp}"
+                         " -u root native_copy"),
+        "mydumper": ["mydumper", f"--defaults-file={cnf['SRC']}", "-h", sh, "-P", sp,
+                     "-u", "root", "--threads", str(threads), "--rows", str(chunk_rows),
+                     "-B", db, "-T", "chat_logs", "-o", str(work / "mydumper")],
+        "myloader": ["myloader", f"--defaults-file={cnf['DST']}", "-h", dh, "-P", dp,
+                     "-u", "root", "--threads", str(threads), "-d", str(work / "mydumper"),
+                     "-s", db, "-B", "native_myloader", "-o"],
+    }
+    plan = work / "mysql.yaml"
+    plan_args = ["--source", f"mysql=mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@{sh}:{sp}/{db}",
+                 "--target", f"mysql=mysql://root:${{OIM_MYSQL_DST_PASSWORD}}@{dh}:{dp}",
+                 *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
+    cli = [sys.executable, "-m", "migrator"]
+    runs = []
+    for _ in range(max(1, getattr(opts, "repeat", 3) or 3)):
+        run: dict[str, dict[str, float]] = {}
+        if "mariadb-dump" in natives:
+            with conns["DST"].cursor() as cur:
+                cur.execute("CREATE DATABASE native_copy CHARACTER SET utf8mb4")
+            run["mariadb_dump"] = _mysql_step(commands["mariadb-dump"], pid_files, shell=True)
+            assert copied("native_copy") == opts.rows
+        if "mydumper" in natives:
+            shutil.rmtree(work / "mydumper", ignore_errors=True)
+            with conns["DST"].cursor() as cur:
+                cur.execute("CREATE DATABASE native_myloader CHARACTER SET utf8mb4")
+            run["mydumper"] = _mysql_step(commands["mydumper"], pid_files)
+            run["myloader"] = _mysql_step(commands["myloader"], pid_files)
+            assert copied("native_myloader") == opts.rows
+        for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
+            stale.unlink(missing_ok=True)
+        run["plan"] = _mysql_step([*cli, "plan", *plan_args, "-o", str(plan)], pid_files)
+        run["copy"] = _mysql_step([*cli, "run", str(plan), "--no-verify", "--no-progress"],
+                                  pid_files)
+        run["verify"] = _mysql_step([*cli, "verify", str(plan)], pid_files)
+        assert copied(db) == opts.rows
+        clean_target()
+        runs.append(run)
+    with conns["SRC"].cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+
+    def mid(step: str, field: str = "s") -> float:
+        return round(median(r[step][field] for r in runs), 2)
+
+    result: dict[str, Any] = {
+        "store": "mysql", "rows": opts.rows, "load_s": round(load_s, 1), "repeat": len(runs),
+        "plan_s": mid("plan"), "copy_s": mid("copy"), "verify_s": mid("verify"),
+        "verify_fraction": round(median(r["verify"]["s"] / r["copy"]["s"] for r in runs), 3),
+        "run_rss_mib": max(r["copy"]["rss_mib"] for r in runs),
+        "verify_rss_mib": max(r["verify"]["rss_mib"] for r in runs),
+        "cpu_s": {step: {field: mid(step, field) for field in ("cpu_s", "src_server_cpu_s",
+                                                              "dst_server_cpu_s")}
+                  for step in runs[0]},
+        "units": len(_plan_units(plan)),
+        "commands": {k: v if isinstance(v, str) else " ".join(v) for k, v in commands.items()
+                     if k in natives or (k == "myloader" and "mydumper" in natives)},
+        "load": [min(s["load"] for r in runs for s in r.values()),
+                 max(s["load"] for r in runs for s in r.values())],
+        "runs": runs,
+    }
+    if "mariadb-dump" in natives:
+        result["native"] = "mariadb-dump --single-transaction --quick | mariadb"
+        result["native_s"] = mid("mariadb_dump")
+        result["speedup"] = round(median(r["mariadb_dump"]["s"] / r["copy"]["s"]
+                                         for r in runs), 2)
+    if "mydumper" in natives:
+        result["mydumper_s"] = round(median(r["mydumper"]["s"] + r["myloader"]["s"]
+                                            for r in runs), 2)
+        result["speedup_vs_mydumper"] = round(median(
+            (r["mydumper"]["s"] + r["myloader"]["s"]) / r["copy"]["s"] for r in runs), 2)
+    return result
+
+
+def _plan_units(plan: Path) -> list[Any]:
+    import yaml
+
+    return list((yaml.safe_load(plan.read_text()) or {}).get("inventory") or [])
 
 
 # -------------------------------------------------------------------------------- redis
