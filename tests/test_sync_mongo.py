@@ -381,16 +381,18 @@ def test_freeze_check_names_why_fsync_lock_is_not_possible_and_freeze_refuses(
     source.close()
 
 
-def test_a_read_any_database_source_is_reported_unable_to_freeze(mongo_env, clients, db):
+def test_a_read_any_database_source_is_reported_unable_to_freeze(mongo_env, clients, db,
+                                                                 monkeypatch):
     src, _ = clients
-    if "OIM_MONGO_SRC_READER_USER" not in mongo_env:
+    made = "OIM_MONGO_SRC_READER_USER" not in mongo_env  # mongo:7: made here
+    if made:
         if flavour(src) == "ferretdb":
             pytest.skip("FerretDB 1.24 (SQLite) has no users or roles; runs against "
                         f"DocumentDB and {MONGO7}")
         src.admin.command("createUser", "oim_sync_reader", pwd="reader-pw-2",
                           roles=[{"role": "readAnyDatabase", "db": "admin"}])
-        os.environ.update(OIM_MONGO_SRC_READER_USER="oim_sync_reader",
-                          OIM_MONGO_SRC_READER_PASSWORD="reader-pw-2")
+        monkeypatch.setenv("OIM_MONGO_SRC_READER_USER", "oim_sync_reader")
+        monkeypatch.setenv("OIM_MONGO_SRC_READER_PASSWORD", "reader-pw-2")
     src[db]["t"].insert_one({"_id": 1})
     reader = MongoStore(Endpoint("mongo", reader_url(mongo_env, db), name="source.mongo"))
     try:
@@ -407,7 +409,7 @@ def test_a_read_any_database_source_is_reported_unable_to_freeze(mongo_env, clie
         src[db]["t"].insert_one({"_id": 2})
     finally:
         reader.close()
-        if os.environ.get("OIM_MONGO_SRC_READER_USER") == "oim_sync_reader":
+        if made:
             src.admin.command("dropUser", "oim_sync_reader")
 
 
