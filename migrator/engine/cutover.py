@@ -147,8 +147,8 @@ def approves(given: str | None, fingerprint: str) -> bool:
 
 
 def has_guard(store: Store) -> bool:
-    """Whether this tool can hold writes on this kind of store at all."""
-    return type(store).freeze is not Store.freeze
+    """Whether this tool can hold writes on this server at all."""
+    return store.has_freeze_guard()
 
 
 def record_freeze_guard(facts: dict[str, Any], source: Store) -> None:

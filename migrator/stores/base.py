@@ -56,9 +56,11 @@ Write freeze (``cutover``), where the source's account allows a server-side guar
 
 * ``freeze_check()`` (source side, reads only, run by ``plan``) returns None when this
   account can hold writes on the server, else one line saying why not.
+* ``has_freeze_guard()`` says whether the server has such a guard at all.
 * ``freeze(seconds)`` holds writes for at most ``seconds`` (a guard that lapses by itself if
-  the tool dies is preferred) and returns what it did, for the log; ``unfreeze()`` undoes it
-  and is harmless when nothing is held. A store without a guard raises CapabilityMissing:
+  the tool dies is preferred; one that does not, like MongoDB's fsyncLock, says so) and
+  returns what it did, for the log; ``unfreeze()`` undoes it and is harmless when nothing
+  is held. A store without a guard raises CapabilityMissing:
   its freeze then relies on OpenIM's writers being stopped.
 
 * Stores raise only ``migrator.errors`` exceptions, marked transient or terminal.
@@ -283,6 +285,12 @@ class Store(ABC):
         return source_fp == target_fp
 
     # -- write freeze ----------------------------------------------------------------
+    def has_freeze_guard(self) -> bool:
+        """Whether this server has a write guard at all (whatever the account may do): a
+        cutover relies on stopped writers where it has none, and refuses to start where it
+        has one the account lacks the rights for."""
+        return type(self).freeze is not Store.freeze
+
     def freeze_check(self) -> str | None:
         """Source side, at plan time: None if ``freeze`` will work with this account."""
         return f"the {self.kind} store has no server-side write guard; stop the writers"

@@ -807,11 +807,8 @@ class MongoStore(Store):
                 coll.delete_many({"_id": {"$in": part}})
 
     # -- write freeze --------------------------------------------------------------------
-    def freeze_check(self) -> str | None:
-        """None when this account may ``fsyncLock`` this server, else why not. Reads only:
-        ``listCommands`` (does the server have fsync at all), the version (a mongos locks
-        only from 7.1 on) and ``connectionStatus`` (our privileges: fsync and unlock on the
-        cluster). A server without access control lets everyone lock."""
+    def _no_fsync_lock(self) -> str | None:
+        """Why this server has no fsyncLock at all (None: it has one)."""
         info = self.server
         with self._errors("checking whether fsyncLock is possible"):
             try:
@@ -819,13 +816,27 @@ class MongoStore(Store):
             except mx.OperationFailure as exc:
                 return (f"{info.flavor} {info.version} does not list its commands (error "
                         f"{exc.code}), so fsyncLock cannot be checked; stop the writers")
-            missing = [c for c in ("fsync", "fsyncUnlock") if c not in commands]
-            if missing:
-                return (f"{info.flavor} {info.version} has no {' or '.join(missing)} command "
-                        "(not in listCommands), so no fsyncLock; stop the writers")
-            if info.topology == "sharded" and _version(info.version) < (7, 1):
-                return (f"fsyncLock through a mongos needs MongoDB 7.1 or later (this is "
-                        f"{info.version}); stop the writers")
+        missing = [c for c in ("fsync", "fsyncUnlock") if c not in commands]
+        if missing:
+            return (f"{info.flavor} {info.version} has no {' or '.join(missing)} command "
+                    "(not in listCommands), so no fsyncLock; stop the writers")
+        if info.topology == "sharded" and _version(info.version) < (7, 1):
+            return (f"fsyncLock through a mongos needs MongoDB 7.1 or later (this is "
+                    f"{info.version}); stop the writers")
+        return None
+
+    def has_freeze_guard(self) -> bool:
+        return self._no_fsync_lock() is None
+
+    def freeze_check(self) -> str | None:
+        """None when this account may ``fsyncLock`` this server, else why not. Reads only:
+        ``listCommands`` (does the server have fsync at all), the version (a mongos locks
+        only from 7.1 on) and ``connectionStatus`` (our privileges: fsync and unlock on the
+        cluster). A server without access control lets everyone lock."""
+        missing = self._no_fsync_lock()
+        if missing:
+            return missing
+        with self._errors("checking whether fsyncLock is possible"):
             status = self.client.admin.command("connectionStatus", showPrivileges=True)
         auth = status.get("authInfo") or {}
         users = [f"{u.get('user')}@{u.get('db')}" for u in auth.get("authenticatedUsers") or []]
