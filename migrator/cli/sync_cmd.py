@@ -36,11 +36,17 @@ def sync_command(plan_path: Path, until_stable: bool, threshold: int, max_passes
     """
     plan = load_plan(plan_path)
     apply_tunables(plan.options, parallel=parallel)
+    method = {kind: pair.facts.get("source", {}).get("catch_up") or "chunk digests"
+              for kind, pair in plan.stores.items()}
+    if not as_json:
+        render.info("catch-up by " + ", ".join(f"{kind}: {how}" for kind, how in
+                                               method.items()))
     outcome = operations.sync_plan(plan, plan_path, until_stable=until_stable,
                                    threshold=threshold, max_passes=max_passes,
                                    on_pass=None if as_json else render.sync_pass)
     if as_json:
         render.as_json({"stable": outcome.stable, "interrupted": outcome.interrupted,
+                        "method": method,
                         "passes": [{"number": p.number, "seconds": round(p.seconds, 3),
                                     "changed": p.changed,
                                     "units": [asdict(u) for u in p.units]}
