@@ -568,3 +568,67 @@ def test_sync_alone_repairs_deleted_changed_and_extra_rows_on_the_target(servers
     again = cli("verify", str(plan), "--json")
     assert again.returncode == 0, again.stderr + again.stdout
     assert_same_tables(servers)
+
+
+def test_sync_does_not_fire_the_targets_triggers_and_leaves_them_in_place(servers, tmp_path):
+    load_fixture(servers, scale=0.2)
+    mysql_data.add_objects(Endpoint("mysql", servers.url("SRC", DB), name="fixture"))
+    # not idempotent: fired again on the target, a re-copied row would never converge
+    servers.sql("SRC", f"CREATE TRIGGER {DB}.users_stamp BEFORE INSERT ON {DB}.users FOR EACH"
+                       " ROW SET NEW.app_manger_level = NEW.app_manger_level + 10")
+    plan = tmp_path / "mysql.yaml"
+    out = cli("plan", *plan_args(servers), "-o", str(plan))
+    assert out.returncode == 0, out.stderr + out.stdout
+    run = cli("run", str(plan), "--json")
+    assert run.returncode == 0, run.stderr + run.stdout
+    triggers = ("SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS"
+                " WHERE TRIGGER_SCHEMA = %s ORDER BY 1")
+    assert len(servers.sql("DST", triggers, (DB,))) == 3
+    servers.sql("SRC", f"INSERT INTO {DB}.users (user_id, name, app_manger_level) VALUES"
+                       " ('zz-new', ' new ', 1)")  # stamped and audited on the source
+    servers.sql("SRC", f"UPDATE {DB}.users SET name = CONCAT(name, ' x') ORDER BY user_id"
+                       " LIMIT 3")
+    servers.sql("DST", f"DELETE FROM {DB}.users ORDER BY user_id DESC LIMIT 1")  # re-inserted
+    synced = cli("sync", str(plan), "--json")  # one pass: nothing left for a second one
+    assert synced.returncode == 0, synced.stderr + synced.stdout
+    changed = {u["unit"]: u["copied"] for u in json.loads(synced.stdout)["passes"][0]["units"]}
+    assert changed[f"mysql:{DB}.users"] == 5 and changed[f"mysql:{DB}.user_audit"] == 1
+    verified = cli("verify", str(plan), "--json")  # also compares the triggers themselves
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    assert_same_tables(servers)
+    assert servers.sql("DST", triggers, (DB,)) == servers.sql("SRC", triggers, (DB,))
+
+
+def test_triggers_held_by_a_process_that_died_are_put_back_by_the_next_one(servers):
+    load_fixture(servers, scale=0.1)
+    mysql_data.add_objects(Endpoint("mysql", servers.url("SRC", DB), name="fixture"))
+    source = servers.store("SRC", DB)
+    target = servers.store("DST")
+    copy(source, target, source.list_units())
+    triggers = (f"SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA"
+                f" = '{DB}' AND EVENT_OBJECT_TABLE = 'users' ORDER BY ACTION_TIMING, 1")
+    before = servers.sql("DST", triggers)
+    assert len(before) == 2
+    cache: dict[str, str] = {}  # the journal's mapping, shared by the processes below
+    holder = MySQLStore(Endpoint("mysql", servers.url("DST"), name="dst.mysql"))
+    holder.use_cache(cache)
+    holder.open()
+    holder.hold_triggers(DB, "users")
+    assert servers.sql("DST", triggers) == [] and len(cache) == 1
+    # another process (a verify next to a running sync) leaves them to their holder
+    other = MySQLStore(Endpoint("mysql", servers.url("DST"), name="dst.mysql"))
+    other.use_cache(cache)
+    other.open()
+    other.close()
+    assert servers.sql("DST", triggers) == []
+    # the holder dies without close(): the next process puts them back
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cache.update({k: json.dumps({**json.loads(v), "pid": gone.pid}) for k, v in cache.items()})
+    holder._held.clear()
+    after = MySQLStore(Endpoint("mysql", servers.url("DST"), name="dst.mysql"))
+    after.use_cache(cache)
+    after.open()
+    assert servers.sql("DST", triggers) == before and cache == {}
+    for store in (source, target, holder, after):
+        store.close()

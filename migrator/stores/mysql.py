@@ -24,12 +24,13 @@ import json
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pymysql
@@ -72,6 +73,9 @@ _TLS_REFUSED = 2026  # TLS was required and the server offers none (or the hands
 _LOCAL_INFILE_OFF = {1148, 3948, 2068, 4166}  # MySQL 5.7, MySQL 8, client, MariaDB
 _LOAD_RESULT = re.compile(rb"Records: (\d+)\s+Deleted: (\d+)\s+Skipped: (\d+)\s+Warnings: (\d+)")
 _POOL_SIZE = 8
+# journal cache key prefixes: triggers dropped and events disabled until put back
+_HELD = "held triggers "
+_HELD_EVENT = "held event "
 _GLOBAL_GRANT = re.compile(r"GRANT (.+?) ON \*\.\* TO ", re.I)
 _DELETE_SLICE = 10_000
 _MIN_UNIT_ROWS = 10_000  # a table is split to fill --parallel only into units this big
@@ -151,6 +155,10 @@ class MySQLStore(Store):
         self._cache: MutableMapping[Any, str] = {}
         # digest statements running at once on this server, all units together
         self._digest_slots = threading.BoundedSemaphore(self._parallel())
+        # target, in sync: triggers dropped until close(), by "db.table"
+        self._held: dict[str, list[mo.SchemaObject]] = {}
+        self._held_events: list[tuple[str, str]] = []
+        self._hold_lock = threading.Lock()
         self._frozen_before: bool | None = None  # read_only before our freeze, if we froze
         self._lapse: threading.Timer | None = None
 
@@ -308,8 +316,16 @@ class MySQLStore(Store):
         self._facts = {"version": version, "flavour": flavour, "max_allowed_packet": int(packet),
                        "user": user}
         self._local_infile = bool(int(local_infile))
+        if any(str(k).startswith((_HELD, _HELD_EVENT)) for k in list(self._cache)):
+            self._release_triggers(orphans=True)  # an earlier process died holding them
 
     def close(self) -> None:
+        if self._held or self._held_events:
+            try:
+                self._release_triggers()
+            except MigrateError as exc:  # kept in the journal: the next open() retries
+                log.warning("%s: could not make the triggers held during sync again: %s",
+                            self.endpoint.label, exc)
         with self._lock:
             idle = [conn for conns in self._idle.values() for conn in conns]
             self._idle = {}
@@ -642,10 +658,15 @@ class MySQLStore(Store):
         self._quiesce(src, tables)
 
     def _quiesce(self, src: MySQLStore, tables: list[tuple[str, str]]) -> None:
+        """Hold (``hold_triggers``) the triggers of these tables and disable the enabled
+        events of their databases until ``finalize_target`` makes them from the source,
+        or, when no finalize follows (``sync``), until ``close()`` puts them back."""
         by_db: dict[str, set[str]] = {}
         for db, table in tables:
             by_db.setdefault(db, set()).add(table)
         strangers = []
+        holds: list[tuple[str, str]] = []
+        events: list[tuple[str, str]] = []
         with self._session() as conn, conn.cursor() as cur:
             for db, names in by_db.items():
                 target_db = self.db_map.get(db, db)
@@ -661,15 +682,18 @@ class MySQLStore(Store):
                     if name not in known:
                         strangers.append(f"{target_db}.{name} (on {table})")
                         continue
-                    cur.execute(f"DROP TRIGGER IF EXISTS {qualified(target_db, name)}")
+                    holds.append((target_db, table))
                 cur.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE"
                             " EVENT_SCHEMA = %s AND STATUS = 'ENABLED'", (target_db,))
-                for (name,) in cur.fetchall():
-                    cur.execute(f"ALTER EVENT {qualified(target_db, name)} DISABLE")
+                events.extend((target_db, name) for (name,) in cur.fetchall())
         if strangers:
             raise StoreError(f"{self.endpoint.label}: trigger(s) {', '.join(strangers[:5])}"
                              " exist only on the target and would fire on every imported row",
                              hint="drop them on the target (the source has no such trigger)")
+        for db, table in dict.fromkeys(holds):
+            self.hold_triggers(db, table)
+        for db, name in events:
+            self._hold_event(db, name)
 
     def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         with self._session() as conn, conn.cursor() as cur:
@@ -685,6 +709,9 @@ class MySQLStore(Store):
             with self._session(long=True) as conn, conn.cursor() as cur:
                 ms.add_missing_indexes(cur, self.db_map.get(db, db), table, ddl)
         self._sync_objects(src, units)
+        # every object of these databases is now as on the source: nothing to put back
+        self._forget_held({self.db_map.get(str(u.spec["db"]), str(u.spec["db"]))
+                           for u in units})
 
     def importer(self, unit: Unit) -> Importer:
         return MySQLImporter(self, unit)
@@ -966,11 +993,99 @@ class MySQLStore(Store):
             return
         key = self._key(meta, spec)
         where, _groups = self._wanted(unit, key, meta.copy_columns(), keys)
+        self.hold_triggers(meta.db, meta.name)
         with self._session() as conn, conn.cursor() as cur:
             cur.execute("SET foreign_key_checks = 0")
             for pred in where:
                 cur.execute(f"DELETE FROM {meta.ident} WHERE {pred}")
             cur.execute("SET foreign_key_checks = 1")
+
+    def hold_triggers(self, db: str, table: str) -> None:
+        """Target, in ``sync``: drop this table's triggers until ``close()``, so that rows
+        re-copied or deleted do not fire them (the source's triggers acted on these rows
+        already: an audit row would be written twice, a ``SET NEW.x = NEW.x + 1`` would
+        never converge). Their definitions wait in memory and in the journal, so a sync
+        that dies leaves them to the next ``open()``."""
+        key = f"{db}.{table}"
+        with self._hold_lock:
+            if key in self._held:
+                return
+            conn = self._connect(default_db=False)
+            try:
+                with conn.cursor() as cur:
+                    triggers = mo.read_objects(cur, db, lambda _db, name: name == table,
+                                               ("trigger",))
+                    if triggers:
+                        self._cache[_HELD + key] = json.dumps(
+                            {**_holder(), "triggers": [asdict(t) for t in triggers]})
+                    for trigger in triggers:
+                        cur.execute(mo.drop_sql(trigger, db))
+            except pymysql.MySQLError as exc:
+                raise self._error(exc, f"holding the triggers of {key}") from exc
+            finally:
+                _close_quietly(conn)
+            self._held[key] = triggers
+
+    def _hold_event(self, db: str, name: str) -> None:
+        """Disable an enabled event until ``finalize_target`` or ``close()``."""
+        with self._hold_lock:
+            self._cache[f"{_HELD_EVENT}{db}.{name}"] = json.dumps({**_holder(),
+                                                                   "event": [db, name]})
+            self._one(f"ALTER EVENT {qualified(db, name)} DISABLE")
+            self._held_events.append((db, name))
+
+    def _forget_held(self, dbs: set[str]) -> None:
+        """``finalize_target`` made these databases' objects again: drop what was kept."""
+        with self._hold_lock:
+            for key in [k for k in self._held if k.split(".", 1)[0] in dbs]:
+                self._cache.pop(_HELD + key, None)
+                del self._held[key]
+            for db, name in [e for e in self._held_events if e[0] in dbs]:
+                self._cache.pop(f"{_HELD_EVENT}{db}.{name}", None)
+                self._held_events.remove((db, name))
+
+    def _release_triggers(self, orphans: bool = False) -> None:
+        """Make the triggers this store holds again, in their order, and enable its held
+        events; with ``orphans``, only those a process that died held (from the journal:
+        one still running, e.g. a copy that ``verify`` shares the journal with, keeps
+        its own)."""
+        with self._hold_lock:
+            if orphans:
+                held, events = {}, []
+                for k, v in list(self._cache.items()):
+                    record = json.loads(v) if str(k).startswith((_HELD, _HELD_EVENT)) else None
+                    if record is None or not _dead(record):
+                        continue
+                    if str(k).startswith(_HELD):
+                        held[str(k)[len(_HELD):]] = [mo.SchemaObject(**t)
+                                                     for t in record["triggers"]]
+                    else:
+                        events.append((record["event"][0], record["event"][1]))
+            else:
+                held, self._held = self._held, {}
+                events, self._held_events = self._held_events, []
+            if not any(held.values()) and not events:
+                for key in held:
+                    self._cache.pop(_HELD + key, None)
+                return
+            conn = self._connect(default_db=False)
+            try:
+                with conn.cursor() as cur:
+                    for key, triggers in held.items():
+                        for trigger in triggers:
+                            cur.execute(mo.drop_sql(trigger, trigger.db))
+                            mo.create(conn, trigger, trigger.db, trigger.definer)
+                        self._cache.pop(_HELD + key, None)
+                    for db, name in dict.fromkeys(events):
+                        cur.execute("SELECT COUNT(*) FROM information_schema.EVENTS WHERE"
+                                    " EVENT_SCHEMA = %s AND EVENT_NAME = %s", (db, name))
+                        if cur.fetchone()[0]:
+                            cur.execute(f"ALTER EVENT {qualified(db, name)} ENABLE")
+                        self._cache.pop(f"{_HELD_EVENT}{db}.{name}", None)
+            except pymysql.MySQLError as exc:
+                raise self._error(exc, "making the triggers held during sync again") from exc
+            finally:
+                _close_quietly(conn)
 
     # -- write freeze ----------------------------------------------------------------
     def _read_only_rights(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -1216,6 +1331,8 @@ class MySQLImporter(Importer):
         conn, meta = self._open()
         key = self.store._key(meta, self.spec)
         try:
+            if resumed:  # sync, or a copy resumed: no trigger of the table may fire
+                self.store.hold_triggers(meta.db, meta.name)
             with conn.cursor() as cur:
                 if resumed:
                     cur.execute("SET unique_checks = 1")
@@ -1322,6 +1439,24 @@ class MySQLImporter(Importer):
 
     def __del__(self) -> None:
         self.close()
+
+
+def _holder() -> dict[str, Any]:
+    """Who holds triggers or events: a later process puts them back only once it is gone."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _dead(record: dict[str, Any]) -> bool:
+    """Whether the process that held these is gone (one on another host: not known)."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _load_counts(message: bytes | None, rows: int, warning_count: int) -> tuple[int, int]:
