@@ -252,6 +252,11 @@ def test_objects_a_reader_cannot_see_are_plan_warnings_that_strict_refuses(serve
     assert out.returncode == 0, out.stderr
     assert "NOT copied nor verified: triggers of" in out.stderr
     assert "without the EVENT privilege" in out.stderr
+    # and `plan` says which write guard the cutover may use, before any cutover
+    assert "write freeze guard: none (account reader@" in out.stdout + out.stderr
+    assert "that needs READ_ONLY ADMIN" in out.stdout + out.stderr
+    root = cli("plan", *servers.plan_args(), "-o", str(tmp_path / "root.yaml"))
+    assert "write freeze guard: available" in root.stdout + root.stderr
     strict = cli("plan", *reader, "--strict", "-o", str(tmp_path / "strict.yaml"))
     assert strict.returncode == 3, strict.stderr
     assert "--strict" in strict.stderr and not (tmp_path / "strict.yaml").exists()
