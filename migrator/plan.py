@@ -56,7 +56,7 @@ class Options:
         return StoreOptions(batch_records=self.batch_records, batch_bytes=self.batch_bytes,
                             chunk_records=self.chunk_records, unit_records=self.unit_records,
                             on_existing=self.on_existing,
-                            ttl_tolerance_ms=self.ttl_tolerance_ms)
+                            ttl_tolerance_ms=self.ttl_tolerance_ms, parallel=self.parallel)
 
 
 @dataclass

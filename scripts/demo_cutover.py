@@ -189,11 +189,15 @@ def cutover_section(ns: str, stores: list[str], *, kubeconfig: str | None = None
 
 
 def add_cutover(plan_path: Path, environment: str, section: dict[str, Any]) -> None:
-    """Write ``environment`` and ``cutover`` into a plan (both are edited by hand like
-    options: the integrity hash does not cover them)."""
+    """Write the ``cutover`` section (edited by hand like options) and the environment into
+    a plan. The environment is guarded by the integrity hash, so this re-seals the plan as
+    `plan --environment` would have written it."""
+    from migrator.plan import integrity_of
+
     raw = yaml.safe_load(plan_path.read_text())
     raw["environment"] = environment
     raw["cutover"] = section
+    raw["integrity"] = integrity_of(raw)
     plan_path.write_text(yaml.safe_dump(raw, sort_keys=False, width=100))
 
 

@@ -220,15 +220,19 @@ def test_cutover_killed_at_each_step_ends_switched_or_rolled_back(setup):
     with demo.DeploymentController(setup.kube, setup.ns):
         # 1. during a slow freeze command
         setup.slow.touch()
+        setup.started.unlink(missing_ok=True)  # only this run's freeze command may create it
         proc = subprocess.Popen([sys.executable, "-m", "migrator", "cutover", str(plan)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a loaded machine starts Python slowly
         while not setup.started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert setup.started.exists(), "the freeze command never started"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        while not setup.slow.read_text().strip():
+        deadline = time.monotonic() + 60
+        while not setup.slow.read_text().strip() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert setup.slow.read_text().strip(), "the slow freeze command wrote no pid"
         os.kill(int(setup.slow.read_text()), signal.SIGKILL)  # the command's orphan
         setup.slow.unlink()
         assert journal(plan)["state"] == "freezing"

@@ -463,7 +463,9 @@ class Cutover:
             return out
 
     def _run_steps(self, out: CutoverOutcome, record: Record) -> None:
-        with Session(self.plan.stores, self.plan.options) as session:
+        # With the journal: the stores keep what a later process needs to undo a freeze
+        # (e.g. whether MySQL was read-only before), even after a crash.
+        with Session(self.plan.stores, self.plan.options, record.journal) as session:
             try:
                 self._freeze(out, record, session)
                 if record.state in (FROZEN, SYNCED, VERIFIED_):
@@ -660,7 +662,7 @@ class Cutover:
                        session: Session | None = None) -> None:
         try:
             if session is None:
-                with Session(self.plan.stores, self.plan.options) as own:
+                with Session(self.plan.stores, self.plan.options, record.journal) as own:
                     self._rollback(out, record, reason, own)
             else:
                 self._rollback(out, record, reason, session)

@@ -208,6 +208,7 @@ class StoreOptions:
     unit_records: int = 200_000  # a unit above this is split where the store can split
     on_existing: str = "fail"  # fail | overwrite | skip
     ttl_tolerance_ms: int = 1000
+    parallel: int = 4  # units at once: stores size their unit split and connections by it
 
 
 class Store(ABC):

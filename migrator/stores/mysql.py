@@ -79,7 +79,6 @@ _HELD_EVENT = "held event "
 _GLOBAL_GRANT = re.compile(r"GRANT (.+?) ON \*\.\* TO ", re.I)
 _DELETE_SLICE = 10_000
 _MIN_UNIT_ROWS = 10_000  # a table is split to fill --parallel only into units this big
-_DEFAULT_PARALLEL = 4  # the engine's default, while StoreOptions does not carry it
 _KEY_SLICE = 500  # keys per fetch or delete statement: one IN list, one index lookup each
 _READ_ONLY_REFUSED = 1290  # "running with the --read-only option"
 Row = tuple[bytes | None, ...]
@@ -473,7 +472,7 @@ class MySQLStore(Store):
                 for unit in self._units_of(db, table, rows, size)]
 
     def _parallel(self) -> int:
-        return max(1, int(getattr(self.options, "parallel", _DEFAULT_PARALLEL)))
+        return max(1, self.options.parallel)
 
     def _unit_step(self, rows: int) -> int | None:
         """Rows per unit when a table of ``rows`` rows should be cut into more units than
