@@ -3,7 +3,7 @@
 PYTHON ?= python3
 export OPENIM_MIGRATE_BIN ?= $(HOME)/.cache/openim-migrate/bin
 
-.PHONY: deps test demo bench lint clean
+.PHONY: deps test demo bench lint types clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -11,7 +11,7 @@ deps:
 	bash scripts/build-documentdb.sh
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
 
-test: deps
+test: deps lint types
 	OIM_REQUIRE_SERVICES=1 $(PYTHON) -m pytest
 
 demo: deps
@@ -21,7 +21,10 @@ bench: deps
 	$(PYTHON) bench/run_all.py
 
 lint:
-	ruff check migrator tests fixtures bench scripts
+	$(PYTHON) -m ruff check migrator tests fixtures bench scripts
+
+types:
+	$(PYTHON) -m mypy
 
 clean:
 	rm -rf .services build *.egg-info plans/demo*.yaml plans/*.journal.*

@@ -127,8 +127,10 @@ def test_cli_reports_a_malformed_plan_with_exit_3_and_no_traceback(tmp_path):
     assert "options.parallel" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "plans").glob("example-*.yaml")),
-                         ids=lambda p: p.name)
+EXAMPLES = sorted((Path(__file__).parents[1] / "plans").glob("example-*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_plans_stay_valid(path):
     plan = load_plan(path)
     assert plan.stores and all("${" in p.source.url or "@" not in p.source.url
