@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,7 +65,8 @@ def load(small: int, large: int) -> None:
             obj = objects_data.FixtureObject(f"video/{i}.mp4", objects_data.LARGE_SIZE,
                                              "video/mp4", f"bench-large:{i}",
                                              part_size=objects_data.OPENIM_PART)
-            client.put_object("bench-large", obj.key, objects_data.PartReader(obj), obj.size,
+            body = cast(BinaryIO, objects_data.PartReader(obj))
+            client.put_object("bench-large", obj.key, body, obj.size,
                               content_type=obj.content_type, part_size=obj.part_size)
         print(f"loaded bench-large: {large} x {objects_data.LARGE_SIZE // MiB} MiB")
 
@@ -136,7 +138,7 @@ def rclone(*args: str) -> tuple[float, int, str]:
     return time.perf_counter() - t0, usage.ru_maxrss, out
 
 
-def theirs(bucket: str, transfers: int) -> dict[str, float]:
+def theirs(bucket: str, transfers: int) -> dict[str, Any]:
     if _exists(f"rclone-{bucket}"):
         rclone("purge", f"dst:rclone-{bucket}")
     t_copy, rss_copy, _ = rclone("copy", f"src:{bucket}", f"dst:rclone-{bucket}",
