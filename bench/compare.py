@@ -349,20 +349,57 @@ def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
 
 
 # ------------------------------------------------------------------------------ objects
-def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
-    from minio import Minio
+def _timed_cpu(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall seconds, CPU seconds (user + system) and the 1-minute load average around one
+    command: the machine is shared, so every figure carries the load it was taken under."""
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise SystemExit(f"command failed: {cmd}\n{err[-3000:]}")
+    return {"s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "rss_mib": round(usage.ru_maxrss / 1024),
+            "load": round(max(load, os.getloadavg()[0]), 1)}
 
-    from fixtures import objects_data
+
+def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    """rclone and ours, interleaved, ``repeat`` times (3 unless --repeat says otherwise) on
+    the same loaded source; medians, and every run with its CPU seconds and load."""
+    from statistics import median
+
+    from minio import Minio
+    from minio.deleteobjects import DeleteObject
 
     def client(side: str) -> Minio:
         return Minio(hostport(env[f"OIM_S3_{side}_URL"]), secure=False,
                      access_key=env[f"OIM_S3_{side}_ACCESS_KEY"],
                      secret_key=env[f"OIM_S3_{side}_SECRET_KEY"])
 
-    src_ep = Endpoint("objects", env["OIM_S3_SRC_URL"] + "/openim", name="bench",
-                      options={"access_key": "${OIM_S3_SRC_ACCESS_KEY}",
-                               "secret_key": "${OIM_S3_SRC_SECRET_KEY}"})
-    counts = objects_data.load(src_ep, seed=1, scale=opts.small / 2000, large=opts.large)
+    def empty(side: str, bucket: str) -> None:
+        c = client(side)
+        if not c.bucket_exists(bucket):
+            return
+        names = [DeleteObject(o.object_name) for o in c.list_objects(bucket, recursive=True)]
+        for error in c.remove_objects(bucket, names):
+            raise SystemExit(f"cleanup failed: {error}")
+        c.remove_bucket(bucket)
+
+    # Loaded by a child process: a child's peak RSS (wait4) starts at the parent's RSS at
+    # fork, so a parent that held the fixture's buffers would inflate every figure below.
+    loader = ("import json, sys; from fixtures import objects_data; "
+              "from migrator.config import Endpoint; "
+              "ep = Endpoint('objects', sys.argv[1] + '/openim', name='bench', options={"
+              "'access_key': '${OIM_S3_SRC_ACCESS_KEY}', "
+              "'secret_key': '${OIM_S3_SRC_SECRET_KEY}'}); "
+              "print(json.dumps(objects_data.load(ep, seed=1, scale=float(sys.argv[2]), "
+              "large=int(sys.argv[3]))))")
+    counts = json.loads(subprocess.run(
+        [sys.executable, "-c", loader, env["OIM_S3_SRC_URL"], str(opts.small / 2000),
+         str(opts.large)], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
     rclone_env = {
         "RCLONE_CONFIG_SRC_TYPE": "s3", "RCLONE_CONFIG_SRC_PROVIDER": "Minio",
         "RCLONE_CONFIG_SRC_ENDPOINT": env["OIM_S3_SRC_URL"],
@@ -374,32 +411,53 @@ def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> 
         "RCLONE_CONFIG_DST_SECRET_ACCESS_KEY": env["OIM_S3_DST_SECRET_KEY"],
     }
     os.environ.pop("AWS_CA_BUNDLE", None)  # rclone refuses it on this machine's transport
-    transfers = str(opts.parallel)
-    copy_s, _ = measured(["rclone", "copy", "src:openim", "dst:rclone-copy", "--transfers",
-                          transfers, "--checkers", "8"], env=rclone_env)
-    check_s, _ = measured(["rclone", "check", "src:openim", "dst:rclone-copy", "--checkers",
-                           "8", "--download" if opts.download_check else "--one-way"],
-                          env=rclone_env)
-    result = ours(work / "objects.yaml",
-                  ["--source", "objects=" + env["OIM_S3_SRC_URL"] + "/openim",
-                   "--source-option", "objects.access_key=${OIM_S3_SRC_ACCESS_KEY}",
-                   "--source-option", "objects.secret_key=${OIM_S3_SRC_SECRET_KEY}",
-                   "--target", "objects=" + env["OIM_S3_DST_URL"] + "/openim",
-                   "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
-                   "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}"],
-                  opts.parallel)
-    for side, bucket in (("SRC", "openim"), ("DST", "openim"), ("DST", "rclone-copy")):
-        c = client(side)
-        names = [o.object_name for o in c.list_objects(bucket, recursive=True)]
-        from minio.deleteobjects import DeleteObject
-        for error in c.remove_objects(bucket, [DeleteObject(n) for n in names]):
-            raise SystemExit(f"cleanup failed: {error}")
-    return {"store": "objects", "objects": counts["objects"], "large": opts.large,
+    check_mode = "--download" if opts.download_check else "--one-way"
+    plan_args = ["--source", "objects=" + env["OIM_S3_SRC_URL"] + "/openim",
+                 "--source-option", "objects.access_key=${OIM_S3_SRC_ACCESS_KEY}",
+                 "--source-option", "objects.secret_key=${OIM_S3_SRC_SECRET_KEY}",
+                 "--target", "objects=" + env["OIM_S3_DST_URL"] + "/openim",
+                 "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
+                 "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}",
+                 *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
+    cli = [sys.executable, "-m", "migrator"]
+    runs = []
+    for _ in range(max(1, getattr(opts, "repeat", 3) or 3)):
+        run: dict[str, dict[str, float]] = {}
+        run["rclone_copy"] = _timed_cpu(["rclone", "copy", "src:openim", "dst:rclone-copy",
+                                         "--transfers", str(opts.parallel), "--checkers", "8"],
+                                        rclone_env)
+        run["rclone_check"] = _timed_cpu(["rclone", "check", "src:openim", "dst:rclone-copy",
+                                          "--checkers", "8", check_mode], rclone_env)
+        plan = work / "objects.yaml"
+        for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
+            stale.unlink(missing_ok=True)
+        run["plan"] = _timed_cpu([*cli, "plan", *plan_args, "-o", str(plan)])
+        run["copy"] = _timed_cpu([*cli, "run", str(plan), "--no-verify", "--no-progress"])
+        run["verify"] = _timed_cpu([*cli, "verify", str(plan)])
+        copied = sum(1 for _ in client("DST").list_objects("openim", recursive=True))
+        assert copied == counts["objects"], (copied, counts["objects"])
+        empty("DST", "openim")
+        empty("DST", "rclone-copy")
+        runs.append(run)
+    empty("SRC", "openim")
+
+    def mid(step: str, field: str = "s") -> float:
+        return round(median(r[step][field] for r in runs), 2)
+
+    return {"store": "objects", "objects": counts["objects"], "bytes": counts["bytes"],
+            "large": opts.large, "repeat": len(runs),
             "native": "rclone copy + rclone check "
                       + ("--download" if opts.download_check else "(size + md5)"),
-            "native_s": round(copy_s, 2), "native_check_s": round(check_s, 2), **result,
-            "copy_speedup": round(copy_s / result["copy_s"], 2),
-            "check_speedup": round(check_s / result["verify_s"], 2)}
+            "native_s": mid("rclone_copy"), "native_check_s": mid("rclone_check"),
+            "plan_s": mid("plan"), "copy_s": mid("copy"), "verify_s": mid("verify"),
+            "copy_speedup": round(median(r["rclone_copy"]["s"] / r["copy"]["s"] for r in runs), 2),
+            "check_speedup": round(median(r["rclone_check"]["s"] / r["verify"]["s"]
+                                          for r in runs), 2),
+            "copy_cpu_s": {"ours": mid("copy", "cpu_s"), "rclone": mid("rclone_copy", "cpu_s")},
+            "run_rss_mib": max(r["copy"]["rss_mib"] for r in runs),
+            "load": [min(r[k]["load"] for r in runs for k in r),
+                     max(r[k]["load"] for r in runs for k in r)],
+            "runs": runs}
 
 
 BENCHES: dict[str, tuple[str, Callable]] = {
