@@ -105,7 +105,7 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
         for keys in _slices(to_copy, batch_records):
             batch = source.fetch(unit, keys)
             importer.write_batch(batch)
-            report.copied += len(batch)
+            report.copied += len(batch) - len(batch.skipped)  # vanished before the copy
             report.bytes += batch.nbytes
         importer.finalize()
     for keys in _slices(to_delete, batch_records):
