@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from migrator.config import redact_url
+from migrator.engine.operations import RunResult
 from migrator.engine.sync import SyncPass
-from migrator.engine.transfer import RunResult
 from migrator.engine.verify import ERROR, MATCH, VerifyReport, summary
 from migrator.errors import MigrateError, VerificationFailed, VerificationIncomplete
 from migrator.plan import Plan
