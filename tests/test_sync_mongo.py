@@ -35,9 +35,10 @@ from fixtures import mongo_data
 from migrator.config import Endpoint, resolve_refs
 from migrator.engine.sync import sync_unit
 from migrator.errors import CapabilityMissing, StoreError
-from migrator.stores.base import StoreOptions, Unit
+from migrator.stores.base import StoreOptions
 from migrator.stores.mongo import FETCH_SLICE, MongoStore
 from migrator.stores.mongo_meta import id_label
+from tests.livewrites import copy_units, record_map, run_while_writing
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
@@ -92,20 +93,8 @@ def store(env: dict[str, str], side: str, db: str, *, options: dict | None = Non
     return s
 
 
-def copy(source: MongoStore, target: MongoStore, units: list[Unit]) -> None:
-    """What the engine's run does, in its order."""
-    target.prepare_target(units, source)
-    for unit in units:
-        importer = target.importer(unit)
-        importer.prepare(resumed=False)
-        for batch in source.export(unit):
-            importer.write_batch(batch)
-        importer.finalize()
-    target.finalize_target(units, source)
 
 
-def names(s: MongoStore, unit: Unit) -> dict[str, Any]:
-    return {k: fp for chunk in s.chunks(unit) for k, fp in s.records(unit, chunk)}
 
 
 def raw_by_id(client: MongoClient, db: str, coll: str) -> list[tuple[str, bytes]]:
@@ -150,7 +139,7 @@ def test_fetch_returns_exactly_the_documents_records_named_by_exact_id_type(
     make_mixed(src, db)
     source = store(mongo_env, "SRC", db, chunk_records=4)
     [unit] = source.list_units()
-    named = names(source, unit)
+    named = record_map(source, unit)
     stored = dict(raw_by_id(src, db, "mixed"))
     assert set(named) == set(stored) and len(named) == len(MIXED_IDS)
     for key in named:  # each name alone brings back its own document, byte for byte
@@ -188,7 +177,7 @@ def test_fetch_and_delete_are_one_in_query_per_slice_not_one_per_key(mongo_env, 
     source = store(mongo_env, "SRC", db)
     target = store(mongo_env, "DST", db)
     [unit] = source.list_units()
-    copy(source, target, [unit])
+    copy_units(source, target, [unit])
     keys = [id_label(i) for i in range(2 * FETCH_SLICE + 100)]
     counter = FindCounter()
     monitoring.register(counter)  # seen by clients created from now on
@@ -229,7 +218,7 @@ def test_delete_is_type_exact_and_goes_through_db_map(mongo_env, clients, db):
                                      options={"db_map": {db: mapped}}))
         target.open()
         [unit] = source.list_units()
-        copy(source, target, [unit])
+        copy_units(source, target, [unit])
         before = dict(raw_by_id(dst, mapped, "mixed"))
         # look-alikes of stored ids, in other types: nothing may go
         target.delete(unit, ['{"$numberLong":"1"}', '{"$numberDouble":"2.0"}',
@@ -261,7 +250,7 @@ def test_a_resumed_importer_clears_nothing_and_replaces_changed_documents(
     source = store(mongo_env, "SRC", db)
     target = store(mongo_env, "DST", db, on_existing="overwrite")
     [unit] = source.list_units()
-    copy(source, target, [unit])
+    copy_units(source, target, [unit])
     importer = target.importer(unit)
     importer.prepare(resumed=True)  # overwrite's delete_many must not run
     assert dst[db]["m"].count_documents({}) == len(docs) + has_dollar
@@ -293,7 +282,7 @@ def test_a_resumed_importer_clears_nothing_and_replaces_changed_documents(
     fresh.prepare(resumed=False)  # overwrite: clears the unit, then the copy starts
     assert dst[db]["m"].count_documents({}) == 0
     strict = store(mongo_env, "DST", db)
-    copy(source, strict, [unit])
+    copy_units(source, strict, [unit])
     src[db]["m"].update_one({"_id": 4}, {"$set": {"v": "and again"}})
     first = strict.importer(unit)
     first.prepare(resumed=False)
@@ -309,7 +298,7 @@ def test_sync_unit_repairs_an_id_whose_type_changed_on_either_side(mongo_env, cl
     source = store(mongo_env, "SRC", db, chunk_records=3)
     target = store(mongo_env, "DST", db, chunk_records=3)
     [unit] = source.list_units()
-    copy(source, target, [unit])
+    copy_units(source, target, [unit])
     # the target: 1 became NumberLong(1); the source: NumberLong(2) became 2.0
     old = dst[db]["mixed"].find_one({"_id": 1})
     dst[db]["mixed"].delete_one({"_id": 1})
@@ -618,18 +607,7 @@ def test_live_writes_during_a_rate_limited_run_converge_with_sync(
     text = json.dumps(facts)
     assert "re-digests every chunk" in text and "freeze" in text  # the plan says both
     writer = Writer(mongo_env["OIM_MONGO_SRC_URL"], db, seed=11)
-    run = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
-                            "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=dict(os.environ))
-    writer.start()
-    started = time.monotonic()
-    stdout, stderr = run.communicate(timeout=900)
-    elapsed = time.monotonic() - started
-    writer.halt.set()
-    writer.join()
-    assert writer.error is None, repr(writer.error)
-    assert run.returncode == 0, stderr + stdout
-    assert elapsed > 5, f"the run took {elapsed:.1f}s: too short for the writer to matter"
+    run_while_writing(plan, writer, timeout=900)
     assert all(writer.done[k] >= 3 for k in ("insert", "update", "delete", "retype", "mixed",
                                              "group_member", "user", "msg")), writer.done
 

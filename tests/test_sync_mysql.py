@@ -29,6 +29,7 @@ from migrator.engine.sync import sync_unit
 from migrator.errors import EndpointError, StoreError
 from migrator.stores.base import StoreOptions, Unit
 from migrator.stores.mysql import MySQLStore
+from tests.livewrites import copy_units, record_map, run_while_writing
 
 ROOT = Path(__file__).resolve().parents[1]
 DB = "oimsync_mysql"
@@ -123,19 +124,8 @@ def assert_same_tables(servers: Servers) -> None:
                         f" left over {list((d - s).elements())[:3]}")
 
 
-def copy(source: MySQLStore, target: MySQLStore, units: list[Unit]) -> None:
-    target.prepare_target(units, source)
-    for unit in units:
-        importer = target.importer(unit)
-        importer.prepare(resumed=False)
-        for batch in source.export(unit):
-            importer.write_batch(batch)
-        importer.finalize()
-    target.finalize_target(units, source)
 
 
-def names(store: MySQLStore, unit: Unit) -> dict[str, Any]:
-    return {k: fp for chunk in store.chunks(unit) for k, fp in store.records(unit, chunk)}
 
 
 # Keys a byte-exact fetch must tell apart: case and trailing spaces equal under the
@@ -163,7 +153,7 @@ def test_fetch_returns_exactly_the_rows_records_named(servers):
     make_keyed(servers)
     source = servers.store("SRC", DB, chunk_records=3)
     [unit] = source.list_units()
-    named = names(source, unit)
+    named = record_map(source, unit)
     assert len(named) == len(KEYED_ROWS)
     for key in named:  # each name alone brings back its own row, byte for byte
         batch = source.fetch(unit, [key])
@@ -221,7 +211,7 @@ def test_sync_makes_keys_a_collation_calls_equal_byte_exact(servers):
     source = servers.store("SRC", DB, chunk_records=3)
     target = servers.store("DST")
     units = source.list_units()
-    copy(source, target, units)
+    copy_units(source, target, units)
     target_ops = [
         f"UPDATE {DB}.k SET a = 'A ' WHERE a = 'a'",  # the same key to the server
         f"UPDATE {DB}.k SET l = 'Y' WHERE a = 'q'",  # likewise, in latin1
@@ -249,7 +239,7 @@ def test_a_keyless_table_has_its_groups_of_identical_rows_replaced_whole(servers
     target = servers.store("DST")
     [unit] = source.list_units()
     assert unit.spec["resumable"] is False
-    copy(source, target, [unit])
+    copy_units(source, target, [unit])
     servers.sql("DST", f"DELETE FROM {DB}.logins WHERE u = 'x' LIMIT 1")  # a lost duplicate
     servers.sql("DST", f"INSERT INTO {DB}.logins VALUES ('y', NULL, '')")  # a gained one
     servers.sql("DST", f"UPDATE {DB}.logins SET ip = X'00' WHERE u = 'z'")  # changed
@@ -260,7 +250,7 @@ def test_a_keyless_table_has_its_groups_of_identical_rows_replaced_whole(servers
     assert_same_tables(servers)
     assert sync_unit(source, target, unit).changed == 0
     # delete() on its own removes whole groups, and nothing else
-    digest = next(k for k, n in names(target, unit).items() if n == 3)
+    digest = next(k for k, n in record_map(target, unit).items() if n == 3)
     target.delete(unit, [digest])
     assert servers.sql("DST", f"SELECT u, COUNT(*) FROM {DB}.logins GROUP BY u ORDER BY u") \
         == [(b"y", b"1"), (b"z", b"1")]
@@ -277,7 +267,7 @@ def test_a_resumed_importer_clears_nothing(servers):
                         options=StoreOptions(on_existing="overwrite"))
     target.open()
     units = source.list_units()
-    copy(source, target, units)
+    copy_units(source, target, units)
     before = {t: table_rows(servers, "DST", t) for t in ("k", "nokey")}
     for unit in units:
         importer = target.importer(unit)
@@ -302,7 +292,7 @@ def test_delete_ignores_what_is_gone_and_does_not_cascade(servers):
     source = servers.store("SRC", DB)
     target = servers.store("DST")
     units = source.list_units()
-    copy(source, target, units)
+    copy_units(source, target, units)
     parent = next(u for u in units if u.spec["table"] == "parent")
     target.delete(parent, ["1", "3"])  # 3 never existed
     assert servers.sql("DST", f"SELECT id FROM {DB}.parent") == [(b"2",)]
@@ -497,18 +487,7 @@ def test_live_writes_during_a_rate_limited_run_converge_with_sync(servers, tmp_p
               "--batch-records", "50", "--rate-limit", "150KiB", "-o", str(plan))
     assert out.returncode == 0, out.stderr + out.stdout
     writer = Writer(servers, seed=3)
-    run = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
-                            "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=dict(os.environ))
-    writer.start()
-    started = time.monotonic()
-    stdout, stderr = run.communicate(timeout=600)
-    elapsed = time.monotonic() - started
-    writer.halt.set()
-    writer.join()
-    assert writer.error is None, writer.error
-    assert run.returncode == 0, stderr + stdout
-    assert elapsed > 5, f"the run took {elapsed:.1f}s: too short for the writer to matter"
+    run_while_writing(plan, writer, timeout=600)
     assert all(writer.done[k] >= 5 for k in ("insert", "update", "delete", "friends",
                                              "type_zoo", "user_login_records")), writer.done
 
@@ -604,7 +583,7 @@ def test_triggers_held_by_a_process_that_died_are_put_back_by_the_next_one(serve
     mysql_data.add_objects(Endpoint("mysql", servers.url("SRC", DB), name="fixture"))
     source = servers.store("SRC", DB)
     target = servers.store("DST")
-    copy(source, target, source.list_units())
+    copy_units(source, target, source.list_units())
     triggers = (f"SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA"
                 f" = '{DB}' AND EVENT_OBJECT_TABLE = 'users' ORDER BY ACTION_TIMING, 1")
     before = servers.sql("DST", triggers)

@@ -22,6 +22,8 @@ import pytest
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 
+from tests.livewrites import run_while_writing
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
@@ -145,18 +147,7 @@ def test_live_writes_during_a_rate_limited_run_converge_with_sync(bucket, tmp_pa
     assert out.returncode == 0, out.stderr + out.stdout
 
     writer = Writer(bucket, keys + videos, seed=9)
-    run = subprocess.Popen([sys.executable, "-m", "migrator", "run", str(plan), "--no-verify",
-                            "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=dict(os.environ))
-    writer.start()
-    started = time.monotonic()
-    stdout, stderr = run.communicate(timeout=300)
-    elapsed = time.monotonic() - started
-    writer.halt.set()
-    writer.join()
-    assert writer.error is None, writer.error
-    assert run.returncode == 0, stderr + stdout
-    assert elapsed > 5, f"the run took {elapsed:.1f}s: too short for the writer to matter"
+    run_while_writing(plan, writer, timeout=300)
     assert all(writer.done[op] >= 3 for op in ("add", "overwrite", "metadata", "delete")), \
         writer.done
 
