@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from fixtures import mongo_data  # noqa: E402
 from migrator.config import Endpoint  # noqa: E402
 from migrator.stores.base import StoreOptions  # noqa: E402
-from migrator.stores.mongo import MongoStore  # noqa: E402
+from migrator.stores.mongo.store import MongoStore  # noqa: E402
 
 BIN = Path(os.environ.get("OPENIM_MIGRATE_BIN") or Path.home() / ".cache/openim-migrate/bin")
 SOURCE_DB = "openim_v3"

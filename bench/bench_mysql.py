@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from fixtures import mysql_data  # noqa: E402
 from migrator.config import Endpoint  # noqa: E402
 from migrator.stores.base import StoreOptions  # noqa: E402
-from migrator.stores.mysql import MySQLStore  # noqa: E402
+from migrator.stores.mysql.store import MySQLStore  # noqa: E402
 
 SRC_DB, OURS_DB, DUMP_DB = "openIM_bench", "openIM_bench_ours", "openIM_bench_dump"
 

@@ -27,7 +27,7 @@ from fixtures import redis_data  # noqa: E402
 from migrator.config import Endpoint
 from migrator.engine.transfer import batches_through_queue  # noqa: E402
 from migrator.stores.base import StoreOptions, Unit  # noqa: E402
-from migrator.stores.redis import RedisStore  # noqa: E402
+from migrator.stores.redis.store import RedisStore  # noqa: E402
 
 
 def endpoint(url_var: str, password_var: str, name: str) -> Endpoint:

@@ -17,7 +17,7 @@ from bson import Int64
 from pymongo import MongoClient
 
 from migrator.config import resolve_refs
-from migrator.stores.mongo_meta import id_label
+from migrator.stores.mongo.meta import id_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,8 +30,8 @@ from fixtures import mongo_data
 from migrator.config import TLS, Endpoint, resolve_refs
 from migrator.errors import CapabilityMissing, EndpointError, StoreError
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
-from migrator.stores.mongo import MongoStore
-from migrator.stores.mongo_meta import ferretdb_refusal, id_label
+from migrator.stores.mongo.meta import ferretdb_refusal, id_label
+from migrator.stores.mongo.store import MongoStore
 
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
 

@@ -16,8 +16,8 @@ from fixtures import mysql_data
 from migrator.config import Endpoint
 from migrator.errors import EndpointError, StoreError
 from migrator.stores.base import Role, Selection, StoreOptions, Unit
-from migrator.stores.mysql import MySQLStore
-from migrator.stores.mysql_schema import NO_KEY_NOTE
+from migrator.stores.mysql.schema import NO_KEY_NOTE
+from migrator.stores.mysql.store import MySQLStore
 
 SRC_DB = "oimtest_mysql"
 DST_DB = "oimtest_mysql_copy"
@@ -758,7 +758,7 @@ def test_a_reader_is_told_which_objects_it_cannot_see(ports, objects_db):
 
 
 def test_a_server_asking_for_a_file_gets_nothing(target):
-    from migrator.stores.mysql_conn import Connection
+    from migrator.stores.mysql.conn import Connection
 
     sql(target, f"CREATE DATABASE IF NOT EXISTS {DST_DB}")
     sql(target, f"CREATE TABLE {DST_DB}.lines (line TEXT)")

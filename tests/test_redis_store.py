@@ -21,10 +21,10 @@ from migrator import presets
 from migrator.config import Endpoint
 from migrator.engine.verify import verify_unit
 from migrator.errors import CapabilityMissing, EndpointError, PlanError, StoreError
-from migrator.stores import redis_value as rv
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
-from migrator.stores.redis import RedisStore
-from migrator.stores.redis_value import key_text
+from migrator.stores.redis import value as rv
+from migrator.stores.redis.store import RedisStore
+from migrator.stores.redis.value import key_text
 
 
 def _with_auth(url_var: str, auth: str, path: str = "") -> str:

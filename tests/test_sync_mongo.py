@@ -36,8 +36,8 @@ from migrator.config import Endpoint, resolve_refs
 from migrator.engine.sync import sync_unit
 from migrator.errors import CapabilityMissing, StoreError
 from migrator.stores.base import StoreOptions
-from migrator.stores.mongo import FETCH_SLICE, MongoStore
-from migrator.stores.mongo_meta import id_label
+from migrator.stores.mongo.meta import id_label
+from migrator.stores.mongo.store import FETCH_SLICE, MongoStore
 from tests.livewrites import copy_units, record_map, run_while_writing
 
 ROOT = Path(__file__).resolve().parents[1]

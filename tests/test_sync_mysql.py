@@ -28,7 +28,7 @@ from migrator.config import Endpoint
 from migrator.engine.sync import sync_unit
 from migrator.errors import EndpointError, StoreError
 from migrator.stores.base import StoreOptions, Unit
-from migrator.stores.mysql import MySQLStore
+from migrator.stores.mysql.store import MySQLStore
 from tests.livewrites import copy_units, record_map, run_while_writing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_fetch_returns_exactly_the_rows_records_named(servers):
 
 def names_of_rows(store: MySQLStore, unit: Unit, rows: list[tuple]) -> list[str]:
     """The names ``records`` gives these rows (their key columns are the first three)."""
-    from migrator.stores.mysql_schema import key_text
+    from migrator.stores.mysql.schema import key_text
     meta = store._table(DB, unit.spec["table"])
     key = [meta.column(n) for n in unit.spec["key"]]
     return [key_text(key, tuple(r[:len(key)])) for r in rows]

@@ -10,9 +10,9 @@ from migrator.stores.base import Selection, Store, StoreOptions
 
 # kind -> (module, class, pip extra hint)
 STORES: dict[str, tuple[str, str]] = {
-    "redis": ("migrator.stores.redis", "RedisStore"),
-    "mysql": ("migrator.stores.mysql", "MySQLStore"),
-    "mongo": ("migrator.stores.mongo", "MongoStore"),
+    "redis": ("migrator.stores.redis.store", "RedisStore"),
+    "mysql": ("migrator.stores.mysql.store", "MySQLStore"),
+    "mongo": ("migrator.stores.mongo.store", "MongoStore"),
     "objects": ("migrator.stores.objects", "ObjectStore"),
 }
 

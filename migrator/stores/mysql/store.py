@@ -47,11 +47,11 @@ from migrator.errors import (
     TransientError,
 )
 from migrator.stores import base
-from migrator.stores import mysql_conn as mc
-from migrator.stores import mysql_objects as mo
-from migrator.stores import mysql_schema as ms
 from migrator.stores.base import Batch, Chunk, ChunkDigest, Importer, Store, Unit
-from migrator.stores.mysql_schema import Column, Table, qualified, quote_ident, range_predicate
+from migrator.stores.mysql import conn as mc
+from migrator.stores.mysql import objects as mo
+from migrator.stores.mysql import schema as ms
+from migrator.stores.mysql.schema import Column, Table, qualified, quote_ident, range_predicate
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ _KEY_SLICE = 500  # keys per fetch or delete statement: one IN list, one index l
 _READ_ONLY_REFUSED = 1290  # "running with the --read-only option"
 Row = tuple[bytes | None, ...]
 
-# A key value in a unit spec: what mysql_schema.encode_value writes.
+# A key value in a unit spec: what schema.encode_value writes.
 _KEY_VALUE = {"oneOf": [
     {"type": "integer"}, {"type": "string"},
     {"type": "object", "required": ["b64"], "additionalProperties": False,

@@ -11,7 +11,7 @@ Documents are read with ``RawBSONDocument`` and inserted as they are: no decode/
 so field order, number types and binary subtypes cannot drift. A unit is one collection or,
 above ``unit_records`` documents, one `_id` range of it (boundaries found by walking `_id`
 in order; ``splitVector`` where the server offers it and our user may run it). Ranges use
-MongoDB's order across BSON types (``mongo_meta.id_range_filter``), so mixed `_id` types
+MongoDB's order across BSON types (``meta.id_range_filter``), so mixed `_id` types
 are covered exactly once. Replays are harmless: in a first copy a duplicate `_id` is
 accepted only if the document already there is byte-identical; after a checkpoint and in
 ``sync`` the importer replaces what differs (``MongoImporter``).
@@ -64,7 +64,6 @@ from migrator.errors import (
     StoreError,
     TransientError,
 )
-from migrator.stores import mongo_meta as meta
 from migrator.stores.base import (
     Batch,
     Capabilities,
@@ -77,6 +76,7 @@ from migrator.stores.base import (
     Unit,
     record_hash,
 )
+from migrator.stores.mongo import meta
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from migrator.errors import CapabilityMissing, PlanError, TransientError
 from migrator.stores.base import HASH_MASK, Selection
-from migrator.stores.redis_wire import ScanPage, key_command, run_commands, run_packed
+from migrator.stores.redis.wire import ScanPage, key_command, run_commands, run_packed
 
 SLOTS = 16384
 PAGE = 1000  # elements per page: LRANGE, HSCAN/SSCAN COUNT, ZRANGE, XRANGE COUNT

@@ -1,5 +1,5 @@
 """Table metadata, the SQL text the MySQL store builds from it, and the DDL steps that
-recreate tables on a target (views, triggers, routines, events: ``mysql_objects``).
+recreate tables on a target (views, triggers, routines, events: ``objects.py``).
 
 Kept apart from the store so the store reads as "what happens" and this module as "how a
 key, a range, a row hash or a table definition is read or written in SQL". Everything here

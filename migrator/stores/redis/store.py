@@ -24,11 +24,11 @@ Units are (db, hash-slot range) with the slot computed client side (CRC16, hash 
 respected), so a unit means the same keys on a standalone server and on a cluster.
 A batch holds the keys of whole SCAN calls and carries the SCAN cursor to continue from.
 Batch records are ``(key, expire_at_ms or 0, payload)`` for RESTORE, or the typed form of
-``redis_value`` when a target refuses the source's payloads or ``mode: typed`` is set.
+``value`` when a target refuses the source's payloads or ``mode: typed`` is set.
 
 Endpoint options (``OPTION_SCHEMA``): ``mode`` (auto | restore | typed), ``dbs`` (source
 DBs to read), ``db_map`` (target: source DB → DB here), ``scan_count`` (SCAN COUNT, 1000),
-``timeout`` (seconds). Selection patterns follow Redis' own MATCH (``redis_value.Glob``).
+``timeout`` (seconds). Selection patterns follow Redis' own MATCH (``value.Glob``).
 
 Verification: chunk digests come from string values and DUMP payloads, which are exact but
 may differ for equal values (encodings, versions); a chunk that differs is then listed with
@@ -72,8 +72,6 @@ from migrator.errors import (
     StoreError,
     TransientError,
 )
-from migrator.stores import redis_value as rv
-from migrator.stores import redis_wire as rw
 from migrator.stores.base import (
     HASH_MASK,
     Batch,
@@ -88,6 +86,8 @@ from migrator.stores.base import (
     StoreOptions,
     Unit,
 )
+from migrator.stores.redis import value as rv
+from migrator.stores.redis import wire as rw
 
 SLOTS = 16384
 CHUNK_SLOTS = 64  # widest verification chunk, in hash slots

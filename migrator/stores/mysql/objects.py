@@ -24,7 +24,7 @@ import pymysql
 import pymysql.charset
 
 from migrator.errors import StoreError
-from migrator.stores.mysql_schema import qualified, quote_ident
+from migrator.stores.mysql.schema import qualified, quote_ident
 
 # creation order: a view may call a function, a trigger may call a procedure
 KINDS = ("procedure", "function", "view", "trigger", "event")
