@@ -187,6 +187,6 @@ def test_a_reading_archive_endpoint_refuses_to_be_written_and_names_missing_part
     finally:
         store.close()
     with pytest.raises(PlanError, match="has no archive format yet"):
-        ArchiveStore(Endpoint("redis", url))
+        ArchiveStore(Endpoint("postgres", url))
     with pytest.raises(PlanError, match="stores.memory.source.url: has port 0"):
         ArchiveStore(Endpoint("memory", "archive+s3://h:0/b", name="stores.memory.source"))

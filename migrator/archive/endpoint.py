@@ -34,8 +34,13 @@ from migrator.stores.base import (
     Unit,
 )
 
-# store kind -> (module, class) of its archive format; filled as formats are written.
-FORMATS: dict[str, tuple[str, str]] = {}
+# store kind -> (module, class) of its archive format, beside the store's wire code.
+FORMATS: dict[str, tuple[str, str]] = {
+    "redis": ("migrator.stores.redis.archive", "RedisArchive"),
+    "mysql": ("migrator.stores.mysql.archive", "MySQLArchive"),
+    "mongo": ("migrator.stores.mongo.archive", "MongoArchive"),
+    "objects": ("migrator.stores.objects.archive", "ObjectArchive"),
+}
 
 
 def format_for(kind: str) -> ArchiveFormat:
