@@ -9,6 +9,7 @@ deps:
 	bash scripts/install-deps.sh
 	bash scripts/build-k8s.sh
 	bash scripts/build-documentdb.sh
+	bash scripts/build-mongo-tools.sh
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[test]'
 
 test: deps lint types
