@@ -18,14 +18,18 @@ SAMPLE = 20
 DEFAULT_BUCKET = "openim"  # config/minio.yml `bucket`
 
 
-def object_references(plan: Plan, session: Session) -> dict[str, Any]:
-    """Keys named by the ``s3`` collection(s) that the objects target lacks."""
+def object_references(plan: Plan, session: Session, restored: bool = False) -> dict[str, Any]:
+    """Keys named by the ``s3`` collection(s) that the objects target lacks. After a
+    restore (``restored``) the collection is read from the restored MongoDB, since the
+    source is an archive."""
     from migrator.stores.objects import missing_objects
 
-    mongo_source, _ = session.pair("mongo")
+    mongo_source, mongo_target = session.pair("mongo")
+    if restored:
+        mongo_source = mongo_target
     _, objects_target = session.pair("objects")
-    bucket = (plan.stores["objects"].source.connection().path.split("/", 1)[0]
-              or DEFAULT_BUCKET)
+    side = plan.stores["objects"].target if restored else plan.stores["objects"].source
+    bucket = side.connection().path.split("/", 1)[0] or DEFAULT_BUCKET
     units = [u for u in plan.units_of("mongo") if u.spec.get("collection") == "s3"]
     checked = 0
 
@@ -41,10 +45,12 @@ def object_references(plan: Plan, session: Session) -> dict[str, Any]:
             "about": "object keys in MongoDB's s3 collection that the target bucket lacks"}
 
 
-def cross_checks(plan: Plan) -> dict[str, Callable[[Session], dict[str, Any]]]:
+def cross_checks(plan: Plan, *, restored: bool = False
+                 ) -> dict[str, Callable[[Session], dict[str, Any]]]:
     """The cross-store checks that apply to this plan, ready to run on a session."""
     checks: dict[str, Callable[[Session], dict[str, Any]]] = {}
     if {"mongo", "objects"} <= set(plan.stores) and any(
             u.spec.get("collection") == "s3" for u in plan.units_of("mongo")):
-        checks["openim-object-references"] = partial(object_references, plan)
+        checks["openim-object-references"] = partial(object_references, plan,
+                                                     restored=restored)
     return checks

@@ -168,13 +168,15 @@ class SetStart:
     plan_name: str
     plan_fingerprint: str
     stores: list[str]
+    # The units listed at the start, per store: a resumed backup finishes the same units.
+    units: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "set": self.set_id,
                 "started": self.started, "tool": {"name": "openim-migrate",
                                                   "version": self.tool_version},
                 "plan": {"name": self.plan_name, "fingerprint": self.plan_fingerprint},
-                "stores": self.stores}
+                "stores": self.stores, "units": self.units}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SetStart:
@@ -182,7 +184,8 @@ class SetStart:
                    tool_version=str(data["tool"]["version"]),
                    plan_name=str(data["plan"]["name"]),
                    plan_fingerprint=str(data["plan"]["fingerprint"]),
-                   stores=[str(s) for s in data["stores"]])
+                   stores=[str(s) for s in data["stores"]],
+                   units=dict(data.get("units") or {}))
 
 
 class ManifestError(ValueError):

@@ -246,7 +246,8 @@ class Repository:
         return SetReader(self, self.open_set(set_id))
 
     def begin_set(self, *, plan_name: str, plan_fingerprint: str, stores: list[str],
-                  resume: str | None = None) -> SetWriter:
+                  resume: str | None = None,
+                  units: dict[str, list[dict[str, Any]]] | None = None) -> SetWriter:
         """A writer for a new set, or for ``resume`` (an incomplete set of the same plan)."""
         if resume is not None:
             info = next((i for i in self.sets() if i.set_id == resume), None)
@@ -258,7 +259,7 @@ class Repository:
             return SetWriter(self, info.start)
         start = SetStart(set_id=new_set_id(), started=now(), tool_version=__version__,
                          plan_name=plan_name, plan_fingerprint=plan_fingerprint,
-                         stores=sorted(stores))
+                         stores=sorted(stores), units=dict(units or {}))
         self.write_record(self.layout.started(start.set_id), start.to_dict())
         return SetWriter(self, start)
 

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+from migrator.config import Endpoint
 from migrator.engine.journal import Journal
 from migrator.plan import Options, StorePair
-from migrator.stores.base import Role, Selection, Store
-from migrator.stores.registry import make_store
+from migrator.stores import registry
+from migrator.stores.base import Role, Selection, Store, StoreOptions
+
+StoreFactory = Callable[[Endpoint, Selection, StoreOptions], Store]
+
+
+def make_store(endpoint: Endpoint, selection: Selection | None = None,
+               options: StoreOptions | None = None) -> Store:
+    """A live store by kind, or, for an ``archive+…`` URL, a set of an archive read as
+    that kind (restores, drills, verify against a backup)."""
+    if endpoint.url.startswith("archive+"):
+        from migrator.archive.endpoint import archive_store
+
+        return archive_store(endpoint, selection, options)
+    return registry.make_store(endpoint, selection, options)
 
 
 def effective_selection(kind: str, selection: Selection) -> Selection:
@@ -26,8 +41,10 @@ class Session:
     """Stores are thread-safe, so one source and one target instance serve every unit."""
 
     def __init__(self, stores: dict[str, StorePair], options: Options,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, *, factory: StoreFactory | None = None
+                 ) -> None:
         self._pairs = stores
+        self._make = factory or make_store
         self._options = options
         self._journal = journal
         self._open: dict[str, tuple[Store, Store]] = {}
@@ -39,8 +56,8 @@ class Session:
                 spec = self._pairs[kind]
                 selection = effective_selection(kind, spec.selection)
                 store_options = self._options.store_options()
-                source = make_store(spec.source, selection, store_options)
-                target = make_store(spec.target, selection, store_options)
+                source = self._make(spec.source, selection, store_options)
+                target = self._make(spec.target, selection, store_options)
                 if self._journal is not None:
                     source.use_cache(self._journal.cache(f"{kind}:source"))
                     target.use_cache(self._journal.cache(f"{kind}:target"))
