@@ -72,9 +72,45 @@ def dns_name(name: str) -> str:
     return (cleaned[:40].rstrip("-")) or "plan"
 
 
-def _labels(instance: str) -> dict[str, str]:
+def labels(instance: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "openim-migrate", "app.kubernetes.io/instance": instance,
             "app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/version": __version__}
+
+
+def secret_readers(name: str, secrets: dict[str, set[str]], service_account: str,
+                   namespace: str) -> list[Any]:
+    """A Role per namespace that may ``get`` exactly the named Secrets, bound to the
+    ServiceAccount in ``namespace``: how a pod resolves ``${k8s:…}`` references."""
+    objects: list[Any] = []
+    for secret_ns, names in sorted(secrets.items()):
+        role_meta = k.V1ObjectMeta(name=f"{name}-secrets", namespace=secret_ns,
+                                   labels=labels(name))
+        objects += [
+            k.V1Role(api_version="rbac.authorization.k8s.io/v1", kind="Role",
+                     metadata=role_meta, rules=[k.V1PolicyRule(
+                         api_groups=[""], resources=["secrets"], verbs=["get"],
+                         resource_names=sorted(names))]),
+            k.V1RoleBinding(api_version="rbac.authorization.k8s.io/v1", kind="RoleBinding",
+                            metadata=role_meta, role_ref=k.V1RoleRef(
+                                api_group="rbac.authorization.k8s.io", kind="Role",
+                                name=f"{name}-secrets"),
+                            subjects=[k.RbacV1Subject(kind="ServiceAccount",
+                                                      name=service_account,
+                                                      namespace=namespace)]),
+        ]
+    return objects
+
+
+def pod_security() -> k.V1PodSecurityContext:
+    """The Dockerfile's user, non-root, default seccomp (Pod Security "restricted")."""
+    return k.V1PodSecurityContext(run_as_user=UID, run_as_group=UID, fs_group=UID,
+                                  run_as_non_root=True,
+                                  seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"))
+
+
+def container_security() -> k.V1SecurityContext:
+    return k.V1SecurityContext(allow_privilege_escalation=False, read_only_root_filesystem=True,
+                               capabilities=k.V1Capabilities(drop=["ALL"]))
 
 
 def render(plan_name: str, plan_text: str, raw: dict[str, Any], spec: JobSpec
@@ -92,7 +128,7 @@ def render(plan_name: str, plan_text: str, raw: dict[str, Any], spec: JobSpec
     if "127.0.0.1" in plan_text or "localhost" in plan_text:
         notes.append("the plan names 127.0.0.1/localhost endpoints, which inside the cluster "
                      "are the pod itself: use Service DNS names (deploy --endpoints cluster)")
-    meta = lambda n: k.V1ObjectMeta(name=n, namespace=ns, labels=_labels(name))  # noqa: E731
+    meta = lambda n: k.V1ObjectMeta(name=n, namespace=ns, labels=labels(name))  # noqa: E731
     objects: list[Any] = [
         k.V1ConfigMap(api_version="v1", kind="ConfigMap", metadata=meta(f"{name}-plan"),
                       data={"plan.yaml": plan_text}),
@@ -106,22 +142,7 @@ def render(plan_name: str, plan_text: str, raw: dict[str, Any], spec: JobSpec
                            metadata=meta(spec.service_account),
                            automount_service_account_token=False),
     ]
-    for secret_ns, names in sorted(refs.secrets.items()):
-        role_meta = k.V1ObjectMeta(name=f"{name}-secrets", namespace=secret_ns,
-                                   labels=_labels(name))
-        objects += [
-            k.V1Role(api_version="rbac.authorization.k8s.io/v1", kind="Role",
-                     metadata=role_meta, rules=[k.V1PolicyRule(
-                         api_groups=[""], resources=["secrets"], verbs=["get"],
-                         resource_names=sorted(names))]),
-            k.V1RoleBinding(api_version="rbac.authorization.k8s.io/v1", kind="RoleBinding",
-                            metadata=role_meta, role_ref=k.V1RoleRef(
-                                api_group="rbac.authorization.k8s.io", kind="Role",
-                                name=f"{name}-secrets"),
-                            subjects=[k.RbacV1Subject(kind="ServiceAccount",
-                                                      name=spec.service_account,
-                                                      namespace=ns)]),
-        ]
+    objects += secret_readers(name, refs.secrets, spec.service_account, ns)
     observe = ["--log-format", "json"]
     if spec.metrics_port:
         observe += ["--metrics-port", str(spec.metrics_port)]
@@ -140,21 +161,17 @@ def render(plan_name: str, plan_text: str, raw: dict[str, Any], spec: JobSpec
                        k.V1VolumeMount(name="work", mount_path="/work"),
                        k.V1VolumeMount(name="tmp", mount_path="/tmp")],
         resources=k.V1ResourceRequirements(requests={"cpu": "500m", "memory": "512Mi"}),
-        security_context=k.V1SecurityContext(
-            allow_privilege_escalation=False, read_only_root_filesystem=True,
-            capabilities=k.V1Capabilities(drop=["ALL"])))
+        security_context=container_security())
     objects.append(k.V1Job(
         api_version="batch/v1", kind="Job", metadata=meta(name),
         spec=k.V1JobSpec(
             backoff_limit=spec.backoff_limit,
             template=k.V1PodTemplateSpec(
-                metadata=k.V1ObjectMeta(labels=_labels(name)),
+                metadata=k.V1ObjectMeta(labels=labels(name)),
                 spec=k.V1PodSpec(
                     restart_policy="Never", service_account_name=spec.service_account,
                     automount_service_account_token=bool(refs.secrets),
-                    security_context=k.V1PodSecurityContext(
-                        run_as_user=UID, run_as_group=UID, fs_group=UID, run_as_non_root=True,
-                        seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault")),
+                    security_context=pod_security(),
                     containers=[container],
                     volumes=[
                         k.V1Volume(name="plan", config_map=k.V1ConfigMapVolumeSource(
