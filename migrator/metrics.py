@@ -160,6 +160,25 @@ class Metrics:
             log.info("unit verified", extra={"event": "unit_verified", "unit": u.unit,
                                              "status": u.status})
 
+    def drilled(self, report: Any) -> None:
+        """Record a ``DrillReport``: pass or fail, the set's age (RPO), restore plus verify
+        time (RTO), and what was restored per store; alert on these, not on logs."""
+        r = self.registry
+        Gauge(f"{PREFIX}_drill_passed", "1 when the last drill passed, else 0",
+              registry=r).set(1 if report.passed else 0)
+        for name, value, about in (
+                ("rpo_seconds", report.rpo_seconds, "Age of the drilled set at drill time"),
+                ("rto_seconds", report.rto_seconds, "Seconds to restore and verify the set")):
+            if value is not None:
+                Gauge(f"{PREFIX}_drill_{name}", about, registry=r).set(value)
+        records = Gauge(f"{PREFIX}_drill_records", "Records restored by the drill", ["store"],
+                        registry=r)
+        size = Gauge(f"{PREFIX}_drill_bytes", "Bytes restored by the drill", ["store"],
+                     registry=r)
+        for kind, totals in report.stores.items():
+            records.labels(kind).set(totals.get("records", 0))
+            size.labels(kind).set(totals.get("bytes", 0))
+
     def finished(self, ok: bool) -> None:
         """The command ended; freezes the duration and, on success, stamps last success."""
         self._ended = time.monotonic()

@@ -14,8 +14,10 @@ from migrator.cli.backup_cmd import backup_group
 from migrator.cli.cutover_cmd import cutover_command
 from migrator.cli.deploy_cmd import deploy_command
 from migrator.cli.discover_cmd import discover_command
+from migrator.cli.drill_cmd import drill_command
 from migrator.cli.job_cmd import job_group
 from migrator.cli.plan_cmd import plan_command
+from migrator.cli.restore_cmd import restore_command
 from migrator.cli.run_cmd import run_command
 from migrator.cli.schema_cmd import schema_command
 from migrator.cli.sync_cmd import sync_command
@@ -52,6 +54,8 @@ cli.add_command(deploy_command)
 cli.add_command(job_group)
 cli.add_command(discover_command)
 cli.add_command(backup_group)
+cli.add_command(restore_command)
+cli.add_command(drill_command)
 
 
 _TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM

@@ -5,26 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import yaml
 
 from migrator.cli import render
-from migrator.cli.options import apply_tunables, json_option, pairs, parallel_option
+from migrator.cli.options import (
+    apply_tunables,
+    endpoint_options,
+    json_option,
+    pairs,
+    parallel_option,
+)
 from migrator.config import Endpoint
 from migrator.engine.planning import build_plan
 from migrator.errors import PlanError, UsageError
 from migrator.plan import ENVIRONMENTS, ON_EXISTING, Options, StorePair, parse_size
 from migrator.stores.base import Selection
-
-
-def _endpoint_options(values: tuple[str, ...], flag: str) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
-    for kind, items in pairs(tuple(v.replace(".", "=", 1) for v in values), flag).items():
-        for item in items:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise UsageError(f"{flag} {kind}.{item!r}: expected KIND.KEY=VALUE")
-            out.setdefault(kind, {})[key] = yaml.safe_load(raw) if raw else ""
-    return out
 
 
 @click.command("plan")
@@ -79,8 +73,8 @@ def plan_command(sources: tuple[str, ...], targets: tuple[str, ...],
     if set(source_urls) != set(target_urls):
         missing = sorted(set(source_urls) ^ set(target_urls))
         raise UsageError(f"store {missing[0]!r} needs both --source and --target")
-    src_opts = _endpoint_options(source_option, "--source-option")
-    dst_opts = _endpoint_options(target_option, "--target-option")
+    src_opts = endpoint_options(source_option, "--source-option")
+    dst_opts = endpoint_options(target_option, "--target-option")
     presets, includes, excludes = (pairs(preset, "--preset"), pairs(include, "--include"),
                                    pairs(exclude, "--exclude"))
     stores: dict[str, StorePair] = {}

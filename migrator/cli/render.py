@@ -81,8 +81,14 @@ def dry_run(rows: list[dict[str, Any]], as_json_output: bool) -> None:
 
 
 def verify_failure(report: VerifyReport, plan_path: object) -> MigrateError:
-    """The error that ends a verify that is not EQUAL, with the exit code it deserves."""
+    """The error that ends a verify that is not EQUAL, with the exit code it deserves
+    (``plan_path`` None: a restore, checked against a set's manifest)."""
     if report.exit_code == 5:
+        if plan_path is None:
+            return VerificationFailed(
+                "the restored data differs from the set's manifest",
+                hint="`openim-migrate backup check ARCHIVE --read-data` tells whether the "
+                "archive is damaged; otherwise something wrote to the target meanwhile")
         return VerificationFailed(
             "verification found differences",
             hint=f"`openim-migrate sync {plan_path}` repairs the named units (copies what "
@@ -163,3 +169,42 @@ def sync_pass(result: SyncPass) -> None:
 
 def stream_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def backup_summary(outcome: Any) -> None:
+    """A ``BackupOutcome``: the units written, then the set and its cuts."""
+    run_summary(outcome.copy)
+    manifest = outcome.manifest
+    if manifest is None:
+        info(f"set {outcome.set_id} in {outcome.archive}: not complete")
+        return
+    totals = manifest.totals()
+    for kind, store in sorted(manifest.stores.items()):
+        cut = store.cut
+        if cut is not None:
+            how = "snapshot" if cut.snapshot else "no snapshot"
+            info(f"  {kind}: cut {cut.time} ({how}{': ' + cut.detail if cut.detail else ''})")
+    again = f", {outcome.skipped_units} unit(s) from the interrupted run" if outcome.resumed \
+        else ""
+    info(f"set {outcome.set_id} complete in {outcome.archive}: {totals['records']:,} records, "
+         f"{totals['files']} file(s), {human_bytes(totals['own_bytes'])} stored "
+         f"({human_bytes(totals['plain_bytes'])} before compression){again}")
+
+
+def drill_report(report: Any) -> None:
+    """A ``DrillReport``: per store, then RPO/RTO and the verdict with every reason."""
+    rows = [[kind, f"{t.get('records', 0):,}", human_bytes(t.get("bytes", 0)),
+             "pass" if t.get("passed") else "FAIL"] for kind, t in sorted(report.stores.items())]
+    if rows:
+        table(rows, ["store", "records", "bytes", "result"])
+
+    def seconds(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:,.1f}s"
+
+    info(f"set {report.set_id or '(none)'} of {report.archive}")
+    info(f"RPO (set age at drill time): {seconds(report.rpo_seconds)}; RTO (restore "
+         f"{seconds(report.restore_seconds)} + verify {seconds(report.verify_seconds)}): "
+         f"{seconds(report.rto_seconds)}")
+    for reason in report.reasons:
+        warning(reason)
+    info("drill PASSED" if report.passed else f"drill FAILED ({len(report.reasons)} reason(s))")
