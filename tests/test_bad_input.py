@@ -22,11 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pymysql
+import pyrage
 import pytest
 import redis
 import yaml
 
 from migrator.plan import integrity_of
+
+AGE_KEY, OTHER_AGE_KEY = pyrage.x25519.Identity.generate(), pyrage.x25519.Identity.generate()
 
 ROOT = Path(__file__).resolve().parents[1]
 DB = "badinput"  # MySQL and MongoDB database, bucket: apart from the other tests' data
@@ -447,7 +450,79 @@ ROWS: list[Row] = [
     Row("plan-strict-selection-matches-nothing",
         command=("plan", "{args}", "--include", "mysql=nomatch.*", "--strict", "-o", "{out}"),
         names=("--strict",)),
+    # -- backups, restores and drills: the archive and its key (nothing written anywhere)
+    Row("backup-archive-url-unknown-scheme", command=("backup", "{plan}", "--to", "archive+ftp://h/x"),
+        names=("archive.url", "archive+ftp")),
+    Row("backup-archive-url-relative-path",
+        command=("backup", "{plan}", "--to", "archive+file://relative/path"),
+        names=("archive.url",)),
+    Row("backup-key-given-literally",
+        command=("backup", "{plan}", "--to", "{archive}", "--key", "AGE-SECRET-KEY-1QQQQ"),
+        names=("archive.key",)),
+    Row("backup-key-variable-unset",
+        command=("backup", "{plan}", "--to", "{archive}", "--key", "${{OIM_NO_SUCH_AGE_KEY}}"),
+        names=("OIM_NO_SUCH_AGE_KEY",)),
+    Row("backup-plan-and-source-both",
+        command=("backup", "{plan}", "--source", "redis=redis://127.0.0.1:1", "--to",
+                 "{archive}"), code=2, names=("--source",)),
+    Row("backup-nothing-to-back-up", command=("backup", "--to", "{archive}"), code=2,
+        names=("--source",)),
+    Row("backup-missing-to", command=("backup", "{plan}"), code=2, names=("--to",)),
+    Row("backup-archive-bucket-missing",
+        command=("backup", "{plan}", "--to", "archive+s3://{s3}/no-such-bucket-oim/x",
+                 "-o", "access_key=${{OIM_S3_SRC_ACCESS_KEY}}",
+                 "-o", "secret_key=${{OIM_S3_SRC_SECRET_KEY}}"), code=4,
+        names=("no-such-bucket-oim",)),
+    Row("restore-no-archive-there",
+        command=("restore", "{archive}", "--target", "{redis_dst}"),
+        names=("there is no archive",)),
+    Row("restore-unknown-set", prepare=lambda plan: _archive(plan, key=True),
+        command=("restore", "{archive}@20200101T000000Z-abcdef", "--key",
+                 "${{OIM_BAD_INPUT_KEY}}", "--target", "{redis_dst}"),
+        env={"OIM_BAD_INPUT_KEY": str(AGE_KEY)}, names=("20200101T000000Z-abcdef",)),
+    Row("restore-wrong-key", prepare=lambda plan: _archive(plan, key=True),
+        command=("restore", "{archive}", "--key", "${{OIM_BAD_INPUT_KEY}}", "--target",
+                 "{redis_dst}"), env={"OIM_BAD_INPUT_KEY": str(OTHER_AGE_KEY)},
+        names=("archive.key", "not this archive's key")),
+    Row("restore-encrypted-without-key", prepare=lambda plan: _archive(plan, key=True),
+        command=("restore", "{archive}", "--target", "{redis_dst}"),
+        names=("encrypted",)),
+    Row("restore-target-is-an-archive", prepare=lambda plan: _archive(plan),
+        command=("restore", "{archive}", "--target", "redis={archive}"),
+        names=("stores.redis.target",)),
+    Row("restore-store-not-in-the-set", prepare=lambda plan: _archive(plan),
+        command=("restore", "{archive}", "--target", "{redis_dst}", "--target",
+                 "mysql=mysql://root:${{OIM_MYSQL_DST_PASSWORD}}@127.0.0.1:1"), code=2,
+        names=("--target mysql",)),
+    Row("restore-target-option-without-target", prepare=lambda plan: _archive(plan),
+        command=("restore", "{archive}", "--target", "{redis_dst}", "--target-option",
+                 "objects.access_key=x"), code=2, names=("objects",)),
+    Row("drill-max-age-without-unit", prepare=lambda plan: _archive(plan),
+        command=("drill", "{archive}", "--target", "{redis_dst}", "--max-age", "26"),
+        code=2, names=("--max-age",)),
 ]
+
+
+def _archive(plan: Path, *, key: bool = False) -> None:
+    """An archive beside the plan holding one complete set of an empty redis store."""
+    from migrator.archive import Cut, archive_endpoint, open_archive
+
+    options = {"key": "${OIM_BAD_INPUT_KEY}"} if key else {}
+    os.environ["OIM_BAD_INPUT_KEY"] = str(AGE_KEY)
+    try:
+        with open_archive(archive_endpoint(f"archive+file://{plan.parent}/archive", options),
+                          create=True) as repo:
+            writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["redis"])
+            writer.store("redis").set_cut(Cut("2024-01-01T00:00:00.000000Z", True))
+            writer.store("redis").commit()
+            writer.commit()
+    finally:
+        del os.environ["OIM_BAD_INPUT_KEY"]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() \
+        else []
 
 
 def _expand(command: tuple[str, ...], world: World, plan: Path, tmp: Path) -> list[str]:
@@ -457,7 +532,11 @@ def _expand(command: tuple[str, ...], world: World, plan: Path, tmp: Path) -> li
             out.extend(world.args)
             continue
         out.append(part.format(plan=plan, missing=tmp / "nope.yaml", dir=tmp,
-                               out=tmp / "out.yaml", file=plan))
+                               out=tmp / "out.yaml", file=plan,
+                               archive=f"archive+file://{tmp}/archive",
+                               s3=hostport(world.env["OIM_S3_SRC_URL"]),
+                               redis_dst="redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
+                               + hostport(world.env["OIM_REDIS_DST_URL"]) + "/0"))
     return out
 
 
@@ -476,6 +555,7 @@ def test_bad_input_is_one_line_with_its_exit_code_and_nothing_written(world, row
     env = dict(row.env)
     if row.prepare:
         row.prepare(plan)
+    archive_before = _files(tmp_path / "archive")
     try:
         proc = cli(*_expand(row.command, world, plan, tmp_path), env=env)
     finally:
@@ -496,6 +576,7 @@ def test_bad_input_is_one_line_with_its_exit_code_and_nothing_written(world, row
         assert secret not in proc.stderr + proc.stdout
     assert not world.targets_untouched()
     assert not (tmp_path / "out.yaml").exists()
+    assert _files(tmp_path / "archive") == archive_before  # no archive, set or file written
 
 
 def test_run_in_a_read_only_directory_is_one_line_and_nothing_written(world, tmp_path):
