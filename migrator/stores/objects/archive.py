@@ -1,0 +1,542 @@
+"""The objects archive format: object bytes in tar packs, each with a JSON sidecar, plus an
+index per unit; incremental across sets.
+
+A unit's folder in a set holds::
+
+    index.jsonl                 one JSON line per object, in key order: key, size, md5,
+                                etag, last_modified, content_type, metadata, headers, and
+                                the pack that holds its bytes (maybe an earlier set's)
+    packs/<set>-<n>.tar         POSIX (pax) tar: ``data/<key>`` (the bytes exactly as
+                                stored, Content-Encoding not undone) and ``meta/<key>.json``
+                                (the same fields as the index line), in key order
+
+Why packs rather than one archive file per object: every archive file is an entry of the
+manifest and, on a directory, a fsync and a rename (3.7 ms each on one thread here), on S3
+one PUT. A million OpenIM objects would make each set's manifest hundreds of MB and the
+first backup pay two files per object. Packs of ``pack_bytes`` keep both small, and
+``tar -x`` still restores them with plain tools.
+
+Incremental: an object whose key, size, ETag and Last-Modified (and, where the listing
+says them, type, metadata and headers) equal the previous set's index line is not read:
+its line is copied and its pack referenced (``UnitWriter.reference``), so an unchanged
+bucket costs one listing. Packs are never rewritten; a pack referenced by a later set may
+hold objects deleted or replaced since, which the index leaves out.
+
+Restore reads the packs one at a time, in order, yielding the objects the index names
+with bodies spooled (in memory up to ``SPOOL_MEMORY``, larger ones in an anonymous temp
+file), so the objects store's importer streams them as from any source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar, cast
+
+from migrator.archive.files import ArchiveFile
+from migrator.archive.format import ArchiveFormat
+from migrator.archive.manifest import FileEntry
+from migrator.archive.reader import UnitReader
+from migrator.archive.writer import UnitWriter
+from migrator.errors import StoreError, TransientError
+from migrator.stores.base import Batch, Chunk, ChunkDigest, Cursor, Importer, Store
+from migrator.stores.objects.records import (
+    MD5_ETAG,
+    MiB,
+    ObjectRecord,
+    epoch,
+    etag,
+    split_headers,
+)
+from migrator.stores.objects.store import ObjectStore
+
+INDEX = "index.jsonl"
+PACKS = "packs/"
+DATA, META = "data/", "meta/"
+READ = MiB  # one read of a body
+
+
+@dataclass
+class Entry:
+    """One object as the set holds it: an index line and a pack's sidecar."""
+
+    key: str
+    size: int
+    md5: str
+    etag: str
+    last_modified: int
+    content_type: str | None
+    metadata: dict[str, str]
+    headers: dict[str, str]
+    pack: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "size": self.size, "md5": self.md5, "etag": self.etag,
+                "last_modified": self.last_modified, "content_type": self.content_type,
+                "metadata": self.metadata, "headers": self.headers, "pack": self.pack}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        return cls(key=str(data["key"]), size=int(data["size"]), md5=str(data["md5"]),
+                   etag=str(data.get("etag") or ""),
+                   last_modified=int(data.get("last_modified") or 0),
+                   content_type=data.get("content_type"),
+                   metadata=dict(data.get("metadata") or {}),
+                   headers=dict(data.get("headers") or {}), pack=str(data.get("pack") or ""))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Exactly what ``ObjectStore.records()`` yields for the object."""
+        return {"size": self.size, "md5": self.md5, "content_type": self.content_type,
+                "metadata": dict(sorted(self.metadata.items())),
+                "headers": dict(sorted(self.headers.items()))}
+
+    def sidecar(self) -> bytes:
+        data = self.to_dict()
+        del data["pack"]
+        return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+def read_index(unit: UnitReader) -> Iterator[Entry]:
+    """The unit's index lines, in key order, streamed."""
+    if INDEX not in unit.names:
+        return
+    with unit.open(INDEX) as reader:
+        rest = b""
+        while block := reader.read(READ):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if line.strip():
+                    yield Entry.from_dict(json.loads(line))
+        if rest.strip():
+            yield Entry.from_dict(json.loads(rest))
+
+
+def _chunk_of(chunks: list[Chunk], starts: list[str], key: str) -> Chunk:
+    return chunks[max(0, bisect_right(starts, key) - 1)]
+
+
+def _in_chunk(chunk: Chunk, key: str) -> bool:
+    bounds = chunk.bounds or {}
+    start, end = bounds.get("start"), bounds.get("end")
+    return (start is None or key >= start) and (end is None or key < end)
+
+
+class _Body:
+    """A GET read whole into memory (small objects, fetched in parallel)."""
+
+    def __init__(self, headers: dict[str, str], data: bytes, md5: str) -> None:
+        self.headers, self.data, self.md5 = headers, data, md5
+
+
+class _HashingBody:
+    """A streaming GET as a file for ``tarfile``: raw bytes, hashed as they pass."""
+
+    def __init__(self, resp: Any) -> None:
+        self.resp = resp
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.nbytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.resp.read(size if size and size > 0 else READ, decode_content=False)
+        self.md5.update(data)
+        self.nbytes += len(data)
+        return data
+
+
+class _Previous:
+    """The previous set's index, walked in step with this backup's keys (both in key
+    order), so looking an object up costs nothing and memory stays flat."""
+
+    def __init__(self, unit: UnitReader | None) -> None:
+        self.unit = unit
+        self._lines = read_index(unit) if unit is not None else iter(())
+        self._head: Entry | None = next(self._lines, None)
+
+    def find(self, key: str) -> Entry | None:
+        while self._head is not None and self._head.key < key:
+            self._head = next(self._lines, None)
+        return self._head if self._head is not None and self._head.key == key else None
+
+    def pack(self, name: str) -> FileEntry:
+        assert self.unit is not None
+        return self.unit.entry(name)
+
+
+class ObjectArchiveImporter(Importer):
+    """Writes one unit's objects into packs and its index; unchanged objects are
+    referenced from the previous set instead of read."""
+
+    def __init__(self, fmt: ObjectArchive, unit: UnitWriter, source: Store,
+                 previous: UnitReader | None) -> None:
+        if not isinstance(source, ObjectStore):
+            raise StoreError(f"unit {unit.unit.key}: the objects archive format reads "
+                             "object stores only")
+        self.fmt, self.unit, self.source = fmt, unit, source
+        self.previous_reader = previous
+        self.spec = unit.unit.spec
+        self.here = source.here_bucket(self.spec["bucket"])
+        self.packs = 0
+        self.referenced: set[str] = set()
+        self.stats = {"stored": 0, "referenced": 0, "stored_bytes": 0}
+        self._pack_file: ArchiveFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._pack_name = ""
+
+    # -- the importer contract ---------------------------------------------------------
+    def prepare(self, resumed: bool) -> None:
+        self.chunks = self.source.chunks(self.unit.unit)
+        self.starts = [(c.bounds or {}).get("start") or "" for c in self.chunks]
+        self.unit.set_chunks(self.chunks)
+        self.previous = _Previous(self.previous_reader)
+        self.index = self.unit.open(INDEX)
+
+    def write_batch(self, batch: Batch) -> None:
+        listed = self._listed(batch.records)
+        window: deque[tuple[ObjectRecord, Future[_Body | None]]] = deque()
+        window_bytes = 0
+        try:
+            for rec in batch.records:
+                now = listed.get(rec.key, rec)
+                old = self.previous.find(rec.key)
+                if old is not None and self._unchanged(old, now):
+                    while window:  # keep the index in key order
+                        window_bytes -= self._write_fetched(batch, *window.popleft())
+                    self._reuse(old)
+                    continue
+                if now.size > self.fmt.memory_body:
+                    while window:
+                        window_bytes -= self._write_fetched(batch, *window.popleft())
+                    self._stream(batch, now)
+                    continue
+                while window and (window_bytes + now.size > self.fmt.window_bytes
+                                  or len(window) >= 4 * self.source.transfers):
+                    window_bytes -= self._write_fetched(batch, *window.popleft())
+                window.append((now, self.source.copy_pool().submit(self._fetch, now)))
+                window_bytes += now.size
+            while window:
+                window_bytes -= self._write_fetched(batch, *window.popleft())
+        except BaseException:
+            for _, future in window:
+                future.cancel()
+            raise
+
+    def finalize(self) -> None:
+        self._close_pack()
+        self.index.close()
+        self.unit.meta["objects"] = dict(self.stats, packs=self.packs,
+                                         referenced_packs=len(self.referenced))
+
+    # -- which objects changed -----------------------------------------------------------
+    def _listed(self, records: list[ObjectRecord]) -> dict[str, ObjectRecord]:
+        """The batch's objects listed again with their metadata (one request per 1000 on
+        MinIO), so an object whose type or metadata alone changed is stored anew."""
+        if not records or self.previous.unit is None:
+            return {}
+        last = records[-1].key
+        found: dict[str, ObjectRecord] = {}
+        # _unit_objects: the unit's range, selection applied, keys in unit names.
+        for rec in self.source._unit_objects(self.unit.unit, records[0].key, None):
+            if rec.key > last:
+                break
+            found[rec.key] = rec
+        return found
+
+    @staticmethod
+    def _unchanged(old: Entry, now: ObjectRecord) -> bool:
+        if (old.size, old.etag, old.last_modified) != (now.size, now.etag, now.last_modified):
+            return False
+        if now.metadata is None:  # a listing without metadata: S3 rewrites an object
+            return True            # (new Last-Modified) to change its metadata
+        return (old.content_type, old.metadata, old.headers) == (
+            now.content_type, now.metadata, now.headers)
+
+    def _reuse(self, old: Entry) -> None:
+        if old.pack not in self.referenced:
+            self.unit.reference(self.previous.pack(old.pack))
+            self.referenced.add(old.pack)
+        self._index(old)
+        self.stats["referenced"] += 1
+
+    # -- reading bodies ------------------------------------------------------------------
+    def _open(self, rec: ObjectRecord) -> Any:
+        return self.source.open_object(self.spec["bucket"], self.source.here_key(
+            self.unit.unit, rec.key))
+
+    def _fetch(self, rec: ObjectRecord) -> _Body | None:
+        """A small object's bytes and headers (a pool thread); None if it is gone."""
+        resp = self._open(rec)
+        if resp is None:
+            return None
+        try:
+            with self.source._errors(f"get {self.here}/{rec.key}"):
+                data = resp.read(decode_content=False)
+            headers = dict(resp.headers.items())
+        finally:
+            resp.close()
+            resp.release_conn()
+        return _Body(headers, data, hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+    def _write_fetched(self, batch: Batch, rec: ObjectRecord,
+                       future: Future[_Body | None]) -> int:
+        body = future.result()
+        if body is None:
+            batch.skipped.append(f"{rec.bucket}/{rec.key} (deleted on the source)")
+            return rec.size
+        entry = self._entry(rec, body.headers, len(body.data), body.md5)
+        self._add(entry, io.BytesIO(body.data))
+        return rec.size
+
+    def _stream(self, batch: Batch, rec: ObjectRecord) -> None:
+        """A large object straight from its GET into the pack, hashed on the way."""
+        resp = self._open(rec)
+        if resp is None:
+            batch.skipped.append(f"{rec.bucket}/{rec.key} (deleted on the source)")
+            return
+        try:
+            headers = dict(resp.headers.items())
+            size = int(headers.get("Content-Length", rec.size))
+            reader = _HashingBody(resp)
+            entry = self._entry(rec, headers, size, "")
+            with self.source._errors(f"get {self.here}/{rec.key}"):
+                try:
+                    self._add(entry, reader, body_first=True)
+                except OSError as exc:  # tarfile: the body ended before its length
+                    raise TransientError(f"{self.source.endpoint.label}: get {self.here}/"
+                                         f"{rec.key}: {exc}") from exc
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def _entry(self, rec: ObjectRecord, headers: dict[str, str], size: int,
+               md5: str) -> Entry:
+        content_type, metadata, copied = split_headers(headers)
+        return Entry(key=rec.key, size=size, md5=md5, etag=etag(headers.get("ETag")),
+                     last_modified=epoch(headers.get("Last-Modified")) or rec.last_modified,
+                     content_type=content_type, metadata=metadata, headers=copied)
+
+    def _check_md5(self, entry: Entry, headers_sse: bool) -> None:
+        """A corrupted read fails here, not at verify: a single-part ETag is the MD5."""
+        if (self.source.etag_is_md5 and not headers_sse and MD5_ETAG.fullmatch(entry.etag)
+                and entry.etag.lower() != entry.md5):
+            raise TransientError(f"{self.source.endpoint.label}: get {self.here}/{entry.key}:"
+                                 f" read bytes with MD5 {entry.md5}, ETag says {entry.etag}")
+
+    # -- writing packs -------------------------------------------------------------------
+    def _pack(self) -> tarfile.TarFile:
+        if self._tar is None:
+            self.packs += 1
+            self._pack_name = f"{PACKS}{self.unit.store.set_id}-{self.packs:06d}.tar"
+            self._pack_file = self.unit.open(self._pack_name, meta={"format": "tar (pax)"})
+            self._tar = tarfile.open(fileobj=cast(IO[bytes], self._pack_file), mode="w|",
+                                     format=tarfile.PAX_FORMAT, encoding="utf-8")
+        return self._tar
+
+    def _close_pack(self) -> None:
+        if self._tar is not None and self._pack_file is not None:
+            self._tar.close()
+            self._pack_file.close()
+        self._tar = self._pack_file = None
+
+    def _member(self, name: str, size: int, mtime: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o644
+        return info
+
+    def _add(self, entry: Entry, body: Any, body_first: bool = False) -> None:
+        """Sidecar and bytes into the current pack (bytes first when the MD5 is only known
+        after reading them), then the index line and the record's digest."""
+        tar = self._pack()
+        entry.pack = self._pack_name
+        sse = any(h.lower().startswith("x-amz-server-side-encryption") for h in entry.headers)
+        if body_first:
+            tar.addfile(self._member(DATA + entry.key, entry.size, entry.last_modified), body)
+            entry.md5 = body.md5.hexdigest()
+            self._check_md5(entry, sse)
+        else:
+            self._check_md5(entry, sse)
+        sidecar = entry.sidecar()
+        tar.addfile(self._member(f"{META}{entry.key}.json", len(sidecar), entry.last_modified),
+                    io.BytesIO(sidecar))
+        if not body_first:
+            tar.addfile(self._member(DATA + entry.key, entry.size, entry.last_modified), body)
+        self._index(entry)
+        self.stats["stored"] += 1
+        self.stats["stored_bytes"] += entry.size
+        if self._pack_file is not None and self._pack_file.plain_bytes >= self.fmt.pack_bytes:
+            self._close_pack()
+
+    def _index(self, entry: Entry) -> None:
+        self.index.write(json.dumps(entry.to_dict(), sort_keys=True,
+                                    ensure_ascii=False).encode() + b"\n")
+        chunk = _chunk_of(self.chunks, self.starts, entry.key)
+        self.unit.record(chunk.id, ObjectStore.fingerprint_hash(entry.key, entry.fingerprint()))
+
+
+class _Endpoint:
+    """Enough of an endpoint for the copy path's messages."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+
+class ArchivedObject:
+    """The source side of one object during a restore: what ``ObjectRecord.open`` and the
+    objects importer call on ``ObjectRecord.source``, answered from a spooled body."""
+
+    etag_is_md5 = True  # the ETag we present is the MD5 of the archived bytes
+
+    def __init__(self, entry: Entry, body: IO[bytes], label: str) -> None:
+        self.entry, self.body = entry, body
+        self.endpoint = _Endpoint(label)
+
+    def here_bucket(self, bucket: str) -> str:
+        return bucket
+
+    def headers(self) -> dict[str, str]:
+        e = self.entry
+        out = {"Content-Length": str(e.size), "ETag": f'"{e.md5}"',
+               "Content-Type": e.content_type or "binary/octet-stream"}
+        out.update({f"x-amz-meta-{k}": v for k, v in e.metadata.items()})
+        out.update(e.headers)
+        return out
+
+    def open_object(self, bucket: str, key: str, mapped: bool = False,
+                    etag: str | None = None) -> Any:
+        self.body.seek(0)
+        return _SpooledResponse(self.body, self.headers())
+
+    def stat(self, bucket: str, key: str) -> ObjectRecord:
+        e = self.entry
+        return ObjectRecord(bucket, key, e.size, e.md5, e.last_modified, e.content_type,
+                            dict(e.metadata), dict(e.headers))
+
+
+class _SpooledResponse:
+    """Reads like minio's HTTP response (``read(n, decode_content=False)``)."""
+
+    def __init__(self, body: IO[bytes], headers: dict[str, str]) -> None:
+        self.body, self.headers = body, headers
+
+    def read(self, size: int = -1, decode_content: bool = False) -> bytes:
+        return self.body.read(size if size is not None else -1)
+
+    def stream(self, amt: int = READ, decode_content: bool = False) -> Iterator[bytes]:
+        while data := self.body.read(amt):
+            yield data
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+class ObjectArchive(ArchiveFormat):
+    kind: ClassVar[str] = "objects"
+    version: ClassVar[int] = 1
+    pack_bytes: ClassVar[int] = 64 * MiB  # a pack is closed once it holds this much
+    memory_body: ClassVar[int] = 4 * MiB  # larger bodies stream from their GET in order
+    window_bytes: ClassVar[int] = 16 * MiB  # small bodies fetched ahead, per unit
+    spool_memory: ClassVar[int] = MiB  # restore: larger bodies wait in a temp file
+    batch_bytes: ClassVar[int] = 32 * MiB  # restore: a batch's bodies, at most
+
+    # -- backup --------------------------------------------------------------------------
+    def importer(self, unit: UnitWriter, source: Store,
+                 previous: UnitReader | None) -> Importer:
+        return ObjectArchiveImporter(self, unit, source, previous)
+
+    # -- restore -------------------------------------------------------------------------
+    def export(self, unit: UnitReader, resume_from: Cursor = None) -> Iterator[Batch]:
+        """The objects, pack by pack (cursor: ``[pack, key]``), bodies spooled."""
+        live: dict[str, dict[str, Entry]] = {}
+        for entry in read_index(unit):
+            live.setdefault(entry.pack, {})[entry.key] = entry
+        after_pack, after_key = (resume_from or [None, None])
+        bucket = unit.unit.spec["bucket"]
+        label = f"archive {unit.record.store}:{unit.record.name}"
+        for pack in sorted(live):
+            if after_pack is not None and pack < after_pack:
+                continue
+            wanted = live[pack]
+            skip_to = after_key if pack == after_pack else None
+            records: list[ObjectRecord] = []
+            nbytes = 0
+            for entry, body in self._bodies(unit, pack, wanted, skip_to):
+                source = cast(ObjectStore, ArchivedObject(entry, body, label))
+                records.append(ObjectRecord(bucket, entry.key, entry.size, entry.md5,
+                                            entry.last_modified, entry.content_type,
+                                            dict(entry.metadata), dict(entry.headers),
+                                            source=source))
+                nbytes += entry.size
+                if nbytes >= self.batch_bytes or len(records) >= 1000:
+                    yield Batch(records, [pack, records[-1].key], nbytes)
+                    records, nbytes = [], 0
+            if records:
+                yield Batch(records, [pack, records[-1].key], nbytes)
+
+    def _bodies(self, unit: UnitReader, pack: str, wanted: dict[str, Entry],
+                skip_to: str | None) -> Iterator[tuple[Entry, IO[bytes]]]:
+        found = 0
+        todo = {k for k in wanted if skip_to is None or k > skip_to}
+        with unit.open(pack) as reader, tarfile.open(fileobj=cast(IO[bytes], reader),
+                                                      mode="r|", encoding="utf-8") as tar:
+            for member in tar:
+                if not member.name.startswith(DATA):
+                    continue
+                key = member.name[len(DATA):]
+                entry = wanted.get(key)
+                if entry is None or key not in todo or member.size != entry.size:
+                    continue  # replaced or deleted since the pack was written
+                source = tar.extractfile(member)
+                assert source is not None
+                spool = tempfile.SpooledTemporaryFile(self.spool_memory)  # noqa: SIM115
+                md5 = hashlib.md5(usedforsecurity=False)
+                while data := source.read(READ):
+                    md5.update(data)
+                    spool.write(data)
+                if md5.hexdigest() != entry.md5:
+                    raise StoreError(f"{unit.record.store}:{unit.record.name}: {pack}: "
+                                     f"{key}: MD5 {md5.hexdigest()}, the index says "
+                                     f"{entry.md5}")
+                found += 1
+                spool.seek(0)
+                yield entry, cast(IO[bytes], spool)
+        if found != len(todo):
+            missing = sorted(todo)[:3]
+            raise StoreError(f"{unit.record.store}:{unit.record.name}: {pack} lacks "
+                             f"{len(todo) - found} object(s) its index names, e.g. {missing}")
+
+    def open_body(self, unit: UnitReader, key: str) -> tuple[Entry, IO[bytes]]:
+        """One object's sidecar and bytes (reads its pack up to it)."""
+        entry = next((e for e in read_index(unit) if e.key == key), None)
+        if entry is None:
+            raise StoreError(f"{unit.record.store}:{unit.record.name}: no object {key!r}")
+        for found, body in self._bodies(unit, entry.pack, {key: entry}, None):
+            return found, body
+        raise StoreError(f"{unit.record.store}:{unit.record.name}: {key!r} not in its pack")
+
+    # -- verify --------------------------------------------------------------------------
+    def records(self, unit: UnitReader, chunk: Chunk) -> Iterator[tuple[str, Any]]:
+        for entry in read_index(unit):
+            if _in_chunk(chunk, entry.key):
+                yield entry.key, entry.fingerprint()
+
+    def digest(self, unit: UnitReader, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
+        digests = {c.id: ChunkDigest() for c in chunks}
+        starts = [(c.bounds or {}).get("start") or "" for c in chunks]
+        for entry in read_index(unit):
+            chunk = _chunk_of(chunks, starts, entry.key)
+            digests[chunk.id].add(ObjectStore.fingerprint_hash(entry.key, entry.fingerprint()))
+        return digests
+
+
+__all__ = ["ArchivedObject", "Entry", "ObjectArchive", "ObjectArchiveImporter", "read_index"]
