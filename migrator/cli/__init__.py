@@ -19,6 +19,7 @@ from migrator.cli.job_cmd import job_group
 from migrator.cli.plan_cmd import plan_command
 from migrator.cli.restore_cmd import restore_command
 from migrator.cli.run_cmd import run_command
+from migrator.cli.schedule_cmd import schedule_group
 from migrator.cli.schema_cmd import schema_command
 from migrator.cli.sync_cmd import sync_command
 from migrator.cli.verify_cmd import verify_command
@@ -56,6 +57,7 @@ cli.add_command(discover_command)
 cli.add_command(backup_group)
 cli.add_command(restore_command)
 cli.add_command(drill_command)
+cli.add_command(schedule_group)
 
 
 _TERMINATED: list[int] = []  # the signal that asked us to stop, if it was SIGTERM
