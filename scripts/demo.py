@@ -4,9 +4,10 @@
 Starts real servers (a standalone OpenIM-like source and Kubernetes-like targets: a Redis
 Cluster, MariaDB, DocumentDB's MongoDB-protocol gateway (FerretDB when it is not built),
 MinIO) on free loopback ports, loads OpenIM-shaped data, then runs the commands an operator
-would: `plan`, `run`, `verify`, `sync`; then the cluster part against a local
-kube-apiserver: `deploy` and a staging `cutover` with its rollback. Stops every server at
-the end.
+would: `plan`, `run`, `sync`, `verify`; a backup into an encrypted archive, `backup
+list`/`check` and a restore `drill` into empty staging servers; then the cluster part
+against a local kube-apiserver: `deploy` and a staging `cutover` with its rollback. Stops
+every server at the end.
 """
 
 from __future__ import annotations
@@ -65,6 +66,60 @@ def endpoints(env: dict[str, str], stores: list[str]) -> list[str]:
                  "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
                  "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}"]
     return args
+
+
+def staging_targets(env: dict[str, str], stores: list[str]) -> list[str]:
+    """CLI arguments for `drill`: the empty staging servers' endpoints, their secrets as
+    references to OIM_STAGING_* copies (the names would collide with the first servers')."""
+    for name, value in env.items():
+        if name.startswith("OIM_"):
+            os.environ["OIM_STAGING_" + name[4:]] = value
+
+    def hostport(url: str) -> str:
+        return url.split("://", 1)[1].split("/", 1)[0]
+
+    args: list[str] = []
+    if "redis" in stores:
+        args += ["--target", "redis=redis://:${OIM_STAGING_REDIS_DST_PASSWORD}@"
+                 + hostport(env["OIM_REDIS_DST_URL"]) + "/0"]
+    if "mysql" in stores:
+        args += ["--target", "mysql=mysql://${OIM_STAGING_MYSQL_DST_USER}:"
+                 "${OIM_STAGING_MYSQL_DST_PASSWORD}@" + hostport(env["OIM_MYSQL_DST_URL"])]
+    if "mongo" in stores:
+        args += ["--target", "mongo=" + env["OIM_MONGO_DST_URL"].replace(
+            "${OIM_", "${OIM_STAGING_")]
+    if "objects" in stores:
+        args += ["--target", "objects=" + env["OIM_S3_DST_URL"] + "/openim",
+                 "--target-option", "objects.access_key=${OIM_STAGING_S3_DST_ACCESS_KEY}",
+                 "--target-option", "objects.secret_key=${OIM_STAGING_S3_DST_SECRET_KEY}"]
+    return args
+
+
+def backup_and_drill(plan: Path, work: Path, stores: list[str]) -> int:
+    """A backup of the sources into an encrypted archive, then the after-life jobs: list,
+    check, and a restore drill into empty staging servers."""
+    import pyrage
+
+    os.environ["OIM_DEMO_ARCHIVE_KEY"] = str(pyrage.x25519.Identity.generate())
+    archive = f"archive+file://{work / 'archive'}"
+    key = ["--key", "${OIM_DEMO_ARCHIVE_KEY}"]
+    step("backup: the sources into an encrypted archive (age), one set")
+    code = cli("backup", str(plan.relative_to(ROOT)), "--to", archive, *key)
+    if code:
+        return code
+    step("backup list and backup check --read-data")
+    code = cli("backup", "list", archive, *key) or cli("backup", "check", archive, *key,
+                                                       "--read-data")
+    if code:
+        return code
+    step("drill: restore the newest set into empty staging servers, verify, report RPO/RTO")
+    staging = services.start(work / "staging", only=[GROUP[s] for s in stores])
+    try:
+        return cli("drill", archive, *key, *staging_targets(staging, stores),
+                   "--max-age", "1h", "--junit", str(work / "drill.xml"),
+                   "--metrics-file", str(work / "drill.prom"))
+    finally:
+        services.stop(work / "staging")
 
 
 def load_fixtures(env: dict[str, str], stores: list[str], scale: float) -> None:
@@ -174,6 +229,9 @@ def main() -> int:
             return code
         step("verify: checksums of source and target, unit by unit")
         code = cli("verify", str(plan.relative_to(ROOT)))
+        if code:
+            return code
+        code = backup_and_drill(plan, work, stores)
         if code or opts.no_cluster:
             return code
         step("deploy: the in-cluster data services, against a local kube-apiserver")
