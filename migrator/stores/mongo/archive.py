@@ -1,0 +1,289 @@
+"""MongoDB archive format: mongodump's directory layout, so ``mongorestore`` restores a set.
+
+A unit's folder is a mongodump directory for the unit's collection::
+
+    units/<unit>/<db>/<collection>.bson            the unit's documents: raw BSON, back to
+                                                   back, in `_id` order, as the server sent
+                                                   them (no decode, no re-encode)
+    units/<unit>/<db>/<collection>.metadata.json   options and indexes, canonical Extended
+                                                   JSON, as mongodump writes it
+    store/<db>/<view>.metadata.json                a view (``type: view``, no .bson)
+
+A collection split into `_id` ranges has one folder per range, each with the collection's
+metadata; ``mongorestore`` run on each folder appends its documents to the collection
+(indexes and options that already exist are left as they are). Collection names in file
+names are escaped as mongodump escapes them (URL query escaping), and each metadata file
+says the real name (``collectionName``).
+
+Digests are the store's: the hash of each document's raw bytes, summed per chunk of the
+source's own ``chunks()``; so verify compares a live database with a set chunk by chunk,
+and a changed document is named by its `_id`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+from collections.abc import Iterator
+from typing import Any, Protocol
+from urllib.parse import quote_plus
+
+from bson import SON, json_util
+from bson.raw_bson import RawBSONDocument
+
+from migrator.archive.format import ArchiveFormat
+from migrator.archive.manifest import Cut, now
+from migrator.archive.reader import UnitReader
+from migrator.archive.writer import StoreWriter, UnitWriter
+from migrator.errors import StoreError
+from migrator.stores.base import (
+    Batch,
+    Chunk,
+    ChunkDigest,
+    Cursor,
+    Importer,
+    Store,
+    StoreOptions,
+    Unit,
+    record_hash,
+)
+from migrator.stores.mongo import meta
+from migrator.stores.mongo.store import MongoStore
+
+READ_SIZE = 1 << 20  # bytes read from a stored file at a time
+_DEFAULTS = StoreOptions()
+_METADATA_JSON = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL,
+                                       document_class=SON)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1) -> bytes: ...
+
+
+def file_stem(db: str, collection: str) -> str:
+    """``<db>/<escaped collection>``: mongodump's path of a collection in a dump folder."""
+    return f"{db}/{quote_plus(collection, safe='')}"
+
+
+def documents(reader: _Readable, name: str) -> Iterator[bytes]:
+    """The raw documents of a .bson file (each starts with its int32 length, ends with 0),
+    streamed; a file that ends inside a document or holds an impossible length is refused
+    naming the file rather than restored in part silently."""
+    buf = bytearray()
+    offset = 0  # of buf[0] in the file
+    while True:
+        data = reader.read(READ_SIZE)
+        if not data:
+            break
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            size = int.from_bytes(buf[pos:pos + 4], "little")
+            if size < 5:
+                raise StoreError(f"{name}: not BSON: a document at byte {offset + pos} "
+                                 f"claims {size} bytes")
+            if len(buf) - pos < size:
+                break
+            if buf[pos + size - 1] != 0:
+                raise StoreError(f"{name}: not BSON: the document at byte {offset + pos} "
+                                 "does not end with a 0 byte")
+            yield bytes(buf[pos:pos + size])
+            pos += size
+        del buf[:pos]
+        offset += pos
+    if buf:
+        raise StoreError(f"{name}: ends inside a document ({len(buf)} bytes after byte "
+                         f"{offset})")
+
+
+def metadata_json(name: str, kind: str, options: SON, indexes: list[SON],
+                  uuid: str | None = None) -> bytes:
+    """A ``.metadata.json`` as mongodump writes it (field order and canonical types)."""
+    doc: SON[str, Any] = SON()
+    if options:
+        doc["options"] = options
+    doc["indexes"] = indexes
+    if uuid:
+        doc["uuid"] = uuid
+    doc["collectionName"] = name
+    doc["type"] = kind
+    return json_util.dumps(doc, json_options=_METADATA_JSON).encode()
+
+
+def _source(source: Store) -> MongoStore:
+    if not isinstance(source, MongoStore):
+        raise StoreError(f"the mongo archive format backs up a mongo store, not {source.kind}")
+    source.open()
+    return source
+
+
+def _chunk_of(starts: list[tuple[Any, ...]], ids: list[str], _id: Any) -> str:
+    """The chunk a document belongs to, by the store's rule (``MongoStore.digest``)."""
+    return ids[bisect.bisect_right(starts, meta.order_key(_id)) if starts else 0]
+
+
+def _chunk_starts(chunks: list[Chunk]) -> list[tuple[Any, ...]]:
+    return [meta.order_key(meta.from_ejson(c.bounds["lo"])) for c in chunks[1:]]
+
+
+def _ts_time(at: Any) -> str:
+    when = datetime.datetime.fromtimestamp(int(at.time), datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class MongoImporter(Importer):
+    """Writes one unit as ``<db>/<coll>.bson`` (+ its metadata) in the unit's folder."""
+
+    def __init__(self, unit: UnitWriter, source: MongoStore) -> None:
+        self.unit = unit
+        self.source = source
+        spec = unit.unit.spec
+        self.db, self.collection = str(spec["db"]), str(spec["collection"])
+        stem = file_stem(self.db, self.collection)
+        self.bson_name, self.metadata_name = f"{stem}.bson", f"{stem}.metadata.json"
+        self.file: Any = None
+        self.ids: list[str] = []
+        self.starts: list[tuple[Any, ...]] = []
+
+    def prepare(self, resumed: bool) -> None:
+        chunks = self.source.chunks(self.unit.unit)
+        self.unit.set_chunks(chunks)
+        self.ids, self.starts = [c.id for c in chunks], _chunk_starts(chunks)
+        with self.unit.open(self.metadata_name) as f:
+            f.write(self._metadata())
+        self.unit.meta["files"] = {"bson": self.bson_name, "metadata": self.metadata_name}
+        self.file = self.unit.open(self.bson_name)
+
+    def _metadata(self) -> bytes:
+        """The collection's options and every index (``_id_`` too, as mongodump keeps it),
+        read now; `ns` (servers before 4.4) is dropped as mongorestore would drop it."""
+        db = self.source.client[self.db]
+        with self.source._errors(f"reading options and indexes of {self.db}.{self.collection}"):
+            info = meta.collection_info(db, self.collection) or {}
+            indexes = [SON((k, v) for k, v in spec.items() if k != "ns")
+                       for spec in db.get_collection(self.collection,
+                                                     codec_options=meta.META).list_indexes()]
+        uuid = (info.get("info") or {}).get("uuid")
+        return metadata_json(self.collection, "collection", meta.creatable_options(info),
+                             indexes, bytes(uuid).hex() if uuid is not None else None)
+
+    def write_batch(self, batch: Batch) -> None:
+        for doc in batch.records:
+            raw = doc.raw if isinstance(doc.raw, bytes) else bytes(doc.raw)
+            self.file.write(raw)
+            self.unit.record(_chunk_of(self.starts, self.ids, doc["_id"]), record_hash(raw))
+
+    def finalize(self) -> None:
+        self.file.close()
+
+
+class MongoArchive(ArchiveFormat):
+    kind = "mongo"
+
+    # -- backup --------------------------------------------------------------------------
+    def cut(self, source: Store) -> Cut:
+        """A snapshot only where the store reads every unit at the cluster time it recorded
+        when it opened and the server was probed to honour it (a replica set of MongoDB
+        5.0 or later); otherwise says why not."""
+        src = _source(source)
+        info = src.server
+        where = f"{info.flavor} {info.version} ({info.topology})"
+        if not src.endpoint.options.get("snapshot", True):
+            why = "the endpoint says snapshot: false"
+        elif info.snapshot_reads:
+            at = info.start_time
+            return Cut(_ts_time(at), snapshot=True, detail=(
+                f"every unit read with snapshot read concern at cluster time "
+                f"Timestamp({at.time}, {at.inc}) on {where}; a unit the server could no "
+                "longer read at that time (snapshot history expired) is read at a newer "
+                "snapshot, and the log says which"))
+        elif info.flavor == "ferretdb":
+            why = "FerretDB has no snapshot reads"
+        elif info.snapshot_candidate:
+            why = "the server accepts atClusterTime but does not honour it (probed)"
+        elif info.topology == "standalone":
+            why = "a standalone server has no snapshot at a cluster time (needs a replica set)"
+        else:
+            why = "the server offers no snapshot reads at a cluster time"
+        return Cut(now(), snapshot=False, detail=(
+            f"no snapshot on {where}: {why}; each unit's documents are as read, so writes "
+            "during the backup may or may not be in it"))
+
+    def prepare(self, store: StoreWriter, units: list[Unit], source: Store) -> None:
+        """Views of the units' databases, as ``store/<db>/<view>.metadata.json`` (the same
+        views the store's ``definitions`` names, in creation order)."""
+        src = _source(source)
+        dbs = dict.fromkeys(str(u.spec["db"]) for u in units if u.spec.get("db"))
+        for db in dbs:
+            with src._errors(f"listing views of {db}"):
+                infos = meta.collection_infos(src.client[db])
+            for view in meta.views_in_creation_order(infos):
+                name = str(view["name"])
+                if not src._selected(db, name):
+                    continue
+                path = f"{file_stem(db, name)}.metadata.json"
+                with store.open(path) as f:
+                    f.write(metadata_json(name, "view", meta.creatable_options(view), []))
+
+    def importer(self, unit: UnitWriter, source: Store,
+                 previous: UnitReader | None) -> Importer:
+        return MongoImporter(unit, _source(source))
+
+    # -- restore -------------------------------------------------------------------------
+    @staticmethod
+    def _bson_name(unit: UnitReader) -> str:
+        files = unit.meta.get("files") or {}
+        if files.get("bson"):
+            return str(files["bson"])
+        spec = unit.unit.spec
+        return f"{file_stem(str(spec['db']), str(spec['collection']))}.bson"
+
+    def _raw(self, unit: UnitReader) -> Iterator[bytes]:
+        name = self._bson_name(unit)
+        with unit.open(name) as reader:
+            yield from documents(reader, f"{unit.unit.key}: {name}")
+
+    def export(self, unit: UnitReader, resume_from: Cursor = None) -> Iterator[Batch]:
+        """The unit's documents as the store's batches (``RawBSONDocument``s, as read from
+        a server); the cursor is the number of documents delivered so far."""
+        skip = done = int(resume_from or 0)
+        records: list[RawBSONDocument] = []
+        nbytes = 0
+        for raw in self._raw(unit):
+            if skip:
+                skip -= 1
+                continue
+            records.append(RawBSONDocument(raw, codec_options=meta.RAW))
+            nbytes += len(raw)
+            done += 1
+            if len(records) >= _DEFAULTS.batch_records or nbytes >= _DEFAULTS.batch_bytes:
+                yield Batch(records, done, nbytes)
+                records, nbytes = [], 0
+        if records:
+            yield Batch(records, done, nbytes)
+
+    # -- verify --------------------------------------------------------------------------
+    def _documents(self, unit: UnitReader) -> Iterator[tuple[Any, bytes]]:
+        for raw in self._raw(unit):
+            yield RawBSONDocument(raw, codec_options=meta.RAW)["_id"], raw
+
+    def records(self, unit: UnitReader, chunk: Chunk) -> Iterator[tuple[str, Any]]:
+        """(`_id` label, hash of the raw bytes), as ``MongoStore.records`` names them."""
+        bounds = chunk.bounds or {}
+        lo, hi = meta.from_ejson(bounds.get("lo")), meta.from_ejson(bounds.get("hi"))
+        lo_key = meta.order_key(lo) if lo is not None else None
+        hi_key = meta.order_key(hi) if hi is not None else None
+        for _id, raw in self._documents(unit):
+            key = meta.order_key(_id)
+            if (lo_key is None or key >= lo_key) and (hi_key is None or key < hi_key):
+                yield meta.id_label(_id), f"{record_hash(raw):032x}"
+
+    def digest(self, unit: UnitReader, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
+        """The store's digests over the stored documents, for chunks cut differently."""
+        out = {c.id: ChunkDigest() for c in chunks}
+        if not chunks:
+            return out
+        starts, ids = _chunk_starts(chunks), [c.id for c in chunks]
+        for _id, raw in self._documents(unit):
+            out[_chunk_of(starts, ids, _id)].add(record_hash(raw))
+        return out
