@@ -411,6 +411,17 @@ def json_like(value: Any) -> Any:
     return json.loads(text)["v"]
 
 
+def from_json_like(value: Any) -> Any:
+    """Back from ``json_like`` to BSON values (SON documents), for a definition recorded
+    as JSON (an archive's schema): numbers come back as int32, int64 by size, or double."""
+    return json_util.loads(json.dumps({"v": value}), json_options=_RELAXED_IN)["v"]
+
+
+_RELAXED_IN = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, document_class=SON,
+                                    tz_aware=True,
+                                    datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+
+
 # -- collections and views --------------------------------------------------------------
 def collection_infos(db: Database) -> list[dict[str, Any]]:
     """``listCollections`` entries: name, type (collection / view / timeseries), options."""
@@ -495,6 +506,15 @@ def normalise_index(spec: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: json_like(v) for k, v in spec.items() if k not in _DROPPED_INDEX_FIELDS}
     # key order is the index; keep it as a list of pairs so JSON cannot reorder it
     out["key"] = [[field, json_like(direction)] for field, direction in spec["key"].items()]
+    return out
+
+
+def index_from_normalised(spec: Mapping[str, Any]) -> SON:
+    """A ``createIndexes`` spec from ``normalise_index``'s form (key as a list of pairs)."""
+    out: SON[str, Any] = SON()
+    for name, value in spec.items():
+        out[name] = (SON((str(f), from_json_like(d)) for f, d in value) if name == "key"
+                     else from_json_like(value))
     return out
 
 

@@ -608,6 +608,9 @@ class MongoStore(Store):
 
     def prepare_target(self, units: list[Unit], source: Store) -> None:
         """Collections with their options (capped, validator, collation...), then views."""
+        if not isinstance(source, MongoStore):
+            self._prepare_from_recorded(units, source)
+            return
         src = _mongo_source(source)
         self.open()
         for db_name, name in self._collections(units):
@@ -624,6 +627,26 @@ class MongoStore(Store):
                 if src._selected(db_name, view["name"]):
                     self.create_collection(self.target_db(db_name), view["name"],
                                            meta.creatable_options(view))
+
+    def _prepare_from_recorded(self, units: list[Unit], source: Store) -> None:
+        """A restore from a set: collections and views as the source recorded them at
+        backup time (``schema`` per unit, ``definitions`` for the views)."""
+        self.open()
+        for db_name, name in self._collections(units):
+            unit = next(u for u in units if (u.spec["db"], u.spec["collection"])
+                        == (db_name, name))
+            options = meta.from_json_like(source.schema(unit).get("options") or {})
+            self.create_collection(self.target_db(db_name), name, options)
+        by_db: dict[str, list[dict[str, Any]]] = {}
+        for key, view in source.definitions(units).items():
+            db_name, _, name = str(key).partition(".")
+            by_db.setdefault(db_name, []).append(
+                {"name": name, "type": "view",
+                 "options": meta.from_json_like((view or {}).get("options") or {})})
+        for db_name, infos in by_db.items():
+            for info in meta.views_in_creation_order(infos):
+                self.create_collection(self.target_db(db_name), info["name"],
+                                       meta.creatable_options(info))
 
     def create_collection(self, db_name: str, name: str, options: SON) -> None:
         """Create a collection or view with ``create``'s options; idempotent."""
@@ -643,9 +666,21 @@ class MongoStore(Store):
                 hint="exclude the collection, or use a MongoDB target") from exc
 
     def finalize_target(self, units: list[Unit], source: Store) -> None:
-        """Secondary indexes, built once over the copied data; lists every refusal."""
-        src = _mongo_source(source)
+        """Secondary indexes, built once over the copied data; lists every refusal. From a
+        set (a restore), the indexes its units' schemas recorded at backup time."""
         self.open()
+        if not isinstance(source, MongoStore):
+            recorded = []
+            for db_name, name in self._collections(units):
+                unit = next(u for u in units if (u.spec["db"], u.spec["collection"])
+                            == (db_name, name))
+                specs = [meta.index_from_normalised(i)
+                         for i in source.schema(unit).get("indexes") or []
+                         if i.get("name") != "_id_"]
+                recorded.append((self.target_db(db_name), name, specs))
+            self.create_indexes(recorded)
+            return
+        src = _mongo_source(source)
         wanted = []
         for db_name, name in self._collections(units):
             with src._errors(f"reading indexes of {db_name}.{name}"):
