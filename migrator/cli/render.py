@@ -182,8 +182,8 @@ def backup_summary(outcome: Any) -> None:
     for kind, store in sorted(manifest.stores.items()):
         cut = store.cut
         if cut is not None:
-            how = "snapshot" if cut.snapshot else "no snapshot"
-            info(f"  {kind}: cut {cut.time} ({how}{': ' + cut.detail if cut.detail else ''})")
+            how = cut.detail or ("a snapshot" if cut.snapshot else "no snapshot")
+            info(f"  {kind}: cut {cut.time} ({how})")
     again = f", {outcome.skipped_units} unit(s) from the interrupted run" if outcome.resumed \
         else ""
     info(f"set {outcome.set_id} complete in {outcome.archive}: {totals['records']:,} records, "
