@@ -614,6 +614,10 @@ class MySQLStore(Store):
 
     def _source_of(self, source: Store, units: list[Unit]) -> tuple[MySQLStore, list[Any]]:
         if not isinstance(source, MySQLStore):
+            # a restore: the archive's recorded tables and objects stand in for a live source
+            stand_in = getattr(source, "stand_in", None)
+            source = (stand_in() if callable(stand_in) else None) or source
+        if not isinstance(source, MySQLStore):
             raise CapabilityMissing(f"{self.endpoint.label}: can only create tables from a"
                                     f" MySQL source, not {source.kind}")
         return source, list(dict.fromkeys((u.spec["db"], u.spec["table"]) for u in units))
@@ -669,9 +673,7 @@ class MySQLStore(Store):
         with self._session() as conn, conn.cursor() as cur:
             for db, names in by_db.items():
                 target_db = self.db_map.get(db, db)
-                known = {r[0] for r in src._rows(
-                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS"
-                    " WHERE TRIGGER_SCHEMA = %s", (db,))}
+                known = src.trigger_names(db)
                 cur.execute("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM"
                             " information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s",
                             (target_db,))
@@ -693,6 +695,12 @@ class MySQLStore(Store):
             self.hold_triggers(db, table)
         for db, name in events:
             self._hold_event(db, name)
+
+    def trigger_names(self, db: str) -> set[str]:
+        """The names of the triggers of database ``db`` on this side."""
+        return {str(r[0]) for r in self._rows("SELECT TRIGGER_NAME FROM"
+                                              " information_schema.TRIGGERS WHERE"
+                                              " TRIGGER_SCHEMA = %s", (db,))}
 
     def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         with self._session() as conn, conn.cursor() as cur:
