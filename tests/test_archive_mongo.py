@@ -29,7 +29,7 @@ from migrator.engine.transfer import Transfer
 from migrator.engine.verify import DIFFER, MATCH, verify
 from migrator.errors import StoreError
 from migrator.plan import Options, Plan, StorePair
-from migrator.stores.mongo.archive import documents, file_stem, metadata_json
+from migrator.stores.mongo.archive import MongoArchive, documents, file_stem, metadata_json
 from migrator.stores.mongo.meta import id_label
 from tests.test_mongo_store import BSON_VALUES, RAW, client_for, flavour, with_db
 
@@ -231,6 +231,20 @@ def test_backup_verify_restore_verify_round_trip_names_a_changed_document(
         assert cut is not None
         if flavour(src) != "mongodb":  # DocumentDB and FerretDB read no snapshot
             assert not cut.snapshot and "no snapshot" in cut.detail
+
+    # the set's chunk digests are the live store's, recorded and recomputed from the files
+    with Session(plan.stores, plan.options) as session, \
+            open_archive(archive_endpoint(url)) as repo:
+        live, archived = session.pair("mongo")
+        store = repo.reader().store("mongo")
+        for unit in plan.inventory:
+            chunks = archived.chunks(unit)
+            assert len(chunks) == -(-max(1, store.unit(unit.name).records) // 20)
+            want = live.digest(unit, chunks)
+            assert archived.digest(unit, chunks) == want, unit.name
+            assert MongoArchive().digest(store.unit(unit.name), chunks) == want, unit.name
+            assert [sorted(archived.records(unit, c)) for c in chunks] == \
+                [sorted(live.records(unit, c)) for c in chunks]
 
     # live source against the set: EQUAL, then one changed and one new document are named
     assert verify_live_against_set(plan).ok
