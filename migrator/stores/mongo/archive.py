@@ -131,7 +131,7 @@ def _ts_time(at: Any) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class MongoImporter(Importer):
+class DumpImporter(Importer):
     """Writes one unit as ``<db>/<coll>.bson`` (+ its metadata) in the unit's folder."""
 
     def __init__(self, unit: UnitWriter, source: MongoStore) -> None:
@@ -227,7 +227,7 @@ class MongoArchive(ArchiveFormat):
 
     def importer(self, unit: UnitWriter, source: Store,
                  previous: UnitReader | None) -> Importer:
-        return MongoImporter(unit, _source(source))
+        return DumpImporter(unit, _source(source))
 
     # -- restore -------------------------------------------------------------------------
     @staticmethod
