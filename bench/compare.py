@@ -2,14 +2,18 @@
 """Side-by-side benchmarks: `openim-migrate run` / `verify` against the native tools, in
 one run on the same servers, so the figures are ratios rather than absolute seconds.
 
-    python bench/compare.py mysql   --rows 2000000
-    python bench/compare.py redis   --keys 1000000
-    python bench/compare.py mongo   --scale 20
-    python bench/compare.py objects --small 10000 --large 4
+    python bench/compare.py mysql   --rows 100000            # mariadb-dump, mydumper
+    python bench/compare.py redis   --keys 1000000           # SCAN + MIGRATE loop
+    python bench/compare.py mongo   --scale 3                # mongodump | mongorestore
+    python bench/compare.py objects --small 10000 --large 4  # rclone copy + check
 
 Servers come from the OIM_* environment (docker-compose.test.yml) or are started here
-with scripts/services.py and stopped at the end. Ours runs through the real command line
-in a child process; its peak RSS is read from wait4(). Each result is printed as JSON.
+with scripts/services.py and stopped at the end. The fixture is loaded once; then the
+native tool and ours (`plan`, `run --no-verify`, `verify` through the real command line)
+run interleaved ``--repeat`` times (3). Every command runs under a small launcher process
+that reports its wall and CPU seconds and its own peak RSS (wait4), with the load average
+sampled while it ran. One JSON object is printed: medians, ratios and every round.
+bench/run_all.py runs every scenario and writes docs/benchmarks.md's table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,41 +41,137 @@ from migrator.config import Endpoint  # noqa: E402
 
 BIN = Path(os.environ.get("OPENIM_MIGRATE_BIN") or Path.home() / ".cache/openim-migrate/bin")
 
+# The measured command runs as the child of this small launcher, never of the benchmark
+# process itself. Linux keeps the larger of a process's peak RSS and that of the memory it
+# had before exec(): a command forked from a parent holding 50-500 MiB (drivers, fixtures)
+# would report that parent's size. The launcher (a bare interpreter, ~9 MiB) forks the
+# command, waits for it with wait4() and writes its wall seconds, CPU seconds and peak RSS
+# (KiB, of the command and the children it waited for) to the file descriptor it is given.
+_LAUNCHER = """\
+import os, sys, time
+fd = int(sys.argv[1])
+os.set_inheritable(fd, False)
+started = time.monotonic()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, f"{time.monotonic() - started} {usage.ru_utime + usage.ru_stime} "
+             f"{usage.ru_maxrss}".encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
-def measured(cmd: list[str] | str, *, shell: bool = False, env: dict | None = None,
-             cwd: Path = ROOT) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB of the process and the children it waited for)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            executable="/bin/bash" if shell else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024
+
+class LoadSampler:
+    """The 1-minute load average sampled every second while a command runs: the machine
+    may be shared, so every figure carries the load it was taken under."""
+
+    def __init__(self) -> None:
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+
+def step(cmd: list[str] | str, *, env: dict[str, str] | None = None,
+         pid_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one command (a string is a bash pipeline, with pipefail) through the launcher:
+    wall seconds, CPU seconds and peak RSS of the command's own processes, the CPU seconds
+    each local server spent meanwhile (``pid_files``), and the load average around it."""
+    argv = ["/bin/bash", "-c", "set -o pipefail; " + cmd] if isinstance(cmd, str) else cmd
+    before = _server_cpu(pid_files or {})
+    read_end, write_end = os.pipe()
+    with tempfile.TemporaryFile() as errors, LoadSampler() as load:
+        try:
+            proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(write_end),
+                                     *argv], cwd=ROOT, env={**os.environ, **(env or {})},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=errors, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        code = proc.wait()
+        with os.fdopen(read_end, "rb") as report:
+            figures = report.read().split()
+        if code != 0 or len(figures) != 3:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-3000:]
+            shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+            raise SystemExit(f"command failed ({code}): {shown}\n{tail}")
+    after = _server_cpu(pid_files or {})
+    seconds, cpu, rss_kib = (float(x) for x in figures)
+    return {"s": round(seconds, 2), "cpu_s": round(cpu, 2),
+            **{f"{side}_server_cpu_s": round(after[side] - before[side], 2) for side in after},
+            "rss_mib": round(rss_kib / 1024),
+            "load": [round(min(load.samples), 1), round(max(load.samples), 1)]}
 
 
 EXTRA_PLAN_ARGS: list[str] = []  # from --plan-arg, passed to every `plan`
+CLI = [sys.executable, "-m", "migrator"]
 
 
-def ours(plan: Path, plan_args: list[str], parallel: int) -> dict[str, float]:
+def ours(plan: Path, plan_args: list[str], pid_files: dict[str, str] | None = None
+         ) -> dict[str, dict[str, Any]]:
+    """One round of ours through the real command line: plan, run --no-verify, verify."""
     for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
         stale.unlink(missing_ok=True)
-    cli = [sys.executable, "-m", "migrator"]
-    plan_s, _ = measured([*cli, "plan", *plan_args, *EXTRA_PLAN_ARGS,
-                          "--parallel", str(parallel), "-o", str(plan)])
-    copy_s, rss = measured([*cli, "run", str(plan), "--no-verify", "--no-progress"])
-    verify_s, verify_rss = measured([*cli, "verify", str(plan)])
-    return {"plan_s": round(plan_s, 2), "copy_s": round(copy_s, 2), "run_rss_mib": round(rss),
-            "verify_s": round(verify_s, 2), "verify_rss_mib": round(verify_rss),
-            "verify_fraction": round(verify_s / copy_s, 3)}
+    return {"plan": step([*CLI, "plan", *plan_args, "-o", str(plan)], pid_files=pid_files),
+            "copy": step([*CLI, "run", str(plan), "--no-verify", "--no-progress"],
+                         pid_files=pid_files),
+            "verify": step([*CLI, "verify", str(plan)], pid_files=pid_files)}
+
+
+def summary(runs: list[dict[str, dict[str, Any]]], natives: dict[str, tuple[str, ...]]
+            ) -> dict[str, Any]:
+    """Medians over the rounds; a ratio is the median of the rounds' ratios (native seconds
+    over our copy's, > 1: we are faster). ``natives`` maps a native tool to its steps (a
+    tool of two steps, mydumper + myloader, counts their sum). Peak RSS is the largest."""
+    from statistics import median
+
+    def mid(step_name: str, field: str = "s") -> float:
+        return round(median(r[step_name][field] for r in runs), 2)
+
+    def total(run: dict[str, dict[str, Any]], steps: tuple[str, ...], field: str = "s"
+              ) -> float:
+        return float(sum(run[s][field] for s in steps))
+
+    return {
+        "repeat": len(runs),
+        "plan_s": mid("plan"), "copy_s": mid("copy"), "verify_s": mid("verify"),
+        "copy_cpu_s": mid("copy", "cpu_s"), "verify_cpu_s": mid("verify", "cpu_s"),
+        "verify_fraction": round(median(r["verify"]["s"] / r["copy"]["s"] for r in runs), 3),
+        "run_rss_mib": max(r["copy"]["rss_mib"] for r in runs),
+        "verify_rss_mib": max(r["verify"]["rss_mib"] for r in runs),
+        "load": [min(s["load"][0] for r in runs for s in r.values()),
+                 max(s["load"][1] for r in runs for s in r.values())],
+        "natives": {name: {"s": round(median(total(r, steps) for r in runs), 2),
+                           "cpu_s": round(median(total(r, steps, "cpu_s") for r in runs), 2),
+                           "ratio": round(median(total(r, steps) / r["copy"]["s"]
+                                                 for r in runs), 2)}
+                    for name, steps in natives.items()},
+        "runs": runs,
+    }
 
 
 def hostport(url: str) -> str:
     return url.split("://", 1)[1].split("/", 1)[0]
+
+
+def load_fixture(code: str, *args: str) -> Any:
+    """Run a fixture loader in a child process and return the JSON it prints, so this
+    process stays small and its memory is not mistaken for anyone's."""
+    out = subprocess.run([sys.executable, "-c", "import json, sys; " + code, *args], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
 
 
 # -------------------------------------------------------------------------------- mysql
@@ -78,7 +179,7 @@ MYSQL_DB = "openIM_bench"
 
 
 def _server_cpu(pid_files: dict[str, str]) -> dict[str, float]:
-    """CPU seconds each local mariadbd has used so far (from /proc), by side."""
+    """CPU seconds each local server has used so far (from /proc), by side."""
     out = {}
     for side, pid_file in pid_files.items():
         try:
@@ -90,35 +191,13 @@ def _server_cpu(pid_files: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def _mysql_step(cmd: list[str] | str, pid_files: dict[str, str], *, shell: bool = False
-                ) -> dict[str, float]:
-    """One timed command: wall seconds, CPU seconds of the command's processes and of
-    each server, and the 1-minute load average around it (the machine is shared)."""
-    load = os.getloadavg()[0]
-    before = _server_cpu(pid_files)
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, shell=shell, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, executable="/bin/bash" if shell else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"command failed: {cmd}\n{err[-3000:]}")
-    after = _server_cpu(pid_files)
-    return {"s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            **{f"{side}_server_cpu_s": round(after[side] - before[side], 2) for side in after},
-            "rss_mib": round(usage.ru_maxrss / 1024),
-            "load": round(max(load, os.getloadavg()[0]), 1)}
-
-
 def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
     """One chat_logs table of ``--rows`` rows, loaded once; then, interleaved and
-    ``repeat`` times (3 unless --repeat says otherwise): ``mariadb-dump | mariadb``,
-    ``mydumper`` + ``myloader`` (4 threads; ``--rows`` asks for one chunk per thread, which
-    mydumper 0.10 only does on an integer key: chat_logs' key is text, one file) and
-    ours (plan, run, verify, default options). Medians; every run keeps its wall and CPU
-    seconds (ours, each server) and the load average. OIM_BENCH_MYSQL_NATIVE=mydumper
-    (or mariadb-dump) runs one native tool only."""
+    ``--repeat`` times: ``mariadb-dump | mariadb``, ``mydumper`` + ``myloader`` (4 threads;
+    ``--rows`` asks for one chunk per thread, which mydumper 0.10 only does on an integer
+    key: chat_logs' key is text, one file) and ours (plan, run, verify, default options).
+    Every run keeps its wall and CPU seconds (ours, each server) and the load average.
+    OIM_BENCH_MYSQL_NATIVE=mydumper (or mariadb-dump) runs one native tool only."""
     from statistics import median
 
     import pymysql
@@ -168,7 +247,7 @@ def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
         cnf[side] = str(path)
     threads = 4
     chunk_rows = max(10_000, -(-opts.rows // threads))
-    commands = {
+    commands: dict[str, Any] = {
         "mariadb-dump": (f"mariadb-dump --defaults-extra-file={cnf['SRC']} -h {sh} -P {sp}"
                          f" -u root --single-transaction --quick {db} chat_logs"
                          f" | mariadb --defaults-extra-file={cnf['DST']} -h {dh} -P {dp}"
@@ -184,64 +263,42 @@ def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
     plan_args = ["--source", f"mysql=mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@{sh}:{sp}/{db}",
                  "--target", f"mysql=mysql://root:${{OIM_MYSQL_DST_PASSWORD}}@{dh}:{dp}",
                  *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
-    cli = [sys.executable, "-m", "migrator"]
     runs = []
-    for _ in range(max(1, getattr(opts, "repeat", 3) or 3)):
-        run: dict[str, dict[str, float]] = {}
+    for _ in range(opts.repeat):
+        run: dict[str, dict[str, Any]] = {}
         if "mariadb-dump" in natives:
             with conns["DST"].cursor() as cur:
                 cur.execute("CREATE DATABASE native_copy CHARACTER SET utf8mb4")
-            run["mariadb_dump"] = _mysql_step(commands["mariadb-dump"], pid_files, shell=True)
+            run["mariadb_dump"] = step(commands["mariadb-dump"], pid_files=pid_files)
             assert copied("native_copy") == opts.rows
         if "mydumper" in natives:
             shutil.rmtree(work / "mydumper", ignore_errors=True)
             with conns["DST"].cursor() as cur:
                 cur.execute("CREATE DATABASE native_myloader CHARACTER SET utf8mb4")
-            run["mydumper"] = _mysql_step(commands["mydumper"], pid_files)
-            run["myloader"] = _mysql_step(commands["myloader"], pid_files)
+            run["mydumper"] = step(commands["mydumper"], pid_files=pid_files)
+            run["myloader"] = step(commands["myloader"], pid_files=pid_files)
             assert copied("native_myloader") == opts.rows
-        for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
-            stale.unlink(missing_ok=True)
-        run["plan"] = _mysql_step([*cli, "plan", *plan_args, "-o", str(plan)], pid_files)
-        run["copy"] = _mysql_step([*cli, "run", str(plan), "--no-verify", "--no-progress"],
-                                  pid_files)
-        run["verify"] = _mysql_step([*cli, "verify", str(plan)], pid_files)
+        run.update(ours(plan, plan_args, pid_files))
         assert copied(db) == opts.rows
         clean_target()
         runs.append(run)
     with conns["SRC"].cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    tools = {"mariadb-dump": ("mariadb_dump",), "mydumper": ("mydumper", "myloader")}
 
-    def mid(step: str, field: str = "s") -> float:
-        return round(median(r[step][field] for r in runs), 2)
+    def mid(step_name: str, field: str) -> float:
+        return round(median(r[step_name][field] for r in runs), 2)
 
-    result: dict[str, Any] = {
-        "store": "mysql", "rows": opts.rows, "load_s": round(load_s, 1), "repeat": len(runs),
-        "plan_s": mid("plan"), "copy_s": mid("copy"), "verify_s": mid("verify"),
-        "verify_fraction": round(median(r["verify"]["s"] / r["copy"]["s"] for r in runs), 3),
-        "run_rss_mib": max(r["copy"]["rss_mib"] for r in runs),
-        "verify_rss_mib": max(r["verify"]["rss_mib"] for r in runs),
-        "cpu_s": {step: {field: mid(step, field) for field in ("cpu_s", "src_server_cpu_s",
-                                                              "dst_server_cpu_s")}
-                  for step in runs[0]},
+    return {
+        "store": "mysql", "rows": opts.rows, "load_s": round(load_s, 1),
         "units": len(_plan_units(plan)),
+        "cpu_s": {name: {field: mid(name, field) for field in ("cpu_s", "src_server_cpu_s",
+                                                              "dst_server_cpu_s")}
+                  for name in runs[0]},
         "commands": {k: v if isinstance(v, str) else " ".join(v) for k, v in commands.items()
                      if k in natives or (k == "myloader" and "mydumper" in natives)},
-        "load": [min(s["load"] for r in runs for s in r.values()),
-                 max(s["load"] for r in runs for s in r.values())],
-        "runs": runs,
+        **summary(runs, {name: steps for name, steps in tools.items() if name in natives}),
     }
-    if "mariadb-dump" in natives:
-        result["native"] = "mariadb-dump --single-transaction --quick | mariadb"
-        result["native_s"] = mid("mariadb_dump")
-        result["speedup"] = round(median(r["mariadb_dump"]["s"] / r["copy"]["s"]
-                                         for r in runs), 2)
-    if "mydumper" in natives:
-        result["mydumper_s"] = round(median(r["mydumper"]["s"] + r["myloader"]["s"]
-                                            for r in runs), 2)
-        result["speedup_vs_mydumper"] = round(median(
-            (r["mydumper"]["s"] + r["myloader"]["s"]) / r["copy"]["s"] for r in runs), 2)
-    return result
 
 
 def _plan_units(plan: Path) -> list[Any]:
@@ -252,6 +309,8 @@ def _plan_units(plan: Path) -> list[Any]:
 
 # -------------------------------------------------------------------------------- redis
 def bench_redis(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    """``--keys`` mixed keys loaded once; then, interleaved and ``--repeat`` times, the
+    SCAN + MIGRATE loop (bench/migrate_loop.py) and ours, into the flushed target."""
     import redis
 
     from fixtures import redis_data
@@ -260,23 +319,32 @@ def bench_redis(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
     dst = redis.Redis.from_url(env["OIM_REDIS_DST_URL"], password=env["OIM_REDIS_DST_PASSWORD"])
     src.flushall()
     dst.flushall()
+    loaded = time.monotonic()
     redis_data.mixed(Endpoint("redis", env["OIM_REDIS_SRC_URL"].replace(
         "redis://", "redis://:${OIM_REDIS_SRC_PASSWORD}@"), name="bench"), opts.keys, seed=1)
+    load_s = time.monotonic() - loaded
     total = src.dbsize()
-    native_s, _ = measured([sys.executable, str(ROOT / "bench" / "migrate_loop.py")])
-    assert dst.dbsize() == total, (dst.dbsize(), total)
-    dst.flushall()
-    result = ours(work / "redis.yaml",
-                  ["--source", "redis=redis://:${OIM_REDIS_SRC_PASSWORD}@"
-                   + hostport(env["OIM_REDIS_SRC_URL"]) + "/0",
-                   "--target", "redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
-                   + hostport(env["OIM_REDIS_DST_URL"]) + "/0"], opts.parallel)
-    assert dst.dbsize() == total
+    plan_args = ["--source", "redis=redis://:${OIM_REDIS_SRC_PASSWORD}@"
+                 + hostport(env["OIM_REDIS_SRC_URL"]) + "/0",
+                 "--target", "redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
+                 + hostport(env["OIM_REDIS_DST_URL"]) + "/0",
+                 *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
+    plan = work / "redis.yaml"
+    runs = []
+    for _ in range(opts.repeat):
+        run = {"migrate_loop": step([sys.executable, str(ROOT / "bench" / "migrate_loop.py")])}
+        assert dst.dbsize() == total, (dst.dbsize(), total)
+        dst.flushall()
+        run.update(ours(plan, plan_args))
+        assert dst.dbsize() == total, (dst.dbsize(), total)
+        dst.flushall()
+        runs.append(run)
+    units = len(_plan_units(plan))
     src.flushall()
-    dst.flushall()
-    return {"store": "redis", "keys": total, "native": "SCAN + MIGRATE COPY REPLACE KEYS loop",
-            "native_s": round(native_s, 2), **result,
-            "throughput_ratio": round(native_s / result["copy_s"], 2)}
+    return {"store": "redis", "keys": total, "load_s": round(load_s, 1), "units": units,
+            "commands": {"migrate_loop": "SCAN + MIGRATE COPY REPLACE KEYS loop "
+                         "(bench/migrate_loop.py)"},
+            **summary(runs, {"migrate_loop": ("migrate_loop",)})}
 
 
 # -------------------------------------------------------------------------------- mongo
@@ -300,6 +368,8 @@ def mongo_tool_args(url: str, work: Path, side: str) -> list[str]:
 
 
 def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    """The OpenIM fixture at ``--scale``, loaded once; then, interleaved and ``--repeat``
+    times, ``mongodump --archive | mongorestore --archive`` and ours, into dropped targets."""
     import shlex
 
     import pymongo
@@ -309,14 +379,22 @@ def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
 
     dump, restore = BIN / "mongodump", BIN / "mongorestore"
     if not (dump.exists() and restore.exists()):
-        subprocess.run(["bash", str(ROOT / "scripts" / "build-mongo-tools.sh")], check=True)
-    src = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_SRC_URL"], "bench"))
-    dst = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_DST_URL"], "bench"))
+        raise SystemExit(f"{dump} / {restore} missing: `make deps` builds them "
+                         "(scripts/build-mongo-tools.sh)")
+    src: Any = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_SRC_URL"], "bench"))
+    dst: Any = pymongo.MongoClient(resolve_refs(env["OIM_MONGO_DST_URL"], "bench"))
+
+    def drop_targets() -> None:
+        for name in ("openim_v3", "native_copy"):
+            dst.drop_database(name)
+
     for name in ("openim_v3", "native_copy"):
         src.drop_database(name)
-        dst.drop_database(name)
+    drop_targets()
+    loaded = time.monotonic()
     counts = mongo_data.load(Endpoint("mongo", env["OIM_MONGO_SRC_URL"] + "/openim_v3",
                                       name="bench"), seed=1, scale=opts.scale)
+    load_s = time.monotonic() - loaded
     flavour = env.get("OIM_MONGO_FLAVOR", "ferretdb")
     dump_args = " ".join(map(shlex.quote, mongo_tool_args(env["OIM_MONGO_SRC_URL"], work, "src")))
     restore_args = " ".join(map(shlex.quote,
@@ -327,50 +405,42 @@ def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
     if flavour == "ferretdb":
         # FerretDB refuses mongorestore's index specs ("ns" is unknown); ours builds them.
         native += " --noIndexRestore"
-    native_s, _ = measured(native, shell=True)
-    native_indexes = sum(len(list(dst["native_copy"][c].list_indexes()))
-                         for c in dst["native_copy"].list_collection_names())
-    result = ours(work / "mongo.yaml",
-                  ["--source", "mongo=" + env["OIM_MONGO_SRC_URL"] + "/openim_v3",
-                   "--target", "mongo=" + env["OIM_MONGO_DST_URL"]], opts.parallel)
-    copied = sum(dst["openim_v3"][c].estimated_document_count()
-                 for c in dst["openim_v3"].list_collection_names())
-    our_indexes = sum(len(list(dst["openim_v3"][c].list_indexes()))
-                      for c in dst["openim_v3"].list_collection_names())
-    for name in ("openim_v3", "native_copy"):
-        src.drop_database(name)
-        dst.drop_database(name)
-    return {"store": "mongo", "documents": sum(counts.values()), "copied": copied,
-            "server": flavour, "indexes": {"ours": our_indexes, "native": native_indexes},
-            "native": "mongodump --archive | mongorestore --archive"
-                      + (" --noIndexRestore" if "noIndexRestore" in native else ""),
-            "native_s": round(native_s, 2), **result,
-            "speedup": round(native_s / result["copy_s"], 2)}
+
+    def documents(name: str) -> int:
+        return sum(dst[name][c].estimated_document_count()
+                   for c in dst[name].list_collection_names())
+
+    def indexes(name: str) -> int:
+        return sum(len(list(dst[name][c].list_indexes()))
+                   for c in dst[name].list_collection_names())
+
+    plan_args = ["--source", "mongo=" + env["OIM_MONGO_SRC_URL"] + "/openim_v3",
+                 "--target", "mongo=" + env["OIM_MONGO_DST_URL"],
+                 *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
+    expected = sum(counts.values())
+    runs = []
+    found: dict[str, int] = {}
+    for _ in range(opts.repeat):
+        drop_targets()
+        run = {"mongodump": step(native)}
+        assert documents("native_copy") == expected, (documents("native_copy"), expected)
+        found["native"] = indexes("native_copy")
+        run.update(ours(work / "mongo.yaml", plan_args))
+        assert documents("openim_v3") == expected, (documents("openim_v3"), expected)
+        found["ours"] = indexes("openim_v3")
+        runs.append(run)
+    drop_targets()
+    src.drop_database("openim_v3")
+    return {"store": "mongo", "documents": expected, "scale": opts.scale, "server": flavour,
+            "load_s": round(load_s, 1), "indexes": found,
+            "commands": {"mongodump": "mongodump --archive | mongorestore --archive"
+                         + (" --noIndexRestore" if "noIndexRestore" in native else "")},
+            **summary(runs, {"mongodump": ("mongodump",)})}
 
 
 # ------------------------------------------------------------------------------ objects
-def _timed_cpu(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall seconds, CPU seconds (user + system) and the 1-minute load average around one
-    command: the machine is shared, so every figure carries the load it was taken under."""
-    load = os.getloadavg()[0]
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"command failed: {cmd}\n{err[-3000:]}")
-    return {"s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "rss_mib": round(usage.ru_maxrss / 1024),
-            "load": round(max(load, os.getloadavg()[0]), 1)}
-
-
 def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
-    """rclone and ours, interleaved, ``repeat`` times (3 unless --repeat says otherwise) on
-    the same loaded source; medians, and every run with its CPU seconds and load."""
-    from statistics import median
-
+    """rclone and ours, interleaved, ``--repeat`` times on the same loaded source."""
     from minio import Minio
     from minio.deleteobjects import DeleteObject
 
@@ -388,18 +458,16 @@ def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> 
             raise SystemExit(f"cleanup failed: {error}")
         c.remove_bucket(bucket)
 
-    # Loaded by a child process: a child's peak RSS (wait4) starts at the parent's RSS at
-    # fork, so a parent that held the fixture's buffers would inflate every figure below.
-    loader = ("import json, sys; from fixtures import objects_data; "
-              "from migrator.config import Endpoint; "
-              "ep = Endpoint('objects', sys.argv[1] + '/openim', name='bench', options={"
-              "'access_key': '${OIM_S3_SRC_ACCESS_KEY}', "
-              "'secret_key': '${OIM_S3_SRC_SECRET_KEY}'}); "
-              "print(json.dumps(objects_data.load(ep, seed=1, scale=float(sys.argv[2]), "
-              "large=int(sys.argv[3]))))")
-    counts = json.loads(subprocess.run(
-        [sys.executable, "-c", loader, env["OIM_S3_SRC_URL"], str(opts.small / 2000),
-         str(opts.large)], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    loaded = time.monotonic()
+    counts = load_fixture(
+        "from fixtures import objects_data; from migrator.config import Endpoint; "
+        "ep = Endpoint('objects', sys.argv[1] + '/openim', name='bench', options={"
+        "'access_key': '${OIM_S3_SRC_ACCESS_KEY}', "
+        "'secret_key': '${OIM_S3_SRC_SECRET_KEY}'}); "
+        "print(json.dumps(objects_data.load(ep, seed=1, scale=float(sys.argv[2]), "
+        "large=int(sys.argv[3]))))",
+        env["OIM_S3_SRC_URL"], str(opts.small / 2000), str(opts.large))
+    load_s = time.monotonic() - loaded
     rclone_env = {
         "RCLONE_CONFIG_SRC_TYPE": "s3", "RCLONE_CONFIG_SRC_PROVIDER": "Minio",
         "RCLONE_CONFIG_SRC_ENDPOINT": env["OIM_S3_SRC_URL"],
@@ -419,45 +487,31 @@ def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> 
                  "--target-option", "objects.access_key=${OIM_S3_DST_ACCESS_KEY}",
                  "--target-option", "objects.secret_key=${OIM_S3_DST_SECRET_KEY}",
                  *EXTRA_PLAN_ARGS, "--parallel", str(opts.parallel)]
-    cli = [sys.executable, "-m", "migrator"]
     runs = []
-    for _ in range(max(1, getattr(opts, "repeat", 3) or 3)):
-        run: dict[str, dict[str, float]] = {}
-        run["rclone_copy"] = _timed_cpu(["rclone", "copy", "src:openim", "dst:rclone-copy",
-                                         "--transfers", str(opts.parallel), "--checkers", "8"],
-                                        rclone_env)
-        run["rclone_check"] = _timed_cpu(["rclone", "check", "src:openim", "dst:rclone-copy",
-                                          "--checkers", "8", check_mode], rclone_env)
-        plan = work / "objects.yaml"
-        for stale in (plan, plan.with_name(plan.stem + ".journal.sqlite")):
-            stale.unlink(missing_ok=True)
-        run["plan"] = _timed_cpu([*cli, "plan", *plan_args, "-o", str(plan)])
-        run["copy"] = _timed_cpu([*cli, "run", str(plan), "--no-verify", "--no-progress"])
-        run["verify"] = _timed_cpu([*cli, "verify", str(plan)])
+    for _ in range(opts.repeat):
+        run: dict[str, dict[str, Any]] = {}
+        run["rclone_copy"] = step(["rclone", "copy", "src:openim", "dst:rclone-copy",
+                                   "--transfers", str(opts.parallel), "--checkers", "8"],
+                                  env=rclone_env)
+        run["rclone_check"] = step(["rclone", "check", "src:openim", "dst:rclone-copy",
+                                    "--checkers", "8", check_mode], env=rclone_env)
+        run.update(ours(work / "objects.yaml", plan_args))
         copied = sum(1 for _ in client("DST").list_objects("openim", recursive=True))
         assert copied == counts["objects"], (copied, counts["objects"])
         empty("DST", "openim")
         empty("DST", "rclone-copy")
         runs.append(run)
     empty("SRC", "openim")
-
-    def mid(step: str, field: str = "s") -> float:
-        return round(median(r[step][field] for r in runs), 2)
+    from statistics import median
 
     return {"store": "objects", "objects": counts["objects"], "bytes": counts["bytes"],
-            "large": opts.large, "repeat": len(runs),
-            "native": "rclone copy + rclone check "
-                      + ("--download" if opts.download_check else "(size + md5)"),
-            "native_s": mid("rclone_copy"), "native_check_s": mid("rclone_check"),
-            "plan_s": mid("plan"), "copy_s": mid("copy"), "verify_s": mid("verify"),
-            "copy_speedup": round(median(r["rclone_copy"]["s"] / r["copy"]["s"] for r in runs), 2),
-            "check_speedup": round(median(r["rclone_check"]["s"] / r["verify"]["s"]
-                                          for r in runs), 2),
-            "copy_cpu_s": {"ours": mid("copy", "cpu_s"), "rclone": mid("rclone_copy", "cpu_s")},
-            "run_rss_mib": max(r["copy"]["rss_mib"] for r in runs),
-            "load": [min(r[k]["load"] for r in runs for k in r),
-                     max(r[k]["load"] for r in runs for k in r)],
-            "runs": runs}
+            "large": opts.large, "load_s": round(load_s, 1),
+            "commands": {"rclone": "rclone copy + rclone check "
+                         + ("--download" if opts.download_check else "(size + md5)")},
+            "native_check_s": round(median(r["rclone_check"]["s"] for r in runs), 2),
+            "check_ratio": round(median(r["rclone_check"]["s"] / r["verify"]["s"]
+                                        for r in runs), 2),
+            **summary(runs, {"rclone": ("rclone_copy",)})}
 
 
 BENCHES: dict[str, tuple[str, Callable]] = {
@@ -470,11 +524,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("store", choices=sorted(BENCHES))
-    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--scale", type=float, default=20.0)
+    parser.add_argument("--scale", type=float, default=3.0)
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of native tool then ours, interleaved (medians)")
     parser.add_argument("--download-check", action="store_true",
                         help="objects: make rclone check hash by downloading, like our verify")
     parser.add_argument("--parallel", type=int, default=4)
@@ -482,6 +538,8 @@ def main() -> int:
                         help="extra `openim-migrate plan` argument, "
                         "e.g. --plan-arg=--unit-records=50000")
     opts = parser.parse_args()
+    if opts.repeat < 1:
+        parser.error("--repeat must be at least 1")
     EXTRA_PLAN_ARGS.extend(opts.plan_arg)
     group, bench = BENCHES[opts.store]
     work = Path(tempfile.mkdtemp(prefix="oim-bench-"))
@@ -496,6 +554,7 @@ def main() -> int:
         if started_here:
             services.stop(work / "services")
         shutil.rmtree(work, ignore_errors=True)
+    result["argv"] = ["python", "bench/compare.py", *sys.argv[1:]]
     print(json.dumps(result))
     return 0
 
