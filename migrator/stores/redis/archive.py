@@ -200,7 +200,10 @@ class RdbImporter(Importer):
         fields = {"redis-ver": ".".join(map(str, getattr(self.source, "version", ()))) or "0",
                   "redis-bits": "64", "ctime": str(int(time.time())),
                   "openim-unit": self.unit.unit.name}
-        head = rdb.header(version, fields) + rdb.select_db(self.db, self.keys, self.expires)
+        # AUX fields after SELECTDB (Redis reads them anywhere): every file is then the
+        # 9-byte magic, its DB section, and EOF + CRC, which a shell joins (docs/backups.md).
+        head = (rdb.header(version, {}) + rdb.select_db(self.db, self.keys, self.expires)
+                + b"".join(rdb.aux(k, v) for k, v in fields.items()))
         name = file_name(self.unit.unit.spec)
         meta = {"rdb_version": version, "db": self.db, "keys": self.keys,
                 "expires": self.expires}
