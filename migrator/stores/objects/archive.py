@@ -43,11 +43,12 @@ from typing import IO, Any, ClassVar, cast
 
 from migrator.archive.files import ArchiveFile
 from migrator.archive.format import ArchiveFormat
-from migrator.archive.manifest import FileEntry
+from migrator.archive.manifest import FileEntry, parse_time
 from migrator.archive.reader import UnitReader
 from migrator.archive.writer import UnitWriter
 from migrator.errors import StoreError, TransientError
 from migrator.stores.base import Batch, Chunk, ChunkDigest, Cursor, Importer, Store
+from migrator.stores.objects.ranges import separator
 from migrator.stores.objects.records import (
     MD5_ETAG,
     MiB,
@@ -161,10 +162,17 @@ class _Previous:
         self._lines = read_index(unit) if unit is not None else iter(())
         self._head: Entry | None = next(self._lines, None)
 
-    def find(self, key: str) -> Entry | None:
-        while self._head is not None and self._head.key < key:
+    def lookup(self, keys: list[str]) -> dict[str, Entry]:
+        """The lines of ``keys`` (ascending, and above every key asked before)."""
+        found: dict[str, Entry] = {}
+        if not keys:
+            return found
+        wanted, last = set(keys), keys[-1]
+        while self._head is not None and self._head.key <= last:
+            if self._head.key in wanted:
+                found[self._head.key] = self._head
             self._head = next(self._lines, None)
-        return self._head if self._head is not None and self._head.key == key else None
+        return found
 
     def pack(self, name: str) -> FileEntry:
         assert self.unit is not None
@@ -186,28 +194,36 @@ class ObjectArchiveImporter(Importer):
         self.here = source.here_bucket(self.spec["bucket"])
         self.packs = 0
         self.referenced: set[str] = set()
-        self.stats = {"stored": 0, "referenced": 0, "stored_bytes": 0}
+        self.stats = {"stored": 0, "referenced": 0, "stored_bytes": 0, "checked": 0}
         self._pack_file: ArchiveFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._pack_name = ""
 
     # -- the importer contract ---------------------------------------------------------
     def prepare(self, resumed: bool) -> None:
-        self.chunks = self.source.chunks(self.unit.unit)
-        self.starts = [(c.bounds or {}).get("start") or "" for c in self.chunks]
-        self.unit.set_chunks(self.chunks)
+        # Chunks are cut as the objects pass, the way ObjectStore.chunks() cuts a listing
+        # (every chunk_records keys, at a separator), which spares a listing of the unit.
+        self.per_chunk = self.source.options.chunk_records
+        if self.unit.unit.records <= self.per_chunk // 2:
+            self.per_chunk = 0  # one chunk, as ObjectStore.chunks() says without listing
+        self.bounds: list[str | None] = [self.spec.get("start")]
+        self.count, self.last_key = 0, ""
         self.previous = _Previous(self.previous_reader)
+        began = self.previous_reader.record.started if self.previous_reader else ""
+        self.recent_from = (int(parse_time(began).timestamp()) - self.fmt.recent_seconds
+                            if began else 0)
         self.index = self.unit.open(INDEX)
 
     def write_batch(self, batch: Batch) -> None:
-        listed = self._listed(batch.records)
+        olds = self.previous.lookup([r.key for r in batch.records])
+        listed = self._listed(batch.records, olds)
         window: deque[tuple[ObjectRecord, Future[_Body | None]]] = deque()
         window_bytes = 0
         try:
             for rec in batch.records:
                 now = listed.get(rec.key, rec)
-                old = self.previous.find(rec.key)
-                if old is not None and self._unchanged(old, now):
+                old = olds.get(rec.key)
+                if old is not None and rec.key in listed and self._unchanged(old, now):
                     while window:  # keep the index in key order
                         window_bytes -= self._write_fetched(batch, *window.popleft())
                     self._reuse(old)
@@ -232,22 +248,45 @@ class ObjectArchiveImporter(Importer):
     def finalize(self) -> None:
         self._close_pack()
         self.index.close()
+        bounds = [*self.bounds, self.spec.get("end")]
+        self.unit.set_chunks(Chunk(str(i), {"start": bounds[i], "end": bounds[i + 1]})
+                             for i in range(len(bounds) - 1))
         self.unit.meta["objects"] = dict(self.stats, packs=self.packs,
                                          referenced_packs=len(self.referenced))
 
     # -- which objects changed -----------------------------------------------------------
-    def _listed(self, records: list[ObjectRecord]) -> dict[str, ObjectRecord]:
-        """The batch's objects listed again with their metadata (one request per 1000 on
-        MinIO), so an object whose type or metadata alone changed is stored anew."""
-        if not records or self.previous.unit is None:
-            return {}
-        last = records[-1].key
+    def _listed(self, records: list[ObjectRecord], olds: dict[str, Entry]
+                ) -> dict[str, ObjectRecord]:
+        """Objects that may be reused, with their type, metadata and headers where the
+        listing cannot vouch for them.
+
+        S3 changes an object's metadata only by writing it anew, which gives it a new
+        Last-Modified (whole seconds). So when key, size, ETag and Last-Modified equal the
+        previous set's line, and the object was last written well before the previous
+        backup began (``recent_seconds``, room for clock skew), nothing changed. Objects
+        written shortly before it could have been replaced in the same second after it
+        read them: those get a HEAD each, and their metadata is compared too."""
         found: dict[str, ObjectRecord] = {}
-        # _unit_objects: the unit's range, selection applied, keys in unit names.
-        for rec in self.source._unit_objects(self.unit.unit, records[0].key, None):
-            if rec.key > last:
-                break
-            found[rec.key] = rec
+        recent = []
+        for rec in records:
+            old = olds.get(rec.key)
+            if old is None or (old.size, old.etag, old.last_modified) != (
+                    rec.size, rec.etag, rec.last_modified):
+                continue
+            if rec.last_modified >= self.recent_from:
+                recent.append(rec)
+            else:
+                found[rec.key] = rec
+        if recent:
+            heads = self.source.map_checks(lambda r: self.source.stat(
+                self.here, self.source.here_key(self.unit.unit, r.key)), recent)
+            for rec, head in zip(recent, heads, strict=True):
+                if head is not None:
+                    found[rec.key] = ObjectRecord(
+                        rec.bucket, rec.key, head.size, head.etag, head.last_modified,
+                        head.content_type or "binary/octet-stream", head.metadata or {},
+                        head.headers or {})
+            self.stats["checked"] += len(recent)
         return found
 
     @staticmethod
@@ -377,8 +416,11 @@ class ObjectArchiveImporter(Importer):
     def _index(self, entry: Entry) -> None:
         self.index.write(json.dumps(entry.to_dict(), sort_keys=True,
                                     ensure_ascii=False).encode() + b"\n")
-        chunk = _chunk_of(self.chunks, self.starts, entry.key)
-        self.unit.record(chunk.id, ObjectStore.fingerprint_hash(entry.key, entry.fingerprint()))
+        if self.per_chunk and self.count and self.count % self.per_chunk == 0:
+            self.bounds.append(separator(self.last_key, entry.key))
+        self.count, self.last_key = self.count + 1, entry.key
+        self.unit.record(str(len(self.bounds) - 1),
+                         ObjectStore.fingerprint_hash(entry.key, entry.fingerprint()))
 
 
 class _Endpoint:
@@ -446,6 +488,9 @@ class ObjectArchive(ArchiveFormat):
     pack_bytes: ClassVar[int] = 64 * MiB  # a pack is closed once it holds this much
     memory_body: ClassVar[int] = 4 * MiB  # larger bodies stream from their GET in order
     window_bytes: ClassVar[int] = 16 * MiB  # small bodies fetched ahead, per unit
+    # Objects written less than this before the previous backup began are HEADed before
+    # being reused (see ObjectArchiveImporter._listed): room for the clocks' skew.
+    recent_seconds: ClassVar[int] = 300
     spool_memory: ClassVar[int] = MiB  # restore: larger bodies wait in a temp file
     batch_bytes: ClassVar[int] = 32 * MiB  # restore: a batch's bodies, at most
 
