@@ -289,7 +289,8 @@ def _key_ref(value: str, namespace: str) -> tuple[str, ...]:
         return ("k8s", *match.groups())
     if match := _SECRET_KEY.match(value):
         return ("k8s", namespace, match.group(1), match.group(2))
-    raise UsageError(f"--key-secret {value!r}: expected SECRET#KEY (a Secret in --namespace), "
+    raise UsageError("--key-secret: not a reference (the value is not shown: it may be the "
+                     "key itself); expected SECRET#KEY (a Secret in --namespace), "
                      "${k8s:namespace/secret#key} or ${VAR}",
                      hint="the Secret's key holds the age identity (AGE-SECRET-KEY-1...)")
 
