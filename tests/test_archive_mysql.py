@@ -7,6 +7,7 @@ their keys; an encrypted archive on S3.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import uuid
@@ -15,7 +16,9 @@ from typing import Any
 
 import pymysql
 import pymysql.converters
+import pyrage
 import pytest
+import zstandard
 from pyrage import x25519
 
 from fixtures import mysql_data
@@ -31,7 +34,7 @@ from migrator.stores.mysql import archive as mysql_archive
 from migrator.stores.mysql.archive import MySQLArchive, parse_line, row_md5
 from migrator.stores.mysql.schema import tsv_line
 from migrator.stores.mysql.store import MySQLStore
-from tests.test_archive import minio_client
+from tests.test_archive import AGE_MAGIC, ZSTD_MAGIC, minio_client
 
 SRC_DB = "oimtest_archive_mysql"
 CLI_DB = "oimtest_archive_mysql_cli"
@@ -75,17 +78,22 @@ def sql(endpoint: Endpoint, query: str, args: Any = None, db: str | None = None)
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def loaded(ports: dict[str, int]) -> dict[str, int]:
-    """The source: OpenIM's tables, the type zoo, a keyless table holding two identical
-    rows, and one object of every kind."""
-    endpoint = src_endpoint(ports)
+def fill_source(endpoint: Endpoint) -> dict[str, int]:
+    """OpenIM's tables, the type zoo, a keyless table holding two identical rows, two
+    empty tables (with and without a key), and one object of every kind."""
     sizes = mysql_data.load(endpoint, seed=11, scale=1.0)
     mysql_data.add_objects(endpoint)
     sql(endpoint, "INSERT INTO user_login_records VALUES ('twin', '2024-01-01 00:00:00.000',"
         " '10.0.0.1', 'dev\\t1', 'iOS'), ('twin', '2024-01-01 00:00:00.000', '10.0.0.1',"
         " 'dev\\t1', 'iOS')", db=SRC_DB)
+    sql(endpoint, "CREATE TABLE empty_keyed (id INT PRIMARY KEY, v VARCHAR(8))", db=SRC_DB)
+    sql(endpoint, "CREATE TABLE empty_keyless (v VARCHAR(8)) CHARACTER SET latin1", db=SRC_DB)
     return sizes
+
+
+@pytest.fixture(scope="module")
+def loaded(ports: dict[str, int]) -> dict[str, int]:
+    return fill_source(src_endpoint(ports))
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +149,25 @@ def s3_archive(env: dict[str, str], **options: Any) -> Endpoint:
                              "secret_key": "${OIM_S3_SRC_SECRET_KEY}", **options})
 
 
+def stored_files(archive: Endpoint, tmp_path: Path, request: Any) -> dict[str, bytes]:
+    """Every stored file of an archive, raw, by its path."""
+    if archive.url.startswith("archive+file://"):
+        root = tmp_path / "archive"
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+                if p.is_file()}
+    client = minio_client(request.getfixturevalue("s3_env"))
+    bucket = archive.url.split("/")[3]
+    out = {}
+    for obj in client.list_objects(bucket, recursive=True):
+        response = client.get_object(bucket, obj.object_name)
+        try:
+            out[obj.object_name] = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+    return out
+
+
 def zoo_rows(endpoint: Endpoint, db: str) -> list[tuple]:
     cols = ", ".join(f"`{c}`" for c in ZOO)
     return sql(endpoint, f"SELECT {cols} FROM `{db}`.type_zoo ORDER BY id")
@@ -182,9 +209,19 @@ def test_backup_verify_restore_verify_round_trips_every_type_and_object(
     assert any(name.endswith(".001.tsv") for name in files)  # size-capped files
     chat = [u for n, u in units.items() if ".chat_logs#" in n]
     assert len(chat) > 1 and all(len(u.digests) > 1 for u in chat)  # units and chunks
-    if where != "file":  # nothing readable without the key
-        raw = minio_client(request.getfixturevalue("s3_env"))
-        assert raw is not None
+    # every stored file is zstd (age first, with a key); no password in any of them
+    stored = stored_files(archive, tmp_path, request)
+    encrypted = where != "file"
+    secrets = [src_endpoint(ports).connection().password, dst_endpoint(ports).connection(
+    ).password, os.environ["OIM_S3_SRC_SECRET_KEY"] if encrypted else None, str(KEY)]
+    for name, data in stored.items():
+        if name.endswith("config.json"):
+            continue
+        assert data.startswith(AGE_MAGIC if encrypted else ZSTD_MAGIC), name
+        if encrypted:
+            data = pyrage.decrypt(data, [KEY])
+        plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+        assert not any(s and s.encode() in plain for s in secrets), name
 
     report = verify_against_set(archive, ports, outcome.set_id)
     assert report.ok, differing(report)
@@ -203,6 +240,9 @@ def test_backup_verify_restore_verify_round_trips_every_type_and_object(
     assert sql(dst, f"SELECT `{SRC_DB}`.user_label('x')") == [(b"user:x",)]
     twins = f"SELECT COUNT(*) FROM `{SRC_DB}`.user_login_records WHERE user_id = 'twin'"
     assert sql(dst, twins) == [(b"2",)]
+    for empty in ("empty_keyed", "empty_keyless"):
+        assert units[f"{SRC_DB}.{empty}"].records == 0
+        assert sql(dst, f"SELECT COUNT(*) FROM `{SRC_DB}`.{empty}") == [(b"0",)]
     audited = f"SELECT COUNT(*) FROM `{SRC_DB}`.user_audit"
     assert sql(dst, audited) == sql(src_endpoint(ports), audited)  # no trigger fired
     # a lost duplicate on the restored copy is named
@@ -245,12 +285,20 @@ def test_changes_after_the_backup_are_named_by_their_keys(ports, loaded, tmp_pat
     # the audit trigger wrote a row for the new user: found too, and nothing else
     assert len(found[f"mysql:{SRC_DB}.user_audit"]["missing_on_target"]) == 1
     assert set(found) == {f"mysql:{SRC_DB}.{t}" for t in ("users", "type_zoo", "user_audit")}
-    # put the source back as the module's other tests expect it
-    mysql_data.load(src, seed=11, scale=1.0)
-    mysql_data.add_objects(src)
-    sql(src, "INSERT INTO user_login_records VALUES ('twin', '2024-01-01 00:00:00.000',"
-        " '10.0.0.1', 'dev\\t1', 'iOS'), ('twin', '2024-01-01 00:00:00.000', '10.0.0.1',"
-        " 'dev\\t1', 'iOS')", db=SRC_DB)
+
+    # a new text key that lands exactly on a chunk bound of the live side: the set cannot
+    # place it (text orders by collation, only the server knows it): an error for that
+    # unit, never a guess
+    with Repository.open(archive) as repo:
+        unit = repo.reader(outcome.set_id).store("mysql").unit(f"{SRC_DB}.users")
+        chunk = next(c for c in unit.meta["mysql"]["chunks"] if c["first"])
+    below = sql(src, f"SELECT user_id FROM `{SRC_DB}`.users WHERE user_id < %s ORDER BY"
+                " user_id DESC LIMIT 1", (chunk["bounds"]["lo"][0],))[0][0].decode()
+    sql(src, f"INSERT INTO `{SRC_DB}`.users (user_id) VALUES (%s)", (below + "0",))
+    report = verify_against_set(archive, ports, outcome.set_id)
+    [users] = [u for u in report.units if u.unit == f"mysql:{SRC_DB}.users"]
+    assert users.status == "error" and "not a key this set holds" in (users.error or "")
+    fill_source(src)  # as the module's other tests expect it
 
 
 def _plain_copy(root: Path, out: Path) -> Path:

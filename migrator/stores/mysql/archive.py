@@ -524,10 +524,10 @@ def objects_sql(db: str, objects: list[mo.SchemaObject]) -> bytes:
     for obj in _creation_order(objects):
         charset = str(obj.settings.get("character_set_client") or "utf8mb4")
         encoding = _encoding(charset)
-        settings = [f"character_set_client = {charset}",
+        # a view keeps no sql_mode: it is made under the store's own, as the store does
+        settings = [f"sql_mode = '{obj.settings.get('sql_mode', SQL_MODE)}'",
+                    f"character_set_client = {charset}",
                     f"collation_connection = {obj.settings.get('collation_connection')}"]
-        if "sql_mode" in obj.settings:
-            settings.insert(0, f"sql_mode = '{obj.settings['sql_mode']}'")
         if "time_zone" in obj.settings:
             settings.append(f"time_zone = '{obj.settings['time_zone']}'")
         text = obj.ddl(db, obj.definer).replace(quote_ident(db) + ".", "")
