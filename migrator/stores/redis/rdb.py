@@ -16,6 +16,7 @@ the native commands return (bytes for strings and elements, ints spelled in deci
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,16 +36,19 @@ STRING, LIST, SET, ZSET, HASH, ZSET_2, MODULE_PRE_GA, MODULE_2 = 0, 1, 2, 3, 4, 
 HASH_ZIPMAP, LIST_ZIPLIST, SET_INTSET, ZSET_ZIPLIST, HASH_ZIPLIST = 9, 10, 11, 12, 13
 LIST_QUICKLIST, STREAM_LISTPACKS, HASH_LISTPACK, ZSET_LISTPACK = 14, 15, 16, 17
 LIST_QUICKLIST_2, STREAM_LISTPACKS_2, SET_LISTPACK, STREAM_LISTPACKS_3 = 18, 19, 20, 21
+# Hashes with field expiries (Redis 7.4+): "_PRE_GA" are the 7.4 release candidates' forms.
+HASH_METADATA_PRE_GA, HASH_LISTPACK_EX_PRE_GA, HASH_METADATA, HASH_LISTPACK_EX = 22, 23, 24, 25
 
 # Type byte -> the type name TYPE answers. Types not listed (module values written before
-# Redis 4.0 GA, hashes with field expiries of Redis 7.4+) cannot be read back here.
+# Redis 4.0 GA, types of later versions) cannot be read back here.
 KINDS: dict[int, str] = {
     STRING: "string", LIST: "list", LIST_ZIPLIST: "list", LIST_QUICKLIST: "list",
     LIST_QUICKLIST_2: "list", SET: "set", SET_INTSET: "set", SET_LISTPACK: "set",
     ZSET: "zset", ZSET_2: "zset", ZSET_ZIPLIST: "zset", ZSET_LISTPACK: "zset",
     HASH: "hash", HASH_ZIPMAP: "hash", HASH_ZIPLIST: "hash", HASH_LISTPACK: "hash",
     STREAM_LISTPACKS: "stream", STREAM_LISTPACKS_2: "stream", STREAM_LISTPACKS_3: "stream",
-    MODULE_2: "module",
+    MODULE_2: "module", HASH_METADATA_PRE_GA: "hash", HASH_LISTPACK_EX_PRE_GA: "hash",
+    HASH_METADATA: "hash", HASH_LISTPACK_EX: "hash",
 }
 FOOTER = 10  # a DUMP payload's RDB version (2 bytes) + CRC-64 (8 bytes)
 MIN_VERSION = 9  # the lowest version this writer claims (Redis 5.0): AUX, RESIZEDB, ms expiries
@@ -440,6 +444,9 @@ def read_value(kind: int, src: _Source, decode: bool = True) -> Any:
             if decode:
                 items += [blob] if container == 1 else [text(e) for e in listpack(blob)]
         return items
+    if kind in (HASH_METADATA, HASH_METADATA_PRE_GA, HASH_LISTPACK_EX,
+                HASH_LISTPACK_EX_PRE_GA):
+        return _expiring_hash(kind, src, decode)
     if kind in (STREAM_LISTPACKS, STREAM_LISTPACKS_2, STREAM_LISTPACKS_3):
         return _stream(kind, src, decode)
     if kind == MODULE_2:
@@ -475,6 +482,31 @@ def _compact(kind: int, blob: bytes) -> Any:
     if kind in (HASH_ZIPLIST, HASH_LISTPACK):
         return [(text(a), text(b)) for a, b in zip(elements[0::2], elements[1::2], strict=True)]
     return [(text(a), _score(b)) for a, b in zip(elements[0::2], elements[1::2], strict=True)]
+
+
+def _expiring_hash(kind: int, src: _Source, decode: bool) -> list[tuple[bytes, bytes]] | None:
+    """A hash whose fields may expire (Redis 7.4+): the fields still alive now, as HSCAN
+    lists them. Layouts as Redis' rdbLoadObject reads them: an 8-byte minimum expiry
+    (GA forms), then (TTL, field, value) triples, the TTL 0 for none; in the dict form a
+    TTL is relative to the minimum (+1), in the listpack form absolute."""
+    base = _I64.unpack(src.read(8))[0] if kind in (HASH_METADATA, HASH_LISTPACK_EX) else 0
+    triples: list[tuple[bytes, bytes, int]] = []
+    if kind in (HASH_METADATA, HASH_METADATA_PRE_GA):
+        for _ in range(src.length()):
+            ttl = src.length()
+            field, value = src.string(decode), src.string(decode)
+            expire = ttl + base - 1 if ttl and kind == HASH_METADATA else ttl
+            triples.append((field, value, expire))
+    else:
+        blob = src.string(decode)
+        if decode:
+            items = listpack(blob)
+            triples = [(text(items[i]), text(items[i + 1]), int(items[i + 2]))
+                       for i in range(0, len(items) - 2, 3)]
+    if not decode:
+        return None
+    now = time.time_ns() // 1_000_000
+    return [(f, v) for f, v, expire in triples if not expire or expire > now]
 
 
 @dataclass
