@@ -448,8 +448,8 @@ def render_kubernetes(spec: ScheduleSpec, plan_name: str, plan_text: str,
     notes: list[str] = []
     if spec.archive.startswith("archive+file:") and not spec.archive_claim:
         raise UsageError(f"--archive {_redacted(spec.archive)}: a directory inside a pod is "
-                         "lost with the pod", hint="give --archive-claim PVC (mounted at the "
-                         "archive's path) or use an archive+s3:// archive")
+                         "lost with the pod: give --archive-claim PVC, mounted at its path",
+                         hint="or back up into an archive+s3:// archive")
     # a backup reads only the plan's sources: only their secrets are made readable
     sources = {kind: {"source": pair.get("source")}
                for kind, pair in (raw_plan.get("stores") or {}).items() if isinstance(pair, dict)}
