@@ -500,6 +500,37 @@ ROWS: list[Row] = [
     Row("drill-max-age-without-unit", prepare=lambda plan: _archive(plan),
         command=("drill", "{archive}", "--target", "{redis_dst}", "--max-age", "26"),
         code=2, names=("--max-age",)),
+    # -- schedule render: every option checked before anything is printed or written
+    *[Row(f"schedule-{rid}", code=2, names=names,
+          command=("schedule", "render", "--plan", "{plan}", "--output", "{out}", *extra))
+      for rid, extra, names in [
+          ("kind-unknown", ("--kind", "cron", "--archive", "{archive}"), ("--kind",)),
+          ("archive-missing", ("--kind", "systemd"), ("--archive",)),
+          ("archive-not-an-archive", ("--kind", "systemd", "--archive", "s3://{s3}/backups"),
+           ("--archive",)),
+          ("archive-literal-password",
+           ("--kind", "systemd", "--archive", "archive+s3://backup:hunter2@{s3}/backups"),
+           ("--archive", "literal password")),
+          ("archive-option-literal-secret", ("--kind", "systemd", "--archive", "{archive}",
+                                             "--archive-option", "secret_key=hunter2"),
+           ("--archive-option secret_key",)),
+          ("key-secret-literal", ("--kind", "systemd", "--archive", "{archive}",
+                                  "--key-secret", "AGE-SECRET-KEY-1HUNTER2"), ("--key-secret",)),
+          ("cron-hour-25", ("--kind", "cronjob", "--archive", "{archive}", "--schedule",
+                            "0 25 * * *"), ("--schedule", "hour")),
+          ("drill-cron-four-fields", ("--kind", "cronjob", "--archive", "{archive}",
+                                      "--drill-schedule", "0 4 * *"), ("--drill-schedule",)),
+          ("systemd-cron-both-day-fields", ("--kind", "systemd", "--archive", "{archive}",
+                                            "--schedule", "0 3 1 * 1"), ("--schedule",)),
+          ("keep-nothing", ("--kind", "systemd", "--archive", "{archive}", "--keep-last", "0",
+                            "--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"),
+           ("--keep-",)),
+          ("cronjob-refs-without-env-secret", ("--kind", "cronjob", "--archive",
+                                               "archive+s3://{s3}/backups"), ("--env-secret",)),
+          ("cronjob-directory-archive-without-claim",
+           ("--kind", "cronjob", "--archive", "{archive}", "--env-secret", "env"),
+           ("--archive-claim",)),
+      ]],
 ]
 
 
