@@ -337,6 +337,11 @@ def test_backup_restore_verify_and_the_rdb_loads_in_redis_server(servers, monkey
             digests = ra.RedisArchive().digest(reader, other)
             assert sum(d.count for d in digests.values()) == units[name].records
             assert digests == live.digest(reader.unit, other), name
+            # export: every key once, payloads RESTORE accepts; a cursor resumes after it
+            (whole,) = ra.RedisArchive().export(reader)
+            assert len(whole.records) == units[name].records and whole.cursor == len(whole)
+            (rest,) = ra.RedisArchive().export(reader, 5)
+            assert rest.records == whole.records[5:]
     live.close()
 
     # The RDB files: redis-check-rdb accepts them, redis-server loads them as they are.
