@@ -534,3 +534,22 @@ def test_hashes_with_field_expiries_decode_to_their_live_fields(servers):
         data += rdb.crc64(data).to_bytes(8, "little")
         assert [(e.key, e.body) for e in rdb.read_file(io.BytesIO(data))] == [
             (b"h", body), (b"next", body)]
+
+
+def test_an_empty_db_is_a_valid_empty_rdb(servers, monkeypatch, tmp_path):
+    url = f"archive+file://{tmp_path}/archive"
+    plan, manifest = backup(monkeypatch, tmp_path, url, {})
+    assert [u.records for u in manifest.stores["redis"].units.values()] == [0]
+    ((name, data),) = rdb_files(tmp_path / "archive").items()
+    assert data.startswith(b"REDIS%04d" % rdb.MIN_VERSION)
+    (tmp_path / name).write_bytes(data)
+    check_rdb(tmp_path / name)
+    server = Loaded(tmp_path, name)
+    try:
+        assert server.client(0).execute_command("DBSIZE") == 0
+    finally:
+        server.stop()
+    assert check(plan).ok
+    restored = restore(monkeypatch, tmp_path, url, {})
+    assert servers["dst"].execute_command("DBSIZE") == 0
+    assert check(restored).ok
