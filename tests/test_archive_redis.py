@@ -26,6 +26,7 @@ import redis
 import zstandard
 from pyrage import x25519
 
+from fixtures import redis_data
 from migrator.archive import archive_endpoint, is_archive_url, open_archive
 from migrator.archive.endpoint import ArchiveStore
 from migrator.config import Endpoint
@@ -169,13 +170,14 @@ def run(plan: Plan, tmp_path: Path, name: str) -> None:
         assert {s.state for s in journal.units().values()} == {COPIED}
 
 
-def backup(monkeypatch, tmp_path: Path, url: str, options: dict[str, Any], **plan_options):
+def backup(monkeypatch, tmp_path: Path, url: str, options: dict[str, Any],
+           source: Endpoint | None = None, **plan_options):
     """The engine's run into a new set; returns the plan and the manifest."""
     repo = open_archive(archive_endpoint(url, options), create=True)
     try:
         writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["redis"])
         bind(monkeypatch, writer)
-        plan = plan_of(source_ep(), Endpoint("redis", url, name="stores.redis.target",
+        plan = plan_of(source or source_ep(), Endpoint("redis", url, name="stores.redis.target",
                                              options=options), **plan_options)
         run(plan, tmp_path, "backup")
         manifest = writer.commit(plan.inventory)
@@ -553,3 +555,34 @@ def test_an_empty_db_is_a_valid_empty_rdb(servers, monkeypatch, tmp_path):
     restored = restore(monkeypatch, tmp_path, url, {})
     assert servers["dst"].execute_command("DBSIZE") == 0
     assert check(restored).ok
+
+
+def test_a_cluster_source_backs_up_per_slot_range_and_restores_standalone(
+        servers, monkeypatch, tmp_path):
+    """Keys spread over a 3-master cluster: one unit per slot range reads every master;
+    the set restores into a standalone server key for key."""
+    cluster = redis_data.client(target_ep("cluster"))
+    try:
+        cluster.flushall()
+        for i in range(2000):
+            cluster.set(b"user:%d" % i, b"v%d" % i, px=DAY if i % 3 == 0 else None)
+            if i % 100 == 0:
+                cluster.hset(b"{user:%d}:h" % i, mapping={b"a": b"1", b"b": b"%d" % i})
+        url = f"archive+file://{tmp_path}/archive"
+        plan, manifest = backup(monkeypatch, tmp_path, url, {}, source=target_ep("cluster"),
+                                unit_records=500)
+        units = manifest.stores["redis"].units
+        assert len(units) == 8 and sum(u.records for u in units.values()) == 2020
+        assert check(plan).ok
+        restore(monkeypatch, tmp_path, url, {})
+        password = target_ep("cluster").connection().password
+        live: dict[bytes, rv.Fingerprint] = {}
+        for node in cluster.get_primaries():
+            client = redis.Redis(host=node.host, port=node.port, password=password, protocol=2)
+            client.response_callbacks.clear()
+            live.update(fingerprints(client))
+            client.close()
+        same_contents(fingerprints(servers["dst"]), live)
+    finally:
+        cluster.flushall()
+        cluster.close()
