@@ -403,7 +403,11 @@ def test_units_of_one_db_join_into_one_rdb_and_expired_keys_stay_dead(servers, m
         (loaded_dir / name).write_bytes(data)
         check_rdb(loaded_dir / name)
         parts.append(data)
-    (loaded_dir / "joined.rdb").write_bytes(join(parts))
+    # the docs' shell recipe, as written there
+    recipe = ('{ head -c -9 "$1"; shift; for f in "$@"; do tail -c +10 "$f" | head -c -9; '
+              "done; printf '\\377\\0\\0\\0\\0\\0\\0\\0\\0'; } > joined.rdb")
+    subprocess.run(["bash", "-c", recipe, "join", *sorted(files)], cwd=loaded_dir, check=True)
+    assert (loaded_dir / "joined.rdb").read_bytes() == join(parts)
     check_rdb(loaded_dir / "joined.rdb")
     while src.execute_command("EXISTS", b"short-lived"):
         time.sleep(0.05)
