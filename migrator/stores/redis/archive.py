@@ -2,13 +2,15 @@
 one), assembled from the DUMP payloads a backup reads, with absolute expiry times.
 
 Why RDB: ``redis-server --dbfilename <file>`` loads it and ``redis-check-rdb`` checks it,
-with no tool of ours. A unit's file holds one DB section: AUX fields (``redis-ver`` of
-the source, ``ctime``, the unit), SELECTDB + RESIZEDB with the unit's exact key and
-expiry counts, one ``openim-payload-ver`` AUX field before the keys (the RDB version of
-the payloads, which a restore puts back into each payload's footer; Redis ignores AUX
-fields it does not know), the keys, EOF and the CRC-64. The magic's version is the
-highest payload version in the file. Keys are spooled to a temporary file while the unit
-is read, so the header can carry exact counts and that version.
+with no tool of ours. A unit's file is the magic ``REDIS00NN`` (NN: the highest payload
+version in it), one DB section: SELECTDB + RESIZEDB with the unit's exact key and expiry
+counts, AUX fields (``redis-ver`` of the source, ``redis-bits``, ``ctime``,
+``openim-unit``, and ``openim-payload-ver`` before the keys: the RDB version of their
+payloads, which a restore puts back into each payload's footer; Redis reads AUX fields
+anywhere and ignores those it does not know), the keys, then EOF and the CRC-64. So a
+DB split into several units joins into one file with ``head``/``tail`` (docs/backups.md).
+Keys are spooled to a temporary file while the unit is read, so the header can carry
+exact counts and that version.
 
 Restore (``export``) reads the file back into the Redis store's batch form, ``(key,
 expire_at_ms or 0, DUMP payload)``, each payload rebuilt with its version and CRC-64; the
