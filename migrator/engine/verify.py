@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -96,31 +96,131 @@ def schema_differences(source: Any, target: Any, path: str = "") -> list[str]:
     return []
 
 
-def compare_chunk(source: Store, target: Store, unit: Unit, chunk: Chunk,
-                  report: UnitReport) -> bool:
-    """List one chunk on both sides; True when a real difference was found. A digest
-    mismatch with no record difference is a tolerance case (e.g. a TTL near a rounding
-    boundary) and counts as equal."""
+@dataclass
+class ChunkDiff:
+    """The records of one chunk that differ, by category (complete lists)."""
+
+    chunk: Chunk
+    missing_on_target: list[str] = field(default_factory=list)
+    missing_on_source: list[str] = field(default_factory=list)
+    differ: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing_on_target or self.missing_on_source or self.differ)
+
+
+RESOLVE_KEYS = 1000  # keys whose cheap hashes disagree, fingerprinted per batch
+
+
+def listed_differences(source: Store, target: Store, unit: Unit, chunk: Chunk) -> ChunkDiff:
+    """Both sides of one chunk listed with canonical fingerprints: the path for stores
+    without ``record_hashes``."""
     src = dict(source.records(unit, chunk))
-    found = False
+    diff = ChunkDiff(chunk)
     for key, fingerprint in target.records(unit, chunk):
         if key not in src:
-            found = True
-            report.n_missing_on_source += 1
-            if len(report.missing_on_source) < SAMPLE:
-                report.missing_on_source.append(key)
+            diff.missing_on_source.append(key)
+        elif not source.same_record(src.pop(key), fingerprint):
+            diff.differ.append(key)
+    diff.missing_on_target.extend(src)
+    return diff
+
+
+def _suspects(source: Store, target: Store, unit: Unit, chunk: Chunk) -> list[str] | None:
+    """Keys of one chunk whose cheap hashes are not equal on both sides (one side only,
+    a hash that differs, or one that cannot tell), or None when a side offers none."""
+    src = source.record_hashes(unit, chunk)
+    if src is None:
+        return None
+    tgt = target.record_hashes(unit, chunk)
+    if tgt is None:
+        return None
+    out = [key for key, h in tgt.items() if h is None or src.get(key) != h]
+    out.extend(key for key in src if key not in tgt)
+    return out
+
+
+def _resolve(source: Store, target: Store, unit: Unit,
+             pending: list[tuple[Chunk, list[str]]]) -> list[ChunkDiff]:
+    """Canonical fingerprints of the suspect keys of several chunks, both sides at once."""
+    keys = [k for _, part in pending for k in part]
+    src: dict[str, Any] = {}
+    tgt: dict[str, Any] = {}
+    if keys:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as pool:
+            future = pool.submit(lambda: dict(source.records_of(unit, keys)))
+            tgt = dict(target.records_of(unit, keys))
+            src = future.result()
+    out = []
+    for chunk, part in pending:
+        diff = ChunkDiff(chunk)
+        for key in part:
+            if key in src and key in tgt:
+                if not source.same_record(src[key], tgt[key]):
+                    diff.differ.append(key)
+            elif key in src:
+                diff.missing_on_target.append(key)
+            elif key in tgt:
+                diff.missing_on_source.append(key)
+        out.append(diff)
+    return out
+
+
+def chunk_differences(source: Store, target: Store, unit: Unit, chunks: list[Chunk],
+                      stop: threading.Event | None = None) -> Iterator[ChunkDiff]:
+    """The real differences of chunks whose digests disagree, chunk by chunk in order
+    (chunks without any are left out: a tolerance case, e.g. a TTL at a rounding edge).
+
+    Where both stores offer ``record_hashes``, a chunk is first narrowed to the keys whose
+    cheap hashes differ (equal hashes mean equal records), and only those get canonical
+    fingerprints, gathered over consecutive chunks into batches of ``RESOLVE_KEYS``; else
+    both sides of the chunk are listed canonically. Either way a key is named only after
+    canonical fingerprints read now disagree, so the verdicts do not change."""
+    pending: list[tuple[Chunk, list[str]]] = []
+    waiting = 0
+    for chunk in chunks:
+        if stop is not None and stop.is_set():
+            break
+        suspects = _suspects(source, target, unit, chunk)
+        if suspects is None:
+            if pending:
+                yield from (d for d in _resolve(source, target, unit, pending) if d)
+                pending, waiting = [], 0
+            diff = listed_differences(source, target, unit, chunk)
+            if diff:
+                yield diff
             continue
-        source_fp = src.pop(key)
-        if not source.same_record(source_fp, fingerprint):
-            found = True
-            report.n_differ += 1
-            if len(report.differ) < SAMPLE:
-                report.differ.append(key)
-    for key in src:
+        if suspects:
+            pending.append((chunk, suspects))
+            waiting += len(suspects)
+        if waiting >= RESOLVE_KEYS:
+            yield from (d for d in _resolve(source, target, unit, pending) if d)
+            pending, waiting = [], 0
+    if pending:
+        yield from (d for d in _resolve(source, target, unit, pending) if d)
+
+
+def _record(report: UnitReport, diff: ChunkDiff) -> None:
+    """Count a chunk's differences into the report, naming up to SAMPLE per category."""
+    for count, sample, keys in (
+            ("n_missing_on_target", report.missing_on_target, diff.missing_on_target),
+            ("n_missing_on_source", report.missing_on_source, diff.missing_on_source),
+            ("n_differ", report.differ, diff.differ)):
+        setattr(report, count, getattr(report, count) + len(keys))
+        sample.extend(keys[:max(0, SAMPLE - len(sample))])
+    if diff:
+        report.chunks.append(diff.chunk.id)
+
+
+def compare_chunk(source: Store, target: Store, unit: Unit, chunk: Chunk,
+                  report: UnitReport) -> bool:
+    """Compare one chunk into ``report``; True when a real difference was found. A digest
+    mismatch with no record difference is a tolerance case (e.g. a TTL near a rounding
+    boundary) and counts as equal."""
+    found = False
+    for diff in chunk_differences(source, target, unit, [chunk]):
+        _record(report, diff)
         found = True
-        report.n_missing_on_target += 1
-        if len(report.missing_on_target) < SAMPLE:
-            report.missing_on_target.append(key)
     return found
 
 
@@ -137,12 +237,15 @@ def verify_unit(source: Store, target: Store, unit: Unit) -> UnitReport:
             src_digest, tgt_digest = src_future.result(), tgt_future.result()
         report.schema = schema_differences(src_schema, tgt_schema)
         empty = ChunkDigest()
+        differing = []
         for chunk in chunks:
             s, t = src_digest.get(chunk.id, empty), tgt_digest.get(chunk.id, empty)
             report.source_count += s.count
             report.target_count += t.count
-            if s != t and compare_chunk(source, target, unit, chunk, report):
-                report.chunks.append(chunk.id)
+            if s != t:
+                differing.append(chunk)
+        for diff in chunk_differences(source, target, unit, differing):
+            _record(report, diff)
         if report.chunks or report.schema:
             report.status = DIFFER
     except MigrateError as exc:

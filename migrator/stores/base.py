@@ -27,6 +27,10 @@ Contract, in words:
   ``records(unit, chunk)`` lists ``(key, fingerprint)`` of one chunk, to name the records
   that differ once the digests disagree; ``same_record`` compares two fingerprints (a store
   with tolerances, e.g. Redis TTLs, overrides it).
+* ``record_hashes(unit, chunk)`` (optional) hands out the cheap per-record hashes the
+  digest sums, so a chunk whose digests disagree is narrowed to the keys whose hashes
+  differ before any canonical read; ``records_of(unit, keys)`` is ``records`` for those
+  keys only. A store offers both or neither (the engine then lists whole chunks).
 * ``schema(unit)`` returns the definitions that must match besides data (columns,
   indexes, options) as JSON-like data, read live from the server (never from the plan);
   ``{}`` when the store has none.
@@ -284,6 +288,21 @@ class Store(ABC):
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         return source_fp == target_fp
+
+    def record_hashes(self, unit: Unit, chunk: Chunk) -> dict[str, Any] | None:
+        """``{key: hash}`` of one chunk, as cheap as the digest's own per-record hashes, or
+        None when not offered (the engine then compares the chunk with ``records``).
+
+        Why: listing a chunk canonically costs far more than hashing what the copy reads;
+        most keys of a chunk whose digests disagree are equal. Contract: equal hashes of a
+        key on both sides must imply ``same_record`` of its fingerprints; a hash of None
+        means "compare this key canonically" (e.g. it cannot be told cheaply)."""
+        return None
+
+    def records_of(self, unit: Unit, keys: list[str]) -> Iterator[tuple[str, Any]]:
+        """``records`` of the named keys only, present ones alone; offered with
+        ``record_hashes``."""
+        raise CapabilityMissing(f"the {self.kind} store cannot list single records")
 
     # -- write freeze ----------------------------------------------------------------
     def has_freeze_guard(self) -> bool:

@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from binascii import crc_hqx
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,6 +216,67 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+Hashes = list[tuple[bytes, int]]  # (key, per-record hash of the chunk digest)
+
+
+@dataclass
+class _Kept:
+    started: float  # when the digest began
+    index: dict[str, int]  # chunk id -> position, until handed out
+    by_db: dict[int, list[Hashes]]  # DB -> per chunk (key, hash)
+    size: int  # keys held
+
+
+class HashMemo:
+    """The per-key hashes a digest summed, kept by chunk and DB, so that a chunk whose
+    digests disagree is narrowed to its differing keys without reading it again
+    (``record_hashes``). A chunk is handed out once; a unit's memo is dropped by its next
+    digest and not used when older than ``max_age``; oldest units go first beyond
+    ``limit`` keys in all, and a digest over more than ``limit`` keys keeps none."""
+
+    def __init__(self, limit: int = 1_000_000, max_age: float = 600.0) -> None:
+        self.limit, self.max_age = limit, max_age
+        self._units: OrderedDict[str, _Kept] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def forget(self, unit: str) -> None:
+        with self._lock:
+            kept = self._units.pop(unit, None)
+            if kept is not None:
+                self._size -= kept.size
+
+    def put(self, unit: str, started: float, chunks: list[Chunk],
+            by_db: dict[int, list[Hashes]], size: int) -> None:
+        self.forget(unit)
+        if size > self.limit:
+            return
+        with self._lock:
+            self._units[unit] = _Kept(started, {c.id: i for i, c in enumerate(chunks)},
+                                      by_db, size)
+            self._size += size
+            while self._size > self.limit and len(self._units) > 1:
+                _, dropped = self._units.popitem(last=False)
+                self._size -= dropped.size
+
+    def take(self, unit: str, chunk_id: str) -> dict[int, Hashes] | None:
+        """The hashes of one chunk by DB, or None when not kept (or handed out before)."""
+        with self._lock:
+            kept = self._units.get(unit)
+            if kept is None or time.monotonic() - kept.started > self.max_age:
+                return None
+            i = kept.index.pop(chunk_id, None)
+            if i is None:
+                return None
+            out = {}
+            for db, per_chunk in kept.by_db.items():
+                out[db], per_chunk[i] = per_chunk[i], []
+            taken = sum(map(len, out.values()))
+            kept.size -= taken
+            self._size -= taken
+            return out
+
+
 class RedisStore(Store):
     kind = "redis"
     capabilities = Capabilities(snapshot_reads=False, server_side_checksum=False, ttls=True,
@@ -270,6 +332,7 @@ class RedisStore(Store):
         self.role: Role | None = None  # learnt from the first call only one side makes
         self._page_cache = rw.PageCache()
         self._listings = rw.KeyListings()
+        self._hashes = HashMemo()
         self._lock = threading.RLock()
         self._clients: dict[int, redis.Redis] = {}
         self._cluster: RedisCluster | None = None
@@ -402,6 +465,7 @@ class RedisStore(Store):
                 self._cluster.close()
             self._clients, self._nodes, self._cluster = {}, [], None
             self._listings = rw.KeyListings()
+            self._hashes = HashMemo()
             self._opened = False
 
     @property
@@ -1193,59 +1257,119 @@ class RedisStore(Store):
     def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
         """Count and hash sum per chunk, from string values and DUMP payloads (the reads a
         copy makes, see ``rv.record_hashes``); ``records`` stays canonical. A union unit
-        sums over all its DBs, so a merged target DB compares with the union."""
+        sums over all its DBs, so a merged target DB compares with the union. The per-key
+        hashes are kept (``HashMemo``) for ``record_hashes`` of the chunks that differ."""
         dbs = self._unit_dbs(unit)
         for db in dbs:
             self._listings.forget(_listing(unit, db))  # a new verify pass: list afresh
+        self._hashes.forget(unit.key)
+        started = time.monotonic()
         owner = [-1] * SLOTS  # slot → index of its chunk
         for i, chunk in enumerate(chunks):
             lo, hi = chunk.bounds
             owner[lo:hi + 1] = [i] * (hi - lo + 1)
         wanted = [slot for slot, i in enumerate(owner) if i >= 0]
         counts, sums = [0] * len(chunks), [0] * len(chunks)
+        # DB -> per chunk (key, hash); None once more keys than the memo holds were seen
+        kept: dict[int, list[Hashes]] | None = {db: [[] for _ in chunks] for db in dbs}
+        size = 0
         if wanted:
             self.open()
             ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
             pages = self._unit_pages(dbs, max(wanted[0], ulo), min(wanted[-1], uhi))
             tolerance = self.options.ttl_tolerance_ms
             one_mget = self._cluster is None  # a cluster refuses MGET across hash slots
+            # Which DB a page came from: each DB has its own client on a single server; a
+            # cluster has DB 0 only.
+            db_of = {} if self._cluster is not None else {id(self._client(db)): db
+                                                           for db in dbs}
 
-            def read(client: redis.Redis, keys: list[bytes]) -> list[tuple[bytes, int]]:
-                return rv.record_hashes(client, keys, now_ms=_now_ms(), tolerance=tolerance,
-                                        pexpiretime=self._pexpiretime, one_mget=one_mget)
+            def read(client: redis.Redis, keys: list[bytes]) -> tuple[int, Hashes]:
+                return db_of.get(id(client), dbs[0]), rv.record_hashes(
+                    client, keys, now_ms=_now_ms(), tolerance=tolerance,
+                    pexpiretime=self._pexpiretime, one_mget=one_mget)
 
             with self._errors(f"checksumming {unit.name}"):
-                for found, _ in rw.read_ahead(pages, read):
+                for (db, found), _ in rw.read_ahead(pages, read):
+                    rows = kept[db] if kept is not None else None
                     for key, value in found:
                         i = owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 0x3FFF]
                         if i >= 0:
                             counts[i] += 1
                             sums[i] += value
+                            if rows is not None:
+                                rows[i].append((key, value))
+                    size += len(found)
+                    if kept is not None and size > self._hashes.limit:
+                        kept = None  # too big to keep: record_hashes reads again
+        if kept is not None:
+            self._hashes.put(unit.key, started, chunks, kept, size)
         return {chunk.id: ChunkDigest(counts[i], sums[i] & HASH_MASK)
                 for i, chunk in enumerate(chunks)}
+
+    def record_hashes(self, unit: Unit, chunk: Chunk) -> dict[str, Any] | None:
+        """The digest's own per-key hashes of one chunk (key + value + expiry bucket:
+        equal ones mean an equal value and expiries within the TTL tolerance), kept by the
+        digest, else read again. A key in two DBs of a union gets None: compared
+        canonically, ``records_of`` names the collision."""
+        by_db = self._hashes.take(unit.key, chunk.id)
+        if by_db is None:
+            by_db = self._read_hashes(unit, chunk)
+        out: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        for db, pairs in by_db.items():
+            for key, value in pairs:
+                text = rv.key_text(key)
+                if text in seen and (seen[text] != db or out[text] != value):
+                    out[text] = None  # in two DBs, or hashed twice (SCAN repeats) unequal
+                else:
+                    seen[text] = db
+                    out[text] = value
+        return out
+
+    def _read_hashes(self, unit: Unit, chunk: Chunk) -> dict[int, Hashes]:
+        """``record_hashes`` read live, when the digest kept none for this chunk."""
+        self.open()
+        tolerance = self.options.ttl_tolerance_ms
+        out: dict[int, Hashes] = {}
+        for db, keys in self._chunk_keys(unit, *chunk.bounds):
+            rows = out.setdefault(db, [])
+            with self._errors(f"checksumming {unit.name}"):
+                for client, part in self._by_node(db, keys):
+                    for i in range(0, len(part), self.scan_count):
+                        rows += rv.record_hashes(
+                            client, part[i:i + self.scan_count], now_ms=_now_ms(),
+                            tolerance=tolerance, pexpiretime=self._pexpiretime,
+                            one_mget=self._cluster is None)
+        return out
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
         """Canonical fingerprints of the chunk's keys. A key found in two DBs of a union
         (merged DBs that collide since plan) gets a fingerprint no target key can equal."""
-        found: dict[bytes, list[tuple[int, Any]]] = {}
-        for db, keys in self._chunk_keys(unit, *chunk.bounds):
-            groups: dict[int, tuple[redis.Redis, list[bytes]]] = {}
-            for key in keys:
-                client = self._node_for(db, key)
-                groups.setdefault(id(client), (client, []))[1].append(key)
+        return self._fingerprints(unit, self._chunk_keys(unit, *chunk.bounds))
+
+    def records_of(self, unit: Unit, keys: list[str]) -> Iterator[tuple[str, Any]]:
+        """``records`` of the named keys, looked for in every DB of the unit here."""
+        self.open()
+        wanted = list(dict.fromkeys(rv.key_bytes(k) for k in keys))
+        return self._fingerprints(unit, [(db, wanted) for db in self._unit_dbs(unit)])
+
+    def _fingerprints(self, unit: Unit, keys_by_db: list[tuple[int, list[bytes]]]
+                      ) -> Iterator[tuple[str, Any]]:
+        found: dict[bytes, dict[int, Any]] = {}
+        for db, keys in keys_by_db:
             with self._errors(f"checksumming {unit.name}"):
-                for client, part in groups.values():
+                for client, part in self._by_node(db, list(dict.fromkeys(keys))):
                     for i in range(0, len(part), self.scan_count):
                         for key, fp in rv.fingerprints(client, part[i:i + self.scan_count],
                                                        now_ms=_now_ms(),
                                                        pexpiretime=self._pexpiretime):
-                            found.setdefault(key, []).append((db, fp))
+                            found.setdefault(key, {})[db] = fp
         for key, seen in found.items():
             if len(seen) == 1:
-                yield rv.key_text(key), seen[0][1]
+                yield rv.key_text(key), next(iter(seen.values()))
             else:
-                yield rv.key_text(key), (f"in DBs {_dbs_text([db for db, _ in seen])}", "",
-                                         None)
+                yield rv.key_text(key), (f"in DBs {_dbs_text(sorted(seen))}", "", None)
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:
         if source_fp is None or target_fp is None:

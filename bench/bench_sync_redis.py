@@ -1,0 +1,131 @@
+"""Redis catch-up cost: bulk copy, then `sync` passes and `verify` after a few changes.
+
+    python scripts/services.py start --dir /tmp/bench-svc --only redis
+    . /tmp/bench-svc/env.sh
+    python bench/bench_sync_redis.py --keys 200000 --changed 0.01
+
+Everything runs through the real command line, as an operator would: ``plan``, ``run
+--no-verify`` (the bulk copy), then a share of the source's keys is changed (values
+rewritten, keys deleted, keys added, expiries changed, spread over the whole key space)
+and ``sync`` is timed (the pass that copies those changes), then ``sync`` again (a pass
+with nothing to do: digests only) and ``verify``. The goal of the cutover design is a
+pass at most 15 % of the copy and freeze → final sync → verify at most 25 % of it.
+Prints one JSON object; the load average is included, the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from fixtures import redis_data  # noqa: E402
+from migrator.config import Endpoint  # noqa: E402
+
+
+def hostport(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+def cli(*args: str) -> tuple[float, dict[str, Any]]:
+    """Run one command; (wall seconds, its JSON report)."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=3600)
+    took = time.monotonic() - started
+    if out.returncode != 0 or not out.stdout:
+        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return took, json.loads(out.stdout)
+
+
+def change(client: redis.Redis, share: float, seed: int) -> dict[str, int]:
+    """Touch ``share`` of the keys, picked uniformly: 60 % values rewritten, 15 % deleted,
+    15 % expiries changed, plus as many new keys as 10 % of the share."""
+    rng = random.Random(seed)
+    keys = [k for k in client.scan_iter(count=1000)]
+    picked = rng.sample(keys, max(1, int(len(keys) * share)))
+    done = {"rewritten": 0, "deleted": 0, "ttl": 0, "added": 0}
+    pipe = client.pipeline(transaction=False)
+    for i, key in enumerate(picked):
+        roll = rng.random()
+        if roll < 0.15:
+            pipe.delete(key)
+            done["deleted"] += 1
+        elif roll < 0.30:
+            pipe.pexpire(key, rng.randint(1, 30) * redis_data.DAY_MS)
+            done["ttl"] += 1
+        elif roll < 0.40:
+            pipe.set(f"bench:new:{i}", rng.randbytes(64))
+            done["added"] += 1
+        else:
+            pipe.delete(key)
+            pipe.set(key, rng.randbytes(rng.randint(16, 512)))
+            done["rewritten"] += 1
+    pipe.execute()
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=200_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of keys changed")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=4)
+    args = parser.parse_args()
+    for var in ("OIM_REDIS_SRC_URL", "OIM_REDIS_DST_URL"):
+        if var not in os.environ:
+            sys.exit(f"{var} is not set: start servers with scripts/services.py and source "
+                     "its env.sh")
+    src_url, dst_url = os.environ["OIM_REDIS_SRC_URL"], os.environ["OIM_REDIS_DST_URL"]
+    source = Endpoint("redis", f"redis://:${{OIM_REDIS_SRC_PASSWORD}}@{hostport(src_url)}/0",
+                      name="bench")
+    src = redis.Redis.from_url(src_url, password=os.environ["OIM_REDIS_SRC_PASSWORD"])
+    dst = redis.Redis.from_url(dst_url, password=os.environ["OIM_REDIS_DST_PASSWORD"])
+    src.flushall()
+    dst.flushall()
+    redis_data.mixed(source, args.keys, seed=args.seed)
+    result: dict[str, Any] = {"keys": src.dbsize(), "changed_share": args.changed}
+    with tempfile.TemporaryDirectory() as work:
+        plan = str(Path(work) / "plan.yaml")
+        cli("plan", "--source", f"redis=redis://:${{OIM_REDIS_SRC_PASSWORD}}@"
+            f"{hostport(src_url)}/0", "--target",
+            f"redis=redis://:${{OIM_REDIS_DST_PASSWORD}}@{hostport(dst_url)}/0",
+            "-o", plan, "--json")
+        par = ["--parallel", str(args.parallel)]
+        result["copy_s"], _ = cli("run", plan, "--no-verify", "--json", *par)
+        result["changes"] = change(src, args.changed, args.seed + 1)
+        result["sync_s"], report = cli("sync", plan, "--json", *par)
+        units = [u for p in report["passes"] for u in p["units"]]
+        result["sync_copied"] = sum(u["copied"] for u in units)
+        result["sync_deleted"] = sum(u["deleted"] for u in units)
+        result["sync_idle_s"], report = cli("sync", plan, "--json", *par)
+        result["sync_idle_changed"] = sum(p["changed"] for p in report["passes"])
+        result["verify_s"], report = cli("verify", plan, "--json", *par)
+        result["verify_ok"] = report["ok"]
+    assert src.dbsize() == dst.dbsize(), (src.dbsize(), dst.dbsize())
+    copy = result["copy_s"]
+    result["sync_ratio"] = round(result["sync_s"] / copy, 3)
+    # The freeze window: the final sync (here: the pass with changes) plus the verify.
+    result["freeze_ratio"] = round((result["sync_s"] + result["verify_s"]) / copy, 3)
+    for name in ("copy_s", "sync_s", "sync_idle_s", "verify_s"):
+        result[name] = round(result[name], 2)
+    result["load"] = round(os.getloadavg()[0], 1)
+    src.flushall()
+    dst.flushall()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
