@@ -554,7 +554,7 @@ def main() -> int:
         if started_here:
             services.stop(work / "services")
         shutil.rmtree(work, ignore_errors=True)
-    result["argv"] = ["python", "bench/compare.py", *sys.argv[1:]]
+    result.update(parallel=opts.parallel, argv=["python", "bench/compare.py", *sys.argv[1:]])
     print(json.dumps(result))
     return 0
 
