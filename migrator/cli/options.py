@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 import yaml
 
@@ -76,7 +79,7 @@ def endpoints(urls: tuple[str, ...], extra: tuple[str, ...], flag: str, role: st
     return out
 
 
-def progress_option(func):  # type: ignore[no-untyped-def]
+def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--progress/--no-progress", default=None,
                         help="Progress bars on stderr (default: when stderr is a terminal)."
                         )(func)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,7 +31,7 @@ target_options = [
 ]
 
 
-def with_targets(func):  # type: ignore[no-untyped-def]
+def with_targets(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(target_options):
         func = option(func)
     return func
