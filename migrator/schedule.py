@@ -462,9 +462,11 @@ def render_kubernetes(spec: ScheduleSpec, plan_name: str, plan_text: str,
     access.env |= plan_refs.env
     for ns, names in plan_refs.secrets.items():
         access.secrets.setdefault(ns, set()).update(names)
-    script = "set -e\ncp /plan/plan.yaml /work/plan.yaml\n" + "\n".join(
+    # backup keeps its journal in a temporary folder (the set holds its progress), so the
+    # plan is read where the ConfigMap puts it; prune only after a backup that succeeded
+    script = "set -e\n" + "\n".join(
         ("" if i == 0 else "exec ") + shlex.join(cmd)
-        for i, cmd in enumerate(commands(spec, "/work/plan.yaml", access))) + "\n"
+        for i, cmd in enumerate(commands(spec, "/plan/plan.yaml", access))) + "\n"
     meta = _meta(spec.namespace, name)
     backup: list[Any] = [
         k.V1ConfigMap(api_version="v1", kind="ConfigMap", metadata=meta(f"{name}-plan"),
@@ -539,10 +541,8 @@ def _cron_job(spec: ScheduleSpec, namespace: str, name: str, schedule: str, acce
             secret_key_ref=k.V1SecretKeySelector(name=access.key_env[0], key=access.key_env[1]))))
     mounts = [k.V1VolumeMount(name=v, mount_path=path) for v, path, _ in volumes]
     pod_volumes = [volume for _, _, volume in volumes]
-    mounts += [k.V1VolumeMount(name="work", mount_path="/work"),
-               k.V1VolumeMount(name="tmp", mount_path="/tmp")]
-    pod_volumes += [k.V1Volume(name="work", empty_dir=k.V1EmptyDirVolumeSource()),
-                    k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource())]
+    mounts.append(k.V1VolumeMount(name="tmp", mount_path="/tmp"))  # journals, HOME, cwd
+    pod_volumes.append(k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource()))
     if spec.archive_claim and spec.archive.startswith("archive+file:"):
         path = unquote(urlsplit(spec.archive).path)
         mounts.append(k.V1VolumeMount(name="archive", mount_path=path))
@@ -553,7 +553,7 @@ def _cron_job(spec: ScheduleSpec, namespace: str, name: str, schedule: str, acce
                          "it must hold the same archive (e.g. bound to the same NFS volume)")
     container = k.V1Container(
         name=name.rsplit("-", 1)[-1], image=spec.image, command=command, env=env,
-        working_dir="/work", volume_mounts=mounts,
+        working_dir="/tmp", volume_mounts=mounts,
         resources=k.V1ResourceRequirements(requests={"cpu": spec.cpu, "memory": spec.memory}),
         security_context=container_security())
     pod_labels = labels(name)
@@ -590,7 +590,7 @@ def systemd_quote(arg: str) -> str:
 def render_systemd(spec: ScheduleSpec, plan_name: str, plan_path: str) -> Rendered:
     """A oneshot service and its timer for the backup (then prune), and with drill
     targets a second pair for the drill. ``plan_path`` is the plan's absolute path on the
-    host; the service copies it into its runtime directory, where the journal goes."""
+    host (only read: a backup's journal is temporary, its progress is in the set)."""
     spec.check()
     base = _base(plan_name)
     notes: list[str] = []
@@ -600,11 +600,7 @@ def render_systemd(spec: ScheduleSpec, plan_name: str, plan_path: str) -> Render
         notes.append(f"the plan is under {plan_path.split('/')[1]}/, which the service's "
                      "PrivateTmp hides: keep it in /etc/openim-migrate/")
     backup = f"{base}-backup"
-    run_dir = f"/run/{backup}"
-    lines = [f"ExecStartPre=/usr/bin/install -m 0600 {systemd_quote(plan_path)} "
-             f"{systemd_quote(run_dir + '/plan.yaml')}"]
-    lines += [f"ExecStart={_exec(spec, cmd)}"
-              for cmd in commands(spec, f"{run_dir}/plan.yaml", access)]
+    lines = [f"ExecStart={_exec(spec, cmd)}" for cmd in commands(spec, plan_path, access)]
     files[f"{backup}.service"] = _service(
         spec, f"OpenIM backup of plan {plan_name} into {_redacted(spec.archive)}, then prune",
         backup, lines, access, plan_refs=True)
@@ -638,7 +634,7 @@ def _service(spec: ScheduleSpec, description: str, name: str, exec_lines: list[s
     if access.secrets:
         head.append("# ${k8s:...} references are read with the kubeconfig in KUBECONFIG "
                     "(set it in the environment file)")
-    dirs = [f"RuntimeDirectory={name}"]  # the plan's copy and the journal: per run
+    dirs = [f"RuntimeDirectory={name}"]  # a working directory and HOME, gone after the run
     if not plan_refs:
         dirs.append(f"StateDirectory={name}")  # the drill's reports outlive the run
     if plan_refs and spec.archive.startswith("archive+file:"):  # the drill only reads it

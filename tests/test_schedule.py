@@ -100,6 +100,11 @@ def test_cron_jobs_forbid_overlap_and_run_backup_then_prune_and_the_drill(plan):
         assert resources == {"cpu": "500m", "memory": "512Mi"}
         pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
+        # a read-only root: journals (tempfile), HOME and the working directory in /tmp
+        assert container(job)["securityContext"]["readOnlyRootFilesystem"] is True
+        tmp = next(m["name"] for m in container(job)["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert {"name": tmp, "emptyDir": {}} in pod["volumes"]
+        assert container(job)["workingDir"] == "/tmp"
         assert container(job)["image"] == "openim-migrate:0.1.0"
     assert backup["metadata"]["namespace"] == "openim"
     assert (backup["spec"]["schedule"], drill["spec"]["schedule"]) == ("15 2 * * *",
@@ -125,9 +130,8 @@ def test_the_backup_script_runs_exactly_the_commands_with_references_unexpanded(
     script = container(cron_jobs(render(plan))["openim-migrate-prod-backup"])["command"]
     assert script[:2] == ["sh", "-c"]
     (tmp_path / "plan").mkdir()
-    (tmp_path / "work").mkdir()
     (tmp_path / "plan" / "plan.yaml").write_text(plan.read_text())
-    body = script[2].replace("/plan/", f"{tmp_path}/plan/").replace("/work/", f"{tmp_path}/work/")
+    body = script[2].replace("/plan/", f"{tmp_path}/plan/")
     record = tmp_path / "argv.jsonl"
     fake = tmp_path / "bin" / "openim-migrate"
     fake.parent.mkdir()
@@ -140,12 +144,11 @@ def test_the_backup_script_runs_exactly_the_commands_with_references_unexpanded(
     done = subprocess.run(["sh", "-c", body], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in record.read_text().splitlines()]
-    work_plan = f"{tmp_path}/work/plan.yaml"
+    work_plan = f"{tmp_path}/plan/plan.yaml"
     assert calls == [
         ["backup", work_plan, "--to", S3_ARCHIVE, "--key", "${OIM_ARCHIVE_KEY}"],
         ["backup", "prune", S3_ARCHIVE, "--key", "${OIM_ARCHIVE_KEY}", "--keep-last", "3",
          "--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "6"]]
-    assert Path(work_plan).read_text() == plan.read_text()  # the journal's writable copy
     record.unlink()
     failed = subprocess.run(["sh", "-c", body], env={**env, "FAKE_EXIT": "4"})
     assert failed.returncode == 4  # the Job fails (and is retried by its backoffLimit) ...
@@ -373,14 +376,12 @@ def test_systemd_service_runs_backup_then_prune_with_secrets_from_the_environmen
     assert keys["User"] == "openim-migrate" and keys["NoNewPrivileges"] == "yes"
     assert keys["ReadWritePaths"] == "/var/backups/openim"  # ProtectSystem=strict elsewhere
     starts = [shlex.split(v) for k, v in service if k == "ExecStart"]
-    run = "/run/openim-migrate-prod-backup"
+    assert keys["WorkingDirectory"] == "/run/openim-migrate-prod-backup"  # RuntimeDirectory
     assert starts == [
-        [sys.executable, "backup", f"{run}/plan.yaml", "--to",
+        [sys.executable, "backup", "/etc/openim-migrate/plan.yaml", "--to",
          "archive+file:///var/backups/openim", "--key", "$${BACKUP_KEY}"],
         [sys.executable, "backup", "prune", "archive+file:///var/backups/openim", "--key",
          "$${BACKUP_KEY}", "--keep-daily", "14", "--keep-monthly", "12"]]
-    assert ("ExecStartPre", f"/usr/bin/install -m 0600 /etc/openim-migrate/plan.yaml "
-            f"{run}/plan.yaml") in service
     assert "# /etc/openim-migrate/openim-migrate.env (mode 0600) must define: BACKUP_KEY" in \
         files["openim-migrate-prod-backup.service"]
     timer = dict(units(files["openim-migrate-prod-backup.timer"])["Timer"])
@@ -435,7 +436,7 @@ def test_cli_writes_the_files_into_output_or_prints_them(plan, tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "sd").iterdir()) == [
         "openim-migrate-prod-backup.service", "openim-migrate-prod-backup.timer"]
-    assert f"/usr/bin/install -m 0600 {plan.resolve()} " in (
+    assert f"backup {plan.resolve()} --to " in (
         tmp_path / "sd" / "openim-migrate-prod-backup.service").read_text()
 
 
