@@ -102,7 +102,8 @@ class Entry:
     def sidecar(self) -> bytes:
         data = self.to_dict()
         del data["pack"]
-        return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+        return json.dumps(data, sort_keys=True, ensure_ascii=False,
+                          separators=(",", ":")).encode() + b"\n"
 
 
 def read_index(unit: UnitReader) -> Iterator[Entry]:
@@ -213,6 +214,8 @@ class ObjectArchiveImporter(Importer):
         self.recent_from = (int(parse_time(began).timestamp()) - self.fmt.recent_seconds
                             if began else 0)
         self.index = self.unit.open(INDEX)
+        self._lines: list[bytes] = []
+        self._lines_bytes = 0
 
     def write_batch(self, batch: Batch) -> None:
         olds = self.previous.lookup([r.key for r in batch.records])
@@ -245,8 +248,14 @@ class ObjectArchiveImporter(Importer):
                 future.cancel()
             raise
 
+    def _flush_index(self) -> None:
+        if self._lines:
+            self.index.write(b"\n".join(self._lines) + b"\n")
+        self._lines, self._lines_bytes = [], 0
+
     def finalize(self) -> None:
         self._close_pack()
+        self._flush_index()
         self.index.close()
         bounds = [*self.bounds, self.spec.get("end")]
         self.unit.set_chunks(Chunk(str(i), {"start": bounds[i], "end": bounds[i + 1]})
@@ -375,8 +384,10 @@ class ObjectArchiveImporter(Importer):
             self.packs += 1
             self._pack_name = f"{PACKS}{self.unit.store.set_id}-{self.packs:06d}.tar"
             self._pack_file = self.unit.open(self._pack_name, meta={"format": "tar (pax)"})
+            # 1 MiB writes: zstd and the hashes run per call, and release the GIL for it.
             self._tar = tarfile.open(fileobj=cast(IO[bytes], self._pack_file), mode="w|",
-                                     format=tarfile.PAX_FORMAT, encoding="utf-8")
+                                     format=tarfile.PAX_FORMAT, encoding="utf-8",
+                                     bufsize=READ)
         return self._tar
 
     def _close_pack(self) -> None:
@@ -410,12 +421,15 @@ class ObjectArchiveImporter(Importer):
         self._index(entry)
         self.stats["stored"] += 1
         self.stats["stored_bytes"] += entry.size
-        if self._pack_file is not None and self._pack_file.plain_bytes >= self.fmt.pack_bytes:
+        if tar.offset >= self.fmt.pack_bytes:
             self._close_pack()
 
     def _index(self, entry: Entry) -> None:
-        self.index.write(json.dumps(entry.to_dict(), sort_keys=True,
-                                    ensure_ascii=False).encode() + b"\n")
+        self._lines.append(json.dumps(entry.to_dict(), sort_keys=True, ensure_ascii=False,
+                                      separators=(",", ":")).encode())
+        self._lines_bytes += len(self._lines[-1]) + 1
+        if self._lines_bytes >= READ:
+            self._flush_index()
         if self.per_chunk and self.count and self.count % self.per_chunk == 0:
             self.bounds.append(separator(self.last_key, entry.key))
         self.count, self.last_key = self.count + 1, entry.key
