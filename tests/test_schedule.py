@@ -497,3 +497,124 @@ def test_dockerfile_lints_clean_and_its_context_holds_what_it_copies():
     bad = subprocess.run([hadolint, "--format", "json", "-"], input="FROM python\n",
                          capture_output=True, text=True)
     assert any(f["level"] == "warning" for f in json.loads(bad.stdout)), bad.stdout
+
+
+# ----------------------------------------------------------------------------- for real
+def _wrapper(tmp_path: Path) -> Path:
+    """``openim-migrate`` on PATH as the pods and services call it: this checkout's CLI."""
+    path = tmp_path / "bin" / "openim-migrate"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m migrator \"$@\"\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture()
+def redis_world(redis_env, tmp_path):
+    """A small Redis source (db 0) planned against the target, an age key, the env a pod
+    or a service would have, and the target flushed for the drill to restore into."""
+    import pyrage
+    import redis
+
+    src = redis.Redis.from_url(redis_env["OIM_REDIS_SRC_URL"],
+                               password=redis_env["OIM_REDIS_SRC_PASSWORD"])
+    dst = redis.Redis.from_url(redis_env["OIM_REDIS_DST_URL"],
+                               password=redis_env["OIM_REDIS_DST_PASSWORD"])
+    src.flushall()
+    dst.flushall()
+    src.set("sched:token", "t1")
+    src.hset("sched:user", mapping={"name": "a", "age": "3"})
+    src.rpush("sched:list", *[str(i) for i in range(50)])
+    src.zadd("sched:rank", {"a": 1, "b": 2})
+    src.set("sched:ttl", "x", ex=3600)
+    host = hostport(redis_env["OIM_REDIS_SRC_URL"])
+    plan = tmp_path / "plan.yaml"
+    out = cli("plan", "--source", "redis=redis://${OIM_REDIS_SRC_READER_USER}:"
+              "${OIM_REDIS_SRC_READER_PASSWORD}@" + host + "/0",
+              "--target", "redis=redis://:${OIM_REDIS_DST_PASSWORD}@"
+              + hostport(redis_env["OIM_REDIS_DST_URL"]) + "/0", "-o", str(plan),
+              env=redis_env)
+    assert out.returncode == 0, out.stderr
+    wrapper = _wrapper(tmp_path)
+    env = {**os.environ, **redis_env, "OIM_TEST_BACKUP_KEY": str(pyrage.x25519.Identity.generate()),
+           "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    spec = dict(archive=f"archive+file://{tmp_path}/archive", key="${OIM_TEST_BACKUP_KEY}",
+                retention=Retention(last=1, daily=0, weekly=0, monthly=0),
+                drill_targets={"redis": {"url": "redis://:${OIM_REDIS_DST_PASSWORD}@"
+                                         + hostport(redis_env["OIM_REDIS_DST_URL"]) + "/0"}})
+    yield plan, env, spec, src, dst
+    src.flushall()
+    dst.flushall()
+
+
+def hostport(url: str) -> str:
+    return url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+
+
+def archive_sets(archive: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    out = subprocess.run(["openim-migrate", "backup", "list", archive, "--key",
+                          "${OIM_TEST_BACKUP_KEY}", "--json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [s for s in json.loads(out.stdout)["sets"] if s["state"] == "complete"]
+
+
+def test_the_rendered_cron_jobs_back_up_prune_and_drill_for_real(redis_world, tmp_path):
+    """The CronJobs' commands, run as the pods would run them (sh -c for the backup, the
+    exec form for the drill) with the real CLI, a real Redis and a real archive."""
+    plan, env, spec, src, dst = redis_world
+    files = render_kubernetes(ScheduleSpec(**spec, env_secret="env", archive_claim="backups"),
+                              "prod", plan.read_text(), yaml.safe_load(plan.read_text())).files
+    jobs = cron_jobs(files)
+    script = container(jobs["openim-migrate-prod-backup"])["command"][2]
+    script = script.replace("/plan/plan.yaml", str(plan))
+    names = []
+    for _ in range(2):  # two nights: two sets made, the older one pruned (--keep-last 1)
+        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        names.append(archive_sets(spec["archive"], env)[-1]["set"])
+    assert names[0] != names[1]
+    assert [s["set"] for s in archive_sets(spec["archive"], env)] == [names[1]]
+    drill = [a.replace("/reports/", f"{tmp_path}/") for a in
+             container(jobs["openim-migrate-prod-drill"])["command"]]
+    done = subprocess.run(drill, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dst.lrange("sched:list", 0, -1) == src.lrange("sched:list", 0, -1)
+    assert dst.hgetall("sched:user") == {b"name": b"a", b"age": b"3"}
+    assert 0 < dst.ttl("sched:ttl") <= 3600
+    junit = (tmp_path / "drill-junit.xml").read_text()
+    assert "<testsuite" in junit and 'failures="0"' in junit
+    assert "openim_migrate" in (tmp_path / "drill.prom").read_text()
+    for secret in (env["OIM_TEST_BACKUP_KEY"], env["OIM_REDIS_SRC_READER_PASSWORD"]):
+        assert secret not in json.dumps(files)
+
+
+def systemd_words(value: str) -> list[str]:
+    """An ExecStart= value as systemd hands it to the process: words split and unquoted,
+    ``$$`` and ``%%`` back to ``$`` and ``%`` (no variable is set that a word names)."""
+    return [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(value)]
+
+
+def test_the_rendered_systemd_services_back_up_prune_and_drill_for_real(redis_world, tmp_path):
+    """The services' ExecStart= lines in order, stopping at the first failure as a oneshot
+    service does, with the environment file's variables: the real CLI accepts them."""
+    plan, env, spec, src, dst = redis_world
+    wrapper = Path(env["PATH"].split(":", 1)[0]) / "openim-migrate"
+    files = render_systemd(ScheduleSpec(**spec, executable=str(wrapper)), "prod",
+                           str(plan)).files
+    backup = [systemd_words(v) for k, v in units(files["openim-migrate-prod-backup.service"])[
+        "Service"] if k == "ExecStart"]
+    assert [argv[1:3] for argv in backup] == [["backup", str(plan)], ["backup", "prune"]]
+    for _ in range(2):
+        for argv in backup:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+    assert len(archive_sets(spec["archive"], env)) == 1
+    state = "/var/lib/openim-migrate-prod-drill"
+    (drill,) = [[w.replace(state, str(tmp_path)) for w in systemd_words(v)] for k, v in units(
+        files["openim-migrate-prod-drill.service"])["Service"] if k == "ExecStart"]
+    done = subprocess.run(drill, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dst.zrange("sched:rank", 0, -1, withscores=True) == [(b"a", 1.0), (b"b", 2.0)]
+    assert 'failures="0"' in (tmp_path / "drill-junit.xml").read_text()
