@@ -28,6 +28,7 @@ from migrator.config import Endpoint
 from migrator.engine.backup import Source, archive_as, backup, restore
 from migrator.engine.session import Session
 from migrator.engine.verify import DIFFER, verify
+from migrator.errors import StoreError
 from migrator.plan import Options, StorePair
 from migrator.stores.base import StoreOptions
 from migrator.stores.mysql import archive as mysql_archive
@@ -364,6 +365,22 @@ def test_data_lines_are_the_stores_load_data_payload_and_parse_back():
         line = tsv_line(row)
         assert line.endswith(b"\n") and b"\n" not in line[:-1]
         assert parse_line(line[:-1], len(row), "t") == row
+    # a file read in blocks of any size gives back the same lines, an empty one too
+    data = b"".join(tsv_line(r) for r in [(b"a\tb",), (b"",), (b"x" * 50,)])
+
+    class Blocks(io.BytesIO):
+        def __init__(self, size: int) -> None:
+            super().__init__(data)
+            self.size = size
+
+        def read(self, _size: int = -1) -> bytes:
+            return super().read(self.size)
+
+    for size in (1, 2, 3, 7, 1000):
+        assert [parse_line(x, 1, "t") for x in mysql_archive._lines(Blocks(size))] == \
+            [(b"a\tb",), (b"",), (b"x" * 50,)]
+    with pytest.raises(StoreError, match="ends inside a row"):
+        list(mysql_archive._lines(io.BytesIO(b"a\nb")))
     # NULL and '' differ, and so do a value and the same bytes shifted across a column
     plain = [True, False, False, False, False, False]
     assert row_md5(plain, rows[0]) != row_md5(plain, (b"1", b"", None) + rows[0][3:])
@@ -386,7 +403,7 @@ def test_export_resumes_from_a_cursor_without_rereading_earlier_files(ports, loa
         real = unit.open
         monkeypatch.setattr(unit, "open", lambda name: opened.append(name) or real(name))
         files = unit.meta["mysql"]["files"]
-        assert len(files) > 2
+        assert len(files) >= 2
         skip = files[0]["rows"] + 3
         rest = [r for b in fmt.export(unit, {"rows": skip}) for r in b.records]
         assert rest == everything[skip:]

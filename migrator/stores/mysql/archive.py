@@ -73,17 +73,16 @@ def row_md5(plain: list[bool], row: Row) -> str:
     """The MD5 ``schema.row_hash`` makes the server compute, from the same raw bytes:
     plain-text kinds as themselves (NULL as ``N``), other columns as their bytes (NULL
     skipped, as CONCAT_WS does) with their lengths listed at the end."""
-    parts: list[bytes] = []
-    lengths: list[bytes] = []
-    for is_plain, value in zip(plain, row, strict=True):
-        if is_plain:
-            parts.append(b"N" if value is None else value)
-        else:
-            if value is not None:
-                parts.append(value)
-            lengths.append(b"N" if value is None else str(len(value)).encode("ascii"))
-    parts.append(b",".join(lengths))
+    parts = [b"N" if v is None else v for p, v in zip(plain, row, strict=True)
+             if p or v is not None]
+    parts.append(b",".join([b"N" if v is None else b"%d" % len(v)
+                            for p, v in zip(plain, row, strict=True) if not p]))
     return hashlib.md5(b"#".join(parts), usedforsecurity=False).hexdigest()
+
+
+def row_hash(plain: list[bool], row: Row) -> int:
+    """``row_md5`` as the 128-bit number the server's digest sums."""
+    return int(row_md5(plain, row), 16)
 
 
 def parse_line(line: bytes, width: int, where: str) -> Row:
@@ -100,17 +99,16 @@ def _lines(reader: Any) -> Iterator[bytes]:
     """The lines of a data file, streamed (a long BLOB may span many reads)."""
     pending: list[bytes] = []
     while block := reader.read(1 << 20):
-        start = 0
-        while (end := block.find(b"\n", start)) >= 0:
-            if pending:
-                pending.append(block[start:end])
-                yield b"".join(pending)
-                pending = []
-            else:
-                yield block[start:end]
-            start = end + 1
-        if start < len(block):
-            pending.append(block[start:])
+        lines = block.split(b"\n")
+        if len(lines) == 1:
+            pending.append(block)
+            continue
+        if pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
+        tail = lines.pop()
+        pending = [tail] if tail else []
+        yield from lines
     if pending:
         raise StoreError(f"{getattr(reader, 'path', 'a data file')}: ends inside a row")
 
@@ -270,7 +268,7 @@ class MySQLArchive(ArchiveFormat):
                 raise CapabilityMissing(f"{unit.unit.name}: a table without a key is one"
                                         " chunk, 'all'")
             for row in self._rows(unit, shape):
-                out["all"].add(int(row_md5(shape.plain, row), 16))
+                out["all"].add(row_hash(shape.plain, row))
             return out
         spans = sorted((span, cid) for cid, span in self._spans(unit, shape, chunks).items())
         index = 0
@@ -278,7 +276,7 @@ class MySQLArchive(ArchiveFormat):
             while index < len(spans) and i >= spans[index][0][1]:
                 index += 1
             if index < len(spans) and i >= spans[index][0][0]:
-                out[spans[index][1]].add(int(row_md5(shape.plain, row), 16))
+                out[spans[index][1]].add(row_hash(shape.plain, row))
         return out
 
     # -- reading the files -------------------------------------------------------------
@@ -406,16 +404,17 @@ class MySQLArchiveImporter(Importer):
         if not batch.records:
             return
         shape = self._bind(tuple(getattr(batch, "columns", ())))
+        if self.file is None or self.file.plain_bytes >= self.fmt.file_bytes:
+            self._new_file()  # files end between batches: a file is whole rows
+        assert self.file is not None
+        self.file.write(b"".join([ms.tsv_line(row) for row in batch.records]))
+        self.file_rows += len(batch.records)
+        plain, step = shape.plain, self.step
         for row in batch.records:
-            if self.key_names and self.rows % self.step == 0:
+            if self.key_names and self.rows % step == 0:
                 self._new_chunk(shape.bound(row) if self.rows else self.spec.get("lo"))
-            if self.file is None or self.file.plain_bytes >= self.fmt.file_bytes:
-                self._new_file()
-            assert self.file is not None
-            self.file.write(ms.tsv_line(row))
-            self.file_rows += 1
             self.rows += 1
-            self.digest.add(int(row_md5(shape.plain, row), 16))
+            self.digest.add(row_hash(plain, row))
 
     def _bind(self, columns: tuple[tuple[str, str], ...]) -> _Shape:
         if self.shape is None:
