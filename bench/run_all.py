@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "openim-migrate-bench-quick.md"
+RESULTS = Path(tempfile.gettempdir()) / "openim-migrate-bench.json"
+QUICK_RESULTS = Path(tempfile.gettempdir()) / "openim-migrate-bench-quick.json"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 VERIFY_GOAL = 0.30  # verify may take at most this fraction of the copy's time
 MISS = "**misses goal**"
@@ -101,8 +103,9 @@ def scenarios(o: argparse.Namespace) -> list[Scenario]:
                            f" {_units(r['units'])}",
                  (Row("redis-1unit", "migrate_loop", migrate, 0.8),)),
         Scenario("redis-split", "redis", ("redis", "--keys", str(o.redis_keys)),
-                 lambda r: f"same keys, default split ({_units(r['units'])}, "
-                           f"{r.get('parallel', 4)} in flight)",
+                 lambda r: f"same keys, default split ({_units(r['units'])}"
+                           + (f", {r.get('parallel', 4)} in flight)" if r["units"] > 1
+                              else ")"),
                  (Row("redis-split", "migrate_loop", migrate, 0.8),)),
         Scenario("redis-small", "redis", ("redis", "--keys", str(o.redis_small_keys)),
                  lambda r: f"{_n(r['keys'])} mixed keys ({_units(r['units'])})",
@@ -254,8 +257,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path,
                         help=f"the markdown file to update (default {DOC.relative_to(ROOT)})")
     parser.add_argument("--json", type=Path,
-                        default=Path(tempfile.gettempdir()) / "openim-migrate-bench.json",
-                        help="where every scenario's full JSON (each round) is written")
+                        help="where every group's full JSON (each round) is written "
+                             f"(default {RESULTS}, --quick: {QUICK_RESULTS})")
     parser.add_argument("--parallel", type=int, help="passed to compare.py (its default: 4)")
     parser.add_argument("--mysql-rows", type=int)
     parser.add_argument("--redis-keys", type=int)
@@ -278,6 +281,7 @@ def main() -> int:
             setattr(opts, name, default)
     repeat = opts.repeat or (1 if opts.quick else 3)
     output = opts.output or (QUICK_OUTPUT if opts.quick else DOC)
+    opts.json = opts.json or (QUICK_RESULTS if opts.quick else RESULTS)
     every = scenarios(opts)
     wanted = {w.strip() for w in opts.only.split(",") if w.strip()}
     unknown = wanted - {s.id for s in every} - {s.store for s in every}
