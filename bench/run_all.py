@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate docs/benchmarks.md's results table (`make bench`).
 
-    python bench/run_all.py                          # every scenario, median of 3 (~40 min)
+    python bench/run_all.py                          # every scenario, median of 3 (30-40 min)
     python bench/run_all.py --only mysql,redis       # stores or scenario ids
     python bench/run_all.py --quick                  # small sizes, 1 run, to /tmp (minutes)
 
