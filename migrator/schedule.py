@@ -453,7 +453,7 @@ def render_kubernetes(spec: ScheduleSpec, plan_name: str, plan_text: str,
     # a backup reads only the plan's sources: only their secrets are made readable
     sources = {kind: {"source": pair.get("source")}
                for kind, pair in (raw_plan.get("stores") or {}).items() if isinstance(pair, dict)}
-    if re.search(r"@(127\.0\.0\.1|localhost)[:/]", str(sources)):
+    if re.search(r"//([^/@']*@)?(127\.0\.0\.1|localhost)[:/']", str(sources)):
         notes.append("the plan's sources include 127.0.0.1/localhost, which inside the "
                      "cluster is the pod itself: give Service DNS names")
     name = f"{base}-backup"

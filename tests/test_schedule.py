@@ -213,9 +213,12 @@ def test_a_plan_without_references_mounts_no_token_and_needs_no_env_secret(tmp_p
     data = yaml.safe_load(path.read_text())
     for pair in data["stores"].values():
         pair["source"]["url"] = re.sub(r":\$\{\w+\}@", "@", pair["source"]["url"])
+    data["stores"]["redis"]["source"]["url"] = "redis://127.0.0.1:6379/0"
     text = yaml.safe_dump(data)
-    files = render_kubernetes(ScheduleSpec(archive="archive+s3://minio:9000/backups",
-                                           drill_schedule=None), "prod", text, data).files
+    rendered = render_kubernetes(ScheduleSpec(archive="archive+s3://minio:9000/backups",
+                                              drill_schedule=None), "prod", text, data)
+    files = rendered.files
+    assert [n for n in rendered.notes if "127.0.0.1/localhost" in n]  # the pod itself
     assert list(files) == ["backup.yaml"]
     job = cron_jobs(files)["openim-migrate-prod-backup"]
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
