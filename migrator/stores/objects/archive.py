@@ -38,16 +38,25 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, cast
+
+from minio.commonconfig import Tags
+from minio.lifecycleconfig import LifecycleConfig
+from minio.objectlockconfig import ObjectLockConfig
+from minio.sseconfig import SSEConfig
+from minio.versioningconfig import VersioningConfig
+from minio.xml import marshal, unmarshal
 
 from migrator.archive.files import ArchiveFile
 from migrator.archive.format import ArchiveFormat
 from migrator.archive.manifest import FileEntry, parse_time
-from migrator.archive.reader import UnitReader
-from migrator.archive.writer import UnitWriter
+from migrator.archive.reader import StoreReader, UnitReader
+from migrator.archive.writer import StoreWriter, UnitWriter
 from migrator.errors import StoreError, TransientError
-from migrator.stores.base import Batch, Chunk, ChunkDigest, Cursor, Importer, Store
+from migrator.stores.base import Batch, Chunk, ChunkDigest, Cursor, Importer, Store, Unit
+from migrator.stores.objects import settings
 from migrator.stores.objects.ranges import separator
 from migrator.stores.objects.records import (
     MD5_ETAG,
@@ -60,6 +69,7 @@ from migrator.stores.objects.records import (
 from migrator.stores.objects.store import ObjectStore
 
 INDEX = "index.jsonl"
+BUCKETS = "buckets.json"  # store-level: each bucket's settings as S3 returned them
 PACKS = "packs/"
 DATA, META = "data/", "meta/"
 READ = MiB  # one read of a body
@@ -496,6 +506,73 @@ class _SpooledResponse:
         pass
 
 
+_CONFIG_TYPES: dict[str, type] = {"versioning": VersioningConfig,
+                                   "object_lock": ObjectLockConfig, "encryption": SSEConfig,
+                                   "lifecycle": LifecycleConfig}
+
+
+def _setting_to_json(name: str, raw: Any) -> Any:
+    """A bucket setting as the client returned it, as JSON that gives it back exactly."""
+    if raw is None:
+        return None
+    if name == "policy":
+        return {"policy": raw}
+    if name == "tags":
+        return {"tags": dict(raw)}
+    return {"xml": marshal(raw).decode()}
+
+
+def _setting_from_json(name: str, data: Any) -> Any:
+    if data is None:
+        return None
+    if name == "policy":
+        return data["policy"]
+    if name == "tags":
+        tags = Tags.new_bucket_tags()
+        tags.update(data["tags"])
+        return tags
+    return unmarshal(_CONFIG_TYPES[name], data["xml"])
+
+
+class _RecordedClient:
+    """The bucket-settings reads of a minio client, answered from a set's
+    ``buckets.json`` (what ``settings.read`` calls)."""
+
+    def __init__(self, buckets: dict[str, Any]) -> None:
+        self._buckets = buckets
+
+    def _get(self, name: str, bucket: str) -> Any:
+        recorded = (self._buckets.get(bucket) or {}).get("settings") or {}
+        return _setting_from_json(name, recorded.get(name))
+
+    def __getattr__(self, method: str) -> Any:
+        names = {"get_bucket_policy": "policy", "get_bucket_versioning": "versioning",
+                 "get_object_lock_config": "object_lock",
+                 "get_bucket_encryption": "encryption", "get_bucket_tags": "tags",
+                 "get_bucket_lifecycle": "lifecycle"}
+        if method not in names:
+            raise AttributeError(method)
+        return lambda bucket: self._get(names[method], bucket)
+
+
+class RecordedSettings:
+    """A set's bucket settings as the source of ``settings.copy``: what an objects
+    target's ``prepare_target``/``finalize_target`` read from a live source during a
+    copy, they read from here during a restore (see ``ObjectArchive.settings_source``)."""
+
+    def __init__(self, buckets: dict[str, Any], label: str) -> None:
+        self.client = _RecordedClient(buckets)
+        self.prefix = next((str(b.get("prefix") or "") for b in buckets.values()), "")
+        self.endpoint = _Endpoint(label)
+
+    def here_bucket(self, bucket: str) -> str:
+        return bucket
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        yield
+
+
 class ObjectArchive(ArchiveFormat):
     kind: ClassVar[str] = "objects"
     version: ClassVar[int] = 1
@@ -509,6 +586,30 @@ class ObjectArchive(ArchiveFormat):
     batch_bytes: ClassVar[int] = 32 * MiB  # restore: a batch's bodies, at most
 
     # -- backup --------------------------------------------------------------------------
+    def prepare(self, store: StoreWriter, units: list[Unit], source: Store) -> None:
+        """Each bucket's settings as the client returns them (policy text, the XML of
+        versioning, object lock, encryption and lifecycle, tags), so a restore can set
+        them again; the endpoint keeps the comparable form for verify."""
+        if not isinstance(source, ObjectStore):
+            raise StoreError("the objects archive format reads object stores only")
+        buckets = {}
+        for bucket in sorted({u.spec["bucket"] for u in units if u.store == self.kind}):
+            here = source.here_bucket(bucket)
+            buckets[bucket] = {"prefix": source.prefix, "settings": {
+                name: _setting_to_json(name, settings.read(source, here, name))
+                for name in source.setting_names}}
+        with store.open(BUCKETS) as file:
+            file.write(json.dumps(buckets, indent=1, sort_keys=True,
+                                  ensure_ascii=False).encode())
+
+    def settings_source(self, store: StoreReader) -> RecordedSettings:
+        """The set's bucket settings, readable by ``settings.copy`` like a live source."""
+        buckets: dict[str, Any] = {}
+        if BUCKETS in store.names:
+            with store.open(BUCKETS) as reader:
+                buckets = json.loads(reader.read())
+        return RecordedSettings(buckets, f"archive {store.kind} bucket settings")
+
     def importer(self, unit: UnitWriter, source: Store,
                  previous: UnitReader | None) -> Importer:
         return ObjectArchiveImporter(self, unit, source, previous)
