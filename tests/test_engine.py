@@ -17,6 +17,7 @@ from migrator.engine.verify import DIFFER, MATCH, verify
 from migrator.errors import JournalConflict, PlanError, StoreError, TransientError
 from migrator.plan import Options, Plan, StorePair
 from migrator.stores import registry
+from migrator.stores.base import Unit, record_hash
 from tests import memstore
 
 
@@ -315,3 +316,100 @@ def test_sync_refuses_a_plan_that_was_never_run(tmp_path):
     plan = make_plan({"a": 3})
     with pytest.raises(UsageError, match="run"):
         operations.sync_plan(plan, tmp_path / "p.yaml")
+
+
+# -- two-step drill-down (record_hashes, records_of) ------------------------------------
+class HashingStore(memstore.MemoryStore):
+    """The memory store with the optional drill-down hooks, shaped like Redis: the cheap
+    hash is of the exact bytes (like a DUMP payload), the canonical fingerprint ignores
+    case (like a value whose encoding differs), and a key starting with "?" has no cheap
+    hash. Every canonical read is logged."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.listed: list[str] = []  # chunks listed whole with records()
+        self.fingerprinted: list[str] = []  # keys read by records_of()
+
+    def records(self, unit, chunk):
+        self.listed.append(chunk.id)
+        for key, value in super().records(unit, chunk):
+            yield key, value.lower()
+
+    def record_hashes(self, unit, chunk):
+        return {key: None if key.startswith("?") else record_hash(key.encode(), value.encode())
+                for key, value in self.data.get(unit.name, {}).items() if self._in(key, chunk)}
+
+    def records_of(self, unit, keys):
+        self.fingerprinted.extend(keys)
+        values = self.data.get(unit.name, {})
+        return iter([(k, values[k].lower()) for k in keys if k in values])
+
+
+def _pair(source_kind=HashingStore, target_kind=HashingStore):
+    stores = []
+    for cls, host in ((source_kind, "src"), (target_kind, "dst")):
+        store = cls(Endpoint("memory", f"memory://{host}"))
+        store.open()
+        stores.append(store)
+    return stores
+
+
+def _drill_fixture() -> Unit:
+    keys = {f"k{i:03d}": f"v{i}" for i in range(60)} | {"?odd": "same", "zz": "tail"}
+    memstore.SERVERS["src"] = {"a": dict(keys)}
+    target = dict(keys)
+    target["k005"] = "V5"  # equal canonically ("encoding" differs): not a difference
+    target["k007"] = "changed"  # differs
+    del target["k050"]  # missing on the target
+    target["extra"] = "x"  # missing on the source
+    target["zz"] = "TAIL"  # equal canonically, in the other chunk
+    memstore.SERVERS["dst"] = {"a": target}
+    return Unit("memory", "a", {}, len(keys))
+
+
+def test_verify_fingerprints_only_the_keys_whose_cheap_hashes_differ(monkeypatch):
+    from migrator.engine import verify as verify_mod
+
+    unit = _drill_fixture()
+    source, target = _pair()
+    report = verify_mod.verify_unit(source, target, unit)
+    assert report.status == DIFFER
+    assert report.differ == ["k007"]
+    assert report.missing_on_target == ["k050"] and report.missing_on_source == ["extra"]
+    assert (report.n_differ, report.n_missing_on_target, report.n_missing_on_source) == (1, 1, 1)
+    assert report.chunks == ["lo"]  # "hi" differed by digest only ("zz": case)
+    suspects = {"k005", "k007", "k050", "extra", "?odd", "zz"}
+    assert sorted(source.fingerprinted) == sorted(target.fingerprinted) == sorted(suspects)
+    assert source.listed == target.listed == []  # no chunk listed whole
+
+    # The same verdicts, chunk by chunk in order, when batches resolve one key at a time.
+    monkeypatch.setattr(verify_mod, "RESOLVE_KEYS", 1)
+    again = verify_mod.verify_unit(*_pair(), unit)
+    assert (again.differ, again.missing_on_target, again.missing_on_source, again.chunks) == \
+        (report.differ, report.missing_on_target, report.missing_on_source, report.chunks)
+
+
+def test_without_the_hook_on_both_sides_the_chunks_are_listed_whole():
+    from migrator.engine.verify import verify_unit
+
+    unit = _drill_fixture()
+    source, target = _pair(target_kind=memstore.MemoryStore)
+    report = verify_unit(source, target, unit)
+    # The plain target lists exact values: case differences count here.
+    assert set(report.differ) == {"k005", "k007", "zz"}
+    assert source.listed == ["lo", "hi"] and source.fingerprinted == []
+
+
+def test_sync_through_the_hooks_copies_and_deletes_only_real_differences():
+    from migrator.engine.sync import sync_unit
+
+    unit = _drill_fixture()
+    source, target = _pair()
+    result = sync_unit(source, target, unit)
+    assert (result.copied, result.deleted, result.chunks) == (2, 1, ["lo"])
+    dst, src = memstore.SERVERS["dst"]["a"], memstore.SERVERS["src"]["a"]
+    assert dst["k007"] == "v7" and dst["k050"] == "v50" and "extra" not in dst
+    assert dst["k005"] == "V5"  # canonically equal: left alone
+    assert {k: v.lower() for k, v in dst.items()} == {k: v.lower() for k, v in src.items()}
+    second = sync_unit(*_pair(), unit)
+    assert second.changed == 0

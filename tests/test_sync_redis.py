@@ -21,6 +21,10 @@ import yaml
 
 from fixtures import redis_data
 from migrator.config import Endpoint
+from migrator.engine.sync import sync_unit
+from migrator.engine.verify import verify_unit
+from migrator.stores.redis import value as rv
+from migrator.stores.redis.store import HashMemo, RedisStore
 from tests.test_false_equal_redis import ROOT, Servers, cli, hostport, named, report_of
 from tests.test_redis_store import assert_same, contents
 
@@ -251,3 +255,86 @@ def test_sync_refuses_a_key_that_came_to_be_in_two_merged_dbs(servers, tmp_path)
     assert f"'{key.decode()}'" in out.stderr and "source DBs 0 and 1" in out.stderr
     assert "one value would be lost" in out.stderr and "Traceback" not in out.stderr
     assert servers.cluster.get(key) == before  # neither value was picked silently
+
+
+# -- the drill-down: cheap per-key hashes first, canonical fingerprints for the rest -----
+def _fill(client: Any, base: int, *, target: bool) -> None:
+    """The same 1500 strings (a third with expiries), a hash and a set on both sides; on
+    the target the hash is a hashtable and the set not an intset (other DUMP payloads for
+    equal values). ``base``: an absolute expiry on a whole second."""
+    for i in range(1500):
+        client.set(f"s:{i}", f"value {i}".encode() * 3)
+        if i % 3 == 0:
+            client.pexpireat(f"s:{i}", base + 1000 * i)
+    fields = {f"f{i}": f"v{i}" for i in range(5)}
+    client.hset("h", mapping={**fields, **({"wide": "w" * 200} if target else {})})
+    client.sadd("set", *range(10), *(["x"] if target else []))
+    if target:
+        client.hdel("h", "wide")  # stays a hashtable
+        client.srem("set", "x")  # stays a hashtable
+    client.set("near", b"n", pxat=base + 900)
+    client.set("far", b"f", pxat=base + 900)
+    client.set("changed", b"before")
+    client.set("missing" if not target else "extra", b"one side only")
+
+
+def _open(endpoint: Endpoint) -> RedisStore:
+    store = RedisStore(endpoint)
+    store.open()
+    return store
+
+
+@pytest.mark.parametrize("memo", ["kept", "read-again"])
+@pytest.mark.parametrize("target_kind", ["dst", "cluster"])
+def test_drill_down_fingerprints_only_keys_whose_cheap_hashes_differ(servers, monkeypatch,
+                                                                    memo, target_kind):
+    dst = target_client(servers, target_kind)
+    base = (int(time.time()) + 7200) * 1000
+    _fill(servers.src(0), base, target=False)
+    _fill(dst, base, target=True)
+    assert dst.object("encoding", "h") != servers.src(0).object("encoding", "h")
+    assert dst.object("encoding", "set") != servers.src(0).object("encoding", "set")
+    dst.set("changed", b"after")
+    dst.pexpireat("near", dst.pexpiretime("near") + 300)  # next 1 s bucket, within tolerance
+    dst.pexpireat("far", dst.pexpiretime("far") + 5000)  # beyond tolerance
+    env = servers.env
+    source = _open(source_endpoint(servers))
+    target = _open(Endpoint("redis", (
+        "redis+cluster://:${OIM_REDIS_CLUSTER_PASSWORD}@" + hostport(env["OIM_REDIS_CLUSTER_URL"])
+        if target_kind == "cluster" else
+        "redis://:${OIM_REDIS_DST_PASSWORD}@" + hostport(env["OIM_REDIS_DST_URL"]) + "/0")))
+    try:
+        unit = source.list_units()[0]
+        target.prepare_target([unit], source)
+        if memo == "read-again":  # the digest keeps no hashes: they are read per chunk
+            source._hashes = target._hashes = HashMemo(limit=0)
+        fingerprinted: list[bytes] = []
+        real = rv.fingerprints
+
+        def counted(client: Any, keys: list[bytes], **kw: Any) -> Any:
+            fingerprinted.extend(keys)
+            return real(client, keys, **kw)
+
+        monkeypatch.setattr(rv, "fingerprints", counted)
+        report = verify_unit(source, target, unit)
+        assert report.status == "differ", report
+        assert sorted(report.differ) == ["changed", "far"]
+        assert report.missing_on_target == ["missing"] and report.missing_on_source == ["extra"]
+        assert (report.n_differ, report.n_missing_on_target, report.n_missing_on_source) == \
+            (2, 1, 1)
+        assert report.source_count == report.target_count == 1506
+        # Each side fingerprints the keys whose cheap hashes differ, nothing else: not the
+        # 1500 equal strings, not the set (hashed from its sorted elements either way).
+        suspects = {b"changed", b"far", b"near", b"h", b"missing", b"extra"}
+        assert set(fingerprinted) == suspects and len(fingerprinted) == 2 * len(suspects)
+
+        fingerprinted.clear()
+        synced = sync_unit(source, target, unit)
+        assert (synced.copied, synced.deleted) == (3, 1)  # changed, far, missing; extra
+        assert set(fingerprinted) == suspects
+        after = verify_unit(source, target, unit)
+        assert after.status == "match" and after.chunks == [], after
+        assert_same(contents(servers.src(0)), contents(dst))
+    finally:
+        source.close()
+        target.close()
