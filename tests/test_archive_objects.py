@@ -27,6 +27,7 @@ from migrator.config import Endpoint
 from migrator.engine.backup import Source, backup, restore
 from migrator.engine.session import Session
 from migrator.engine.verify import DIFFER, verify
+from migrator.errors import TransientError
 from migrator.plan import Options, StorePair
 from migrator.stores.objects import ObjectStore
 from migrator.stores.objects.archive import ObjectArchive, read_index
@@ -329,3 +330,59 @@ def test_s3_archive_passphrase_round_trip(s3_env, tmp_path, monkeypatch):
     with open_archive(archive.endpoint) as repo:
         entry, body = ObjectArchive().open_body(archive.unit(repo), "big/multi.bin")
         assert body.read() == bodies["big/multi.bin"] and entry.size == 6 * MiB + 12345
+
+
+def test_vanished_objects_are_skipped_and_a_failed_attempt_leaves_no_file(s3_env, tmp_path,
+                                                                            monkeypatch):
+    src = client("SRC")
+    bucket = f"arc-{uuid.uuid4().hex[:12]}"
+    src.make_bucket(bucket)
+    for i in range(30):
+        put(src, bucket, f"k{i:02d}", os.urandom(100 + i))
+    store = ObjectStore(objects_endpoint("SRC", bucket, "src"), options=options().store_options())
+    store.open()
+    repo = open_archive(archive_endpoint(f"archive+file://{tmp_path}/a"), create=True)
+    try:
+        writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["objects"])
+        (unit,) = store.list_units()
+        batches = list(store.export(unit))
+
+        # Deleted between the listing and the GET: reported as skipped, neither stored
+        # nor counted.
+        src.remove_object(bucket, "k03")
+        unit_writer = writer.store("objects").unit(unit)
+        importer = ObjectArchive().importer(unit_writer, store, None)
+        importer.prepare(False)
+        for batch in batches:
+            importer.write_batch(batch)
+        importer.finalize()
+        assert [s for b in batches for s in b.skipped] == [f"{bucket}/k03 (deleted on the source)"]
+        assert unit_writer.records == 29
+        record = unit_writer.commit()
+        entries = [e.key for e in read_index(UnitReader(repo, record))]
+        assert entries == [f"k{i:02d}" for i in range(30) if i != 3]
+
+        # A GET failing half-way: the attempt's files are discarded, none half-written.
+        calls = {"n": 0}
+        real = store.open_object
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > 15:
+                raise TransientError("connection reset")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "open_object", flaky)
+        unit_writer = writer.store("objects").unit(unit)
+        importer = ObjectArchive().importer(unit_writer, store, None)
+        importer.prepare(False)
+        with pytest.raises(TransientError, match="connection reset"):
+            for batch in batches:
+                importer.write_batch(batch)
+        folder = f"sets/{writer.set_id}/objects/units/"
+        assert repo.backend.list_tmp(folder) == []
+        assert [p for p, _ in repo.backend.files(folder)] == \
+            [f.path for f in record.files]  # only the first attempt's committed files
+    finally:
+        repo.close()
+        store.close()

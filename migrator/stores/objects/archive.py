@@ -256,7 +256,24 @@ class ObjectArchiveImporter(Importer):
         except BaseException:
             for _, future in window:
                 future.cancel()
+            self.abort()
             raise
+
+    def abort(self) -> None:
+        """Discard the files being written: the engine starts a failed unit over with a
+        new importer, and an unfinished S3 upload must not keep its thread waiting."""
+        for file in (self._pack_file, getattr(self, "index", None)):
+            if file is not None:
+                file.abort()
+        self._tar = self._pack_file = None
+
+    def __del__(self) -> None:
+        # An attempt that ended outside write_batch (the export failed, a stop) drops its
+        # importer without a word: its unfinished files go with it.
+        try:
+            self.abort()
+        except Exception:  # noqa: BLE001, S110 - nothing to report to at this point
+            pass
 
     def _flush_index(self) -> None:
         if self._lines:
