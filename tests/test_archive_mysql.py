@@ -228,26 +228,31 @@ def test_backup_verify_restore_verify_round_trips_every_type_and_object(
     assert report.ok, differing(report)
     assert sum(u.source_count for u in report.units) > 7000
 
-    dst = dst_endpoint(ports)
-    sql(dst, f"DROP DATABASE IF EXISTS `{SRC_DB}`")
+    # the S3 set is restored under another database name (db_map on the target)
+    db = SRC_DB if where == "file" else f"{SRC_DB}_renamed"
+    dst = dst_endpoint(ports, **({} if db == SRC_DB else {"db_map": {SRC_DB: db}}))
+    sql(dst, f"DROP DATABASE IF EXISTS `{db}`")
     restored = restore(archive, {"mysql": dst}, Options(**OPTIONS),
                        journal=tmp_path / f"restore-{where}.sqlite")
     assert restored.ok, (restored.copy.failed, restored.verify and differing(restored.verify))
     # byte for byte, every column type; the objects exist and work
-    assert zoo_rows(dst, SRC_DB) == zoo_rows(src_endpoint(ports), SRC_DB)
-    assert len(zoo_rows(dst, SRC_DB)) == loaded["type_zoo"]
-    assert objects_of(dst, SRC_DB) == objects_of(src_endpoint(ports), SRC_DB) and \
-        len(objects_of(dst, SRC_DB)) == 7
-    assert sql(dst, f"SELECT `{SRC_DB}`.user_label('x')") == [(b"user:x",)]
-    twins = f"SELECT COUNT(*) FROM `{SRC_DB}`.user_login_records WHERE user_id = 'twin'"
+    assert zoo_rows(dst, db) == zoo_rows(src_endpoint(ports), SRC_DB)
+    assert len(zoo_rows(dst, db)) == loaded["type_zoo"]
+    assert objects_of(dst, db) == objects_of(src_endpoint(ports), SRC_DB) and \
+        len(objects_of(dst, db)) == 7
+    assert sql(dst, f"SELECT `{db}`.user_label('x')") == [(b"user:x",)]
+    assert sql(dst, f"SELECT COUNT(*) FROM `{db}`.labelled_users") == sql(
+        src_endpoint(ports), f"SELECT COUNT(*) FROM `{SRC_DB}`.labelled_users")
+    twins = f"SELECT COUNT(*) FROM `{db}`.user_login_records WHERE user_id = 'twin'"
     assert sql(dst, twins) == [(b"2",)]
     for empty in ("empty_keyed", "empty_keyless"):
         assert units[f"{SRC_DB}.{empty}"].records == 0
-        assert sql(dst, f"SELECT COUNT(*) FROM `{SRC_DB}`.{empty}") == [(b"0",)]
-    audited = f"SELECT COUNT(*) FROM `{SRC_DB}`.user_audit"
-    assert sql(dst, audited) == sql(src_endpoint(ports), audited)  # no trigger fired
+        assert sql(dst, f"SELECT COUNT(*) FROM `{db}`.{empty}") == [(b"0",)]
+    audited = "SELECT COUNT(*) FROM `{}`.user_audit"
+    assert sql(dst, audited.format(db)) == sql(src_endpoint(ports), audited.format(SRC_DB)), \
+        "a trigger fired on restored rows"
     # a lost duplicate on the restored copy is named
-    sql(dst, f"DELETE FROM `{SRC_DB}`.user_login_records WHERE user_id = 'twin' LIMIT 1")
+    sql(dst, f"DELETE FROM `{db}`.user_login_records WHERE user_id = 'twin' LIMIT 1")
     pairs = {"mysql": StorePair("mysql", archive_as(archive, "mysql", role="source",
                                                     set_id=outcome.set_id), dst)}
     with Session(pairs, Options(**OPTIONS)) as session:
