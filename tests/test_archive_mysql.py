@@ -317,50 +317,70 @@ def _plain_copy(root: Path, out: Path) -> Path:
     return mysql
 
 
-def test_zstd_and_the_mariadb_client_restore_the_set(ports, loaded, tmp_path):
-    archive = file_archive(tmp_path)
-    take_backup(archive, ports)
-    mysql = _plain_copy(tmp_path / "archive", tmp_path / "plain")
-    dst = dst_endpoint(ports)
-    sql(dst, f"DROP DATABASE IF EXISTS `{CLI_DB}`")
-    env = {**os.environ, "MYSQL_PWD": dst.connection().password or ""}
-    client = ["mariadb", "-h127.0.0.1", f"-P{ports['dst']}", "-uroot"]
+# The commands docs/backups.md gives, verbatim; only the client's settings (~/.my.cnf) and
+# the database's name are the test's.
+DOC_COMMANDS = """
+cd plain/mysql                                   # the set, decompressed (and decrypted)
+mariadb < store/$DB/database.sql                 # CREATE DATABASE, same charset and collation
+cat store/$DB/tables/*.sql | mariadb $DB         # the tables, as SHOW CREATE TABLE printed them
+for d in units/$DB.*/; do (cd "$d" && mariadb --local-infile=1 $DB < *.load.sql); done
+mariadb $DB < store/$DB/objects.sql              # views, routines, triggers, events: last
+"""
 
-    def run(args: list[str], stdin: Path, cwd: Path | None = None) -> None:
-        with stdin.open("rb") as f:
-            done = subprocess.run(client + args, stdin=f, cwd=cwd, env=env,
-                                  capture_output=True)
-        assert done.returncode == 0, done.stderr.decode()
 
-    # the commands docs/backups.md gives, into a database of another name
-    sql(dst, f"CREATE DATABASE `{CLI_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
-    for table in sorted((mysql / "store" / SRC_DB / "tables").glob("*.sql")):
-        run([CLI_DB], table)
-    for unit in sorted((mysql / "units").iterdir()):
-        [load] = list(unit.glob("*.load.sql"))
-        run(["--local-infile=1", CLI_DB], load, cwd=unit)
-    run([CLI_DB], mysql / "store" / SRC_DB / "objects.sql")
-
+def same_as_source(ports: dict[str, int], db: str, loaded: dict[str, int]) -> None:
+    """Every unit of the source digests alike in ``db`` on the target server, the objects
+    are the same, and every row is there."""
     source = MySQLStore(src_endpoint(ports), options=StoreOptions(chunk_records=500))
-    target = MySQLStore(dst_endpoint(ports, db_map={SRC_DB: CLI_DB}),
+    target = MySQLStore(dst_endpoint(ports, db_map={SRC_DB: db}),
                         options=StoreOptions(chunk_records=500))
     source.open()
     target.open()
     try:
         units = source.list_units()
-        bad = []
-        for unit in units:
-            chunks = source.chunks(unit)
-            if source.digest(unit, chunks) != target.digest(unit, chunks):
-                bad.append(unit.name)
-        assert not bad
+        digests = {u.name: (source.digest(u, c), target.digest(u, c))
+                   for u in units for c in [source.chunks(u)]}
+        assert [name for name, (a, b) in digests.items() if a != b] == []
         assert source.definitions(units) == target.definitions(units)
-        assert sum(d.count for u in units for d in target.digest(u, source.chunks(u)).values()
-                   ) == sum(loaded.values()) + 2 + 25 + 25  # twins, audited users and rows
+        assert sum(d.count for _, b in digests.values() for d in b.values()) == \
+            sum(loaded.values()) + 2 + 25 + 25  # twins, audited users and their audit rows
     finally:
         source.close()
         target.close()
-    assert zoo_rows(dst, CLI_DB) == zoo_rows(src_endpoint(ports), SRC_DB)
+    assert zoo_rows(dst_endpoint(ports), db) == zoo_rows(src_endpoint(ports), SRC_DB)
+
+
+def test_zstd_and_the_mariadb_client_restore_the_set(ports, loaded, tmp_path):
+    archive = file_archive(tmp_path)
+    take_backup(archive, ports)
+    mysql = _plain_copy(tmp_path / "archive", tmp_path / "plain")
+    dst = dst_endpoint(ports)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".my.cnf").write_text(f"[client]\nhost=127.0.0.1\nport={ports['dst']}\nuser=root\n"
+                                  f"password={dst.connection().password}\n")
+    (home / ".my.cnf").chmod(0o600)
+    env = {**os.environ, "HOME": str(home), "DB": SRC_DB}
+    run = tmp_path / "set"  # the set's folder, with the plain files in plain/ (as the docs)
+    run.mkdir()
+    (run / "plain").symlink_to(mysql.parent)
+
+    # as the docs say, under the backed-up name
+    sql(dst, f"DROP DATABASE IF EXISTS `{SRC_DB}`")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", DOC_COMMANDS], cwd=run,
+                          env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    same_as_source(ports, SRC_DB, loaded)
+
+    # under another name: create it, then name it instead (objects.sql names no database)
+    sql(dst, f"DROP DATABASE IF EXISTS `{CLI_DB}`")
+    sql(dst, f"CREATE DATABASE `{CLI_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+    renamed = DOC_COMMANDS.replace("mariadb < store/$DB/database.sql", "").replace(
+        "mariadb $DB", "mariadb $TO").replace("--local-infile=1 $DB", "--local-infile=1 $TO")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", renamed], cwd=run,
+                          env={**env, "TO": CLI_DB}, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    same_as_source(ports, CLI_DB, loaded)
 
 
 def test_data_lines_are_the_stores_load_data_payload_and_parse_back():
