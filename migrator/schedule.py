@@ -92,6 +92,10 @@ def parse_cron(text: str, option: str = "--schedule") -> Cron:
     if re.match(r"^(CRON_)?TZ=", expr):
         raise UsageError(f"{option} {text!r}: a time zone inside the schedule is not "
                          "supported by Kubernetes", hint="give --time-zone instead")
+    if expr.lower().startswith("@every"):
+        raise UsageError(f"{option} {text!r}: an interval, not a calendar macro; write five "
+                         "fields", hint="systemd timers and the drill's --max-age need "
+                         "calendar times, e.g. '0 */6 * * *' for every six hours")
     if expr.startswith("@"):
         if expr.lower() not in _MACROS:
             raise UsageError(f"{option} {text!r}: unknown macro; one of "
@@ -137,9 +141,7 @@ def _field(part: str, name: str, low: int, high: int, names: tuple[str, ...], op
             if not step_text.isdigit() or int(step_text) == 0:
                 raise bad(f"has step {step_text!r}: expected a whole number above 0")
             step = int(step_text)
-        if span in ("*", "?"):
-            if span == "?" and name not in ("day of month", "day of week"):
-                raise bad("uses '?', which only the day fields accept")
+        if span in ("*", "?"):  # robfig/cron takes "?" for "*" in any field
             start, end = low, high
             is_open = is_open or step == 1  # as robfig/cron: "*/2" restricts the field
         elif "-" in span:

@@ -33,6 +33,7 @@ from migrator.schedule import (
     render_systemd,
     systemd_quote,
 )
+from tests.k8s_fixtures import k8s_cluster_fixture, k8s_ns_fixture  # noqa: F401 - fixtures
 from tests.test_deploy import K8S_VERSIONS, a_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +261,7 @@ def test_cron_fields_parse_as_kubernetes_reads_them(expr, field, expected):
     ("61 * * * *", "minute '61'"), ("* 24 * * *", "hour '24'"), ("* * 0 * *", "day of month"),
     ("* * * 13 *", "month '13'"), ("* * * * 7", "Sunday is 0"), ("*/0 * * * *", "step"),
     ("* * *", "five fields"), ("@every 5m", "macro"), ("5-1 * * * *", "backwards"),
-    ("TZ=UTC 0 0 * * *", "--time-zone"), ("? * * * *", "'?'"), ("", "five fields"),
+    ("TZ=UTC 0 0 * * *", "--time-zone"), ("", "five fields"),
     ("0 0 1,15,L * *", "day of month '1,15,L' has 'L'"),
 ])
 def test_a_bad_cron_is_refused_naming_the_field(expr, named):
@@ -621,3 +622,55 @@ def test_the_rendered_systemd_services_back_up_prune_and_drill_for_real(redis_wo
     assert done.returncode == 0, done.stdout + done.stderr
     assert dst.zrange("sched:rank", 0, -1, withscores=True) == [(b"a", 1.0), (b"b", 2.0)]
     assert 'failures="0"' in (tmp_path / "drill-junit.xml").read_text()
+
+
+# ----------------------------------------------------------------------------- the API server
+ACCEPTED = ["15 2 * * *", "@weekly", "5/20 * * * *", "0 9-17/4 * * 2,4", "0 0 ? * sun",
+            "0 0 * JAN-MAR,dec *", "*/15 * * * *", "0 0 1,15 * 1", "? * * * *"]
+REFUSED = ["61 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "*/0 * * * *",
+           "* * *", "5-1 * * * *", "TZ=UTC 0 0 * * *", "* * * * 7"]
+# Kubernetes takes these; we refuse them on purpose: an interval has no systemd calendar
+# nor a longest gap to derive the drill's --max-age from
+STRICTER = ["@every 5m"]
+
+
+def test_a_real_api_server_accepts_what_renders_and_refuses_what_parse_cron_refuses(
+        k8s_cluster, k8s_ns, plan):
+    """Created in a kube-apiserver (its own validation: names, references, and cron
+    schedules through the parser Kubernetes uses), not only checked against schemas."""
+    from kubernetes import client as k
+
+    kube = k8s_cluster.kube()
+    staging = f"{k8s_ns}-s"
+    kube.core.create_namespace(k.V1Namespace(metadata=k.V1ObjectMeta(name=staging)))
+    files = render(plan, namespace=k8s_ns, staging_namespace=staging,
+                   key=f"${{k8s:{k8s_ns}/backup-key#key}}", time_zone="Europe/Berlin")
+    create = {"ConfigMap": kube.core.create_namespaced_config_map,
+              "ServiceAccount": kube.core.create_namespaced_service_account,
+              "PersistentVolumeClaim": kube.core.create_namespaced_persistent_volume_claim,
+              "Role": kube.rbac.create_namespaced_role,
+              "RoleBinding": kube.rbac.create_namespaced_role_binding,
+              "CronJob": kube.batch.create_namespaced_cron_job}
+    for obj in [o for docs in files.values() for o in docs]:
+        create[obj["kind"]](obj["metadata"]["namespace"], obj)
+    stored = kube.batch.read_namespaced_cron_job("openim-migrate-prod-backup", k8s_ns)
+    assert stored.spec.concurrency_policy == "Forbid"
+    assert stored.spec.time_zone == "Europe/Berlin"
+    job = cron_jobs(files)["openim-migrate-prod-backup"]
+    for i, schedule in enumerate(ACCEPTED):
+        parse_cron(schedule)
+        body = {**job, "metadata": {**job["metadata"], "name": f"ok-{i}"},
+                "spec": {**job["spec"], "schedule": schedule}}
+        kube.batch.create_namespaced_cron_job(k8s_ns, body)
+    taken = []
+    for i, schedule in enumerate(REFUSED + STRICTER):
+        with pytest.raises(UsageError):
+            parse_cron(schedule)
+        body = {**job, "metadata": {**job["metadata"], "name": f"bad-{i}"},
+                "spec": {**job["spec"], "schedule": schedule}}
+        try:
+            kube.batch.create_namespaced_cron_job(k8s_ns, body)
+            taken.append(schedule)
+        except k.exceptions.ApiException as err:
+            assert err.status == 422 and "schedule" in err.body, (schedule, err.body)
+    assert taken == STRICTER
