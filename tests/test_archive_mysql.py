@@ -434,3 +434,21 @@ def test_export_resumes_from_a_cursor_without_rereading_earlier_files(ports, loa
         assert rest == everything[skip:]
         assert files[0]["name"] not in opened
     assert mysql_archive.FILE_BYTES == 64 << 20
+
+
+def test_an_attempt_that_fails_half_way_leaves_no_file(ports, loaded, tmp_path):
+    source = MySQLStore(src_endpoint(ports), options=StoreOptions(batch_records=50))
+    source.open()
+    try:
+        [unit] = [u for u in source.list_units() if u.spec["table"] == "type_zoo"]
+        with Repository.open(file_archive(tmp_path), create=True) as repo:
+            writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["mysql"])
+            importer = MySQLArchive().importer(writer.store("mysql").unit(unit), source, None)
+            importer.prepare(resumed=False)
+            importer.write_batch(next(iter(source.export(unit))))
+            folder = tmp_path / "archive" / "sets" / writer.set_id / "mysql" / "units"
+            assert [p for p in folder.rglob("*") if p.is_file()]  # being written
+            del importer  # the engine drops a failed attempt's importer
+            assert [p for p in folder.rglob("*") if p.is_file()] == []
+    finally:
+        source.close()

@@ -295,11 +295,15 @@ class MySQLArchive(ArchiveFormat):
             if seen + count <= skip:
                 seen += count
                 continue
+            end = seen + count
             with unit.open(name) as reader:
                 for line in _lines(reader):
                     seen += 1
                     if seen > skip:
                         yield parse_line(line, len(shape.columns), f"{unit.unit.name}/{name}")
+            if seen != end:
+                raise StoreError(f"{unit.unit.name}/{name}: holds {count - end + seen} rows,"
+                                 f" the manifest says {count}")
 
     def _spans(self, unit: UnitReader, shape: _Shape, chunks: list[Chunk]
                ) -> dict[str, tuple[int, int]]:
@@ -472,6 +476,13 @@ class MySQLArchiveImporter(Importer):
         load = load_sql(str(self.spec["db"]), self.table, shape.columns,
                         [f["name"] for f in self.files], self.rows, self.spec)
         _write(self.unit.open(f"{folder(self.table)}.load.sql"), load)
+
+    def __del__(self) -> None:
+        """An attempt that failed half-way leaves no half-written file behind (the next
+        attempt writes the unit again from its start)."""
+        file = getattr(self, "file", None)
+        if file is not None:
+            file.abort()
 
     def _live_columns(self) -> list[tuple[str, str]]:
         """An empty unit saw no batch: its columns as the table has them now."""
