@@ -116,8 +116,7 @@ class Entry:
                           separators=(",", ":")).encode() + b"\n"
 
 
-def read_index(unit: UnitReader) -> Iterator[Entry]:
-    """The unit's index lines, in key order, streamed."""
+def _index_lines(unit: UnitReader) -> Iterator[bytes]:
     if INDEX not in unit.names:
         return
     with unit.open(INDEX) as reader:
@@ -125,11 +124,20 @@ def read_index(unit: UnitReader) -> Iterator[Entry]:
         while block := reader.read(READ):
             lines = (rest + block).split(b"\n")
             rest = lines.pop()
-            for line in lines:
-                if line.strip():
-                    yield Entry.from_dict(json.loads(line))
+            yield from (line for line in lines if line.strip())
         if rest.strip():
-            yield Entry.from_dict(json.loads(rest))
+            yield rest
+
+
+def read_index(unit: UnitReader, pack: str | None = None) -> Iterator[Entry]:
+    """The unit's index lines, in key order, streamed; with ``pack``, only the objects
+    whose bytes that pack holds (lines of other packs are not even parsed)."""
+    mark = json.dumps(pack, ensure_ascii=False).encode() if pack is not None else b""
+    for line in _index_lines(unit):
+        if mark in line:
+            entry = Entry.from_dict(json.loads(line))
+            if pack is None or entry.pack == pack:
+                yield entry
 
 
 def _chunk_of(chunks: list[Chunk], starts: list[str], key: str) -> Chunk:
@@ -600,7 +608,7 @@ class ObjectArchive(ArchiveFormat):
     # being reused (see ObjectArchiveImporter._listed): room for the clocks' skew.
     recent_seconds: ClassVar[int] = 300
     spool_memory: ClassVar[int] = MiB  # restore: larger bodies wait in a temp file
-    batch_bytes: ClassVar[int] = 32 * MiB  # restore: a batch's bodies, at most
+    batch_bytes: ClassVar[int] = 16 * MiB  # restore: a batch's bodies, at most
 
     # -- backup --------------------------------------------------------------------------
     def prepare(self, store: StoreWriter, units: list[Unit], source: Store) -> None:
@@ -633,17 +641,16 @@ class ObjectArchive(ArchiveFormat):
 
     # -- restore -------------------------------------------------------------------------
     def export(self, unit: UnitReader, resume_from: Cursor = None) -> Iterator[Batch]:
-        """The objects, pack by pack (cursor: ``[pack, key]``), bodies spooled."""
-        live: dict[str, dict[str, Entry]] = {}
-        for entry in read_index(unit):
-            live.setdefault(entry.pack, {})[entry.key] = entry
+        """The objects, pack by pack (cursor: ``[pack, key]``), bodies spooled. Memory
+        holds one pack's index lines at a time, whatever the unit's size."""
+        packs = sorted({entry.pack for entry in read_index(unit)})
         after_pack, after_key = (resume_from or [None, None])
         bucket = unit.unit.spec["bucket"]
         label = f"archive {unit.record.store}:{unit.record.name}"
-        for pack in sorted(live):
+        for pack in packs:
             if after_pack is not None and pack < after_pack:
                 continue
-            wanted = live[pack]
+            wanted = {entry.key: entry for entry in read_index(unit, pack)}
             skip_to = after_key if pack == after_pack else None
             records: list[ObjectRecord] = []
             nbytes = 0
