@@ -216,14 +216,15 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-Hashes = list[tuple[bytes, int]]  # (key, per-record hash of the chunk digest)
+Hashes = list[tuple[bytes, bytes]]  # (key, 16-byte per-record hash of the chunk digest)
 
 
 @dataclass
 class _Kept:
     started: float  # when the digest began
     index: dict[str, int]  # chunk id -> position, until handed out
-    by_db: dict[int, list[Hashes]]  # DB -> per chunk (key, hash)
+    keys: dict[int, list[list[bytes]]]  # DB -> per chunk: keys
+    hashes: dict[int, list[bytearray]]  # DB -> per chunk: their hashes, 16 bytes each
     size: int  # keys held
 
 
@@ -232,7 +233,8 @@ class HashMemo:
     digests disagree is narrowed to its differing keys without reading it again
     (``record_hashes``). A chunk is handed out once; a unit's memo is dropped by its next
     digest and not used when older than ``max_age``; oldest units go first beyond
-    ``limit`` keys in all, and a digest over more than ``limit`` keys keeps none."""
+    ``limit`` keys in all, and a digest over more than ``limit`` keys keeps none. Keys
+    and packed hashes take about 80 bytes a key (a tuple of key and int would take 160)."""
 
     def __init__(self, limit: int = 1_000_000, max_age: float = 600.0) -> None:
         self.limit, self.max_age = limit, max_age
@@ -247,13 +249,14 @@ class HashMemo:
                 self._size -= kept.size
 
     def put(self, unit: str, started: float, chunks: list[Chunk],
-            by_db: dict[int, list[Hashes]], size: int) -> None:
+            keys: dict[int, list[list[bytes]]], hashes: dict[int, list[bytearray]],
+            size: int) -> None:
         self.forget(unit)
         if size > self.limit:
             return
         with self._lock:
             self._units[unit] = _Kept(started, {c.id: i for i, c in enumerate(chunks)},
-                                      by_db, size)
+                                      keys, hashes, size)
             self._size += size
             while self._size > self.limit and len(self._units) > 1:
                 _, dropped = self._units.popitem(last=False)
@@ -269,8 +272,11 @@ class HashMemo:
             if i is None:
                 return None
             out = {}
-            for db, per_chunk in kept.by_db.items():
-                out[db], per_chunk[i] = per_chunk[i], []
+            for db, per_chunk in kept.keys.items():
+                packed = kept.hashes[db][i]
+                out[db] = [(key, bytes(packed[16 * j:16 * j + 16]))
+                           for j, key in enumerate(per_chunk[i])]
+                per_chunk[i], kept.hashes[db][i] = [], bytearray()
             taken = sum(map(len, out.values()))
             kept.size -= taken
             self._size -= taken
@@ -1270,8 +1276,9 @@ class RedisStore(Store):
             owner[lo:hi + 1] = [i] * (hi - lo + 1)
         wanted = [slot for slot, i in enumerate(owner) if i >= 0]
         counts, sums = [0] * len(chunks), [0] * len(chunks)
-        # DB -> per chunk (key, hash); None once more keys than the memo holds were seen
-        kept: dict[int, list[Hashes]] | None = {db: [[] for _ in chunks] for db in dbs}
+        # DB -> per chunk: keys and packed hashes; None once more keys than the memo holds
+        kept: dict[int, list[list[bytes]]] | None = {db: [[] for _ in chunks] for db in dbs}
+        packed = {db: [bytearray() for _ in chunks] for db in dbs}
         size = 0
         if wanted:
             self.open()
@@ -1284,7 +1291,8 @@ class RedisStore(Store):
             db_of = {} if self._cluster is not None else {id(self._client(db)): db
                                                            for db in dbs}
 
-            def read(client: redis.Redis, keys: list[bytes]) -> tuple[int, Hashes]:
+            def read(client: redis.Redis, keys: list[bytes]
+                     ) -> tuple[int, list[tuple[bytes, int]]]:
                 return db_of.get(id(client), dbs[0]), rv.record_hashes(
                     client, keys, now_ms=_now_ms(), tolerance=tolerance,
                     pexpiretime=self._pexpiretime, one_mget=one_mget)
@@ -1292,18 +1300,21 @@ class RedisStore(Store):
             with self._errors(f"checksumming {unit.name}"):
                 for (db, found), _ in rw.read_ahead(pages, read):
                     rows = kept[db] if kept is not None else None
+                    hashes = packed[db]
                     for key, value in found:
                         i = owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 0x3FFF]
                         if i >= 0:
                             counts[i] += 1
                             sums[i] += value
                             if rows is not None:
-                                rows[i].append((key, value))
+                                rows[i].append(key)
+                                hashes[i] += value.to_bytes(16, "little")
                     size += len(found)
                     if kept is not None and size > self._hashes.limit:
                         kept = None  # too big to keep: record_hashes reads again
+                        packed = {db: [bytearray() for _ in chunks] for db in dbs}
         if kept is not None:
-            self._hashes.put(unit.key, started, chunks, kept, size)
+            self._hashes.put(unit.key, started, chunks, kept, packed, size)
         return {chunk.id: ChunkDigest(counts[i], sums[i] & HASH_MASK)
                 for i, chunk in enumerate(chunks)}
 
@@ -1337,10 +1348,11 @@ class RedisStore(Store):
             with self._errors(f"checksumming {unit.name}"):
                 for client, part in self._by_node(db, keys):
                     for i in range(0, len(part), self.scan_count):
-                        rows += rv.record_hashes(
-                            client, part[i:i + self.scan_count], now_ms=_now_ms(),
-                            tolerance=tolerance, pexpiretime=self._pexpiretime,
-                            one_mget=self._cluster is None)
+                        rows += [(key, value.to_bytes(16, "little"))
+                                 for key, value in rv.record_hashes(
+                                     client, part[i:i + self.scan_count], now_ms=_now_ms(),
+                                     tolerance=tolerance, pexpiretime=self._pexpiretime,
+                                     one_mget=self._cluster is None)]
         return out
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
