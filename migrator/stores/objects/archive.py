@@ -16,15 +16,19 @@ one PUT. A million OpenIM objects would make each set's manifest hundreds of MB 
 first backup pay two files per object. Packs of ``pack_bytes`` keep both small, and
 ``tar -x`` still restores them with plain tools.
 
-Incremental: an object whose key, size, ETag and Last-Modified (and, where the listing
-says them, type, metadata and headers) equal the previous set's index line is not read:
-its line is copied and its pack referenced (``UnitWriter.reference``), so an unchanged
-bucket costs one listing. Packs are never rewritten; a pack referenced by a later set may
-hold objects deleted or replaced since, which the index leaves out.
+Incremental: an object whose key, size, ETag and Last-Modified equal the previous set's
+index line is not read: its line is copied and its pack referenced
+(``UnitWriter.reference``), so an unchanged bucket costs its listing. An object written
+less than ``recent_seconds`` before the previous backup began gets a HEAD first, and its
+type, metadata and headers must match too (see ``ObjectArchiveImporter._listed``). Packs
+are never rewritten; a pack referenced by a later set may hold objects deleted or
+replaced since, which that set's index leaves out.
 
-Restore reads the packs one at a time, in order, yielding the objects the index names
-with bodies spooled (in memory up to ``SPOOL_MEMORY``, larger ones in an anonymous temp
-file), so the objects store's importer streams them as from any source.
+Restore reads the packs one at a time, in name order, yielding the objects the index names
+with bodies spooled (in memory up to ``spool_memory``, larger ones in an anonymous temp
+file), so the objects store's importer streams them as from any source: each record's
+``source`` is an ``ArchivedObject``. Bucket settings are kept as S3 returned them
+(``store/buckets.json``); ``settings_source`` gives them to a restore.
 """
 
 from __future__ import annotations
@@ -166,7 +170,17 @@ class _HashingBody:
         self.nbytes = 0
 
     def read(self, size: int = -1) -> bytes:
-        data: bytes = self.resp.read(size if size and size > 0 else READ, decode_content=False)
+        """``size`` bytes unless the body ends first (tarfile takes a short read for the
+        end of the body)."""
+        want = size if size and size > 0 else READ
+        parts, got = [], 0
+        while got < want:
+            part: bytes = self.resp.read(want - got, decode_content=False)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        data = b"".join(parts)
         self.md5.update(data)
         self.nbytes += len(data)
         return data
