@@ -23,7 +23,6 @@ from pyrage import x25519
 
 from fixtures import mysql_data
 from migrator.archive import Repository, archive_endpoint
-from migrator.archive.endpoint import ArchiveStore
 from migrator.config import Endpoint
 from migrator.engine.backup import Source, archive_as, backup, restore
 from migrator.engine.session import Session
@@ -100,15 +99,6 @@ def loaded(ports: dict[str, int]) -> dict[str, int]:
 @pytest.fixture(autouse=True)
 def _keys(monkeypatch):
     monkeypatch.setenv("OIM_TEST_ARCHIVE_KEY", str(KEY))
-
-
-@pytest.fixture(autouse=True)
-def _stand_in(monkeypatch):
-    """The hook a MySQL target asks a restore's source for (the recorded CREATE TABLEs and
-    objects), for as long as ArchiveStore lacks it."""
-    if not hasattr(ArchiveStore, "stand_in"):
-        monkeypatch.setattr(ArchiveStore, "stand_in",
-                            lambda self: self.format.stand_in(self._store()), raising=False)
 
 
 OPTIONS = dict(parallel=2, retries=1, batch_records=150, chunk_records=120, unit_records=900)

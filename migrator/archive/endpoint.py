@@ -228,6 +228,10 @@ class ArchiveStore(Store):
     def definitions(self, units: list[Unit]) -> dict[str, Any]:
         return self.format.definitions(self._store())
 
+    def stand_in(self) -> Store | None:
+        """What a restore's target reads instead of a live source (see the format's)."""
+        return self.format.stand_in(self._store())
+
 
 def archive_store(endpoint: Endpoint, selection: Selection | None = None,
                   options: StoreOptions | None = None) -> ArchiveStore:

@@ -93,3 +93,8 @@ class ArchiveFormat(ABC):
     def definitions(self, store: StoreReader) -> dict[str, Any]:
         """Store-level definitions as recorded at backup time."""
         return dict(store.meta.get("definitions") or {})
+
+    def stand_in(self, store: StoreReader) -> Store | None:
+        """During a restore: what a live target's prepare/finalize read instead of a live
+        source (MySQL: the recorded CREATE TABLEs and objects); None when not needed."""
+        return None
