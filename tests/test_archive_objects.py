@@ -38,6 +38,18 @@ HEADERS = {"Content-Encoding": "gzip", "Content-Disposition": 'attachment; filen
 UNICODE = "ünïcode/ключ с пробелом + plus.txt"
 
 
+# docs/backups.md, "Objects": the set's packs, oldest first, extracted into ./restore.
+PLAIN_RESTORE = r"""
+mkdir -p restore
+age -d -i "$KEY" sets/SET/manifest.json.zst.age | zstd -d | python3 -c '
+import json, sys
+for unit in json.load(sys.stdin)["stores"]["objects"]["units"].values():
+    for f in unit["files"]:
+        if f["name"].startswith("packs/"): print(f["path"])' | sort |
+while read -r pack; do age -d -i "$KEY" "$pack" | zstd -d | tar -x -C restore; done
+"""
+
+
 def client(side: str) -> Minio:
     return Minio(os.environ[f"OIM_S3_{side}_URL"].split("//", 1)[1], secure=False,
                  access_key=os.environ[f"OIM_S3_{side}_ACCESS_KEY"],
@@ -257,6 +269,19 @@ def test_round_trip_incremental_plain_tools_and_prune(s3_env, tmp_path, monkeypa
             done += len(batch.records)
             rest = [r.key for b in ObjectArchive().export(unit, batch.cursor) for r in b.records]
             assert rest == keys[done:]
+
+    # The second set restores with plain tools too, by the recipe in docs/backups.md: its
+    # packs (its own and the first set's) in path order, newest version of a key last.
+    script = PLAIN_RESTORE.replace("SET", second.set_id)
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path / "archive",
+                   check=True, env=dict(os.environ, KEY=str(keyfile)))
+    out = tmp_path / "archive" / "restore"
+    for key in entries:
+        if not key.endswith("/"):
+            assert (out / "data" / key).read_bytes() == bodies[key], key
+            meta = json.loads((out / "meta" / f"{key}.json").read_text())
+            assert meta == {k: v for k, v in entries[key].to_dict().items() if k != "pack"}
+    assert (out / "data" / "many/007").exists()  # deleted later: not in the index
 
     # Third backup, nothing changed, the objects written long before the previous backup
     # (as in a nightly job): no HEAD, no GET; every pack referenced from earlier sets.
