@@ -229,7 +229,7 @@ class ArchiveStore(Store):
         return self.format.definitions(self._store())
 
     def stand_in(self) -> Store | None:
-        """What a restore's target reads instead of a live source (see the format's)."""
+        """The format's stand-in for a live source, for a restore's target."""
         return self.format.stand_in(self._store())
 
 

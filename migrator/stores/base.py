@@ -341,6 +341,11 @@ class Store(ABC):
         the containers the plan's ``units`` name, keyed by the source's names."""
         return {}
 
+    def stand_in(self) -> Store | None:
+        """A live store of this kind that answers for this one as a source (a set of an
+        archive stands in for the MySQL it was read from); None: use this store."""
+        return None
+
     # -- coverage --------------------------------------------------------------------
     # JSON Schemas, checked when a plan is loaded; the messages name the field.
     SPEC_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object"}

@@ -615,8 +615,7 @@ class MySQLStore(Store):
     def _source_of(self, source: Store, units: list[Unit]) -> tuple[MySQLStore, list[Any]]:
         if not isinstance(source, MySQLStore):
             # a restore: the archive's recorded tables and objects stand in for a live source
-            stand_in = getattr(source, "stand_in", None)
-            source = (stand_in() if callable(stand_in) else None) or source
+            source = source.stand_in() or source
         if not isinstance(source, MySQLStore):
             raise CapabilityMissing(f"{self.endpoint.label}: can only create tables from a"
                                     f" MySQL source, not {source.kind}")
