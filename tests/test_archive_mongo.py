@@ -15,6 +15,7 @@ from pathlib import Path
 import bson
 import pytest
 from bson import SON, Int64, ObjectId, json_util
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo import errors as mx
 from pyrage import x25519
@@ -29,8 +30,10 @@ from migrator.engine.transfer import Transfer
 from migrator.engine.verify import DIFFER, MATCH, verify
 from migrator.errors import StoreError
 from migrator.plan import Options, Plan, StorePair
+from migrator.stores.base import Batch, StoreOptions, Unit
 from migrator.stores.mongo.archive import MongoArchive, documents, file_stem, metadata_json
 from migrator.stores.mongo.meta import id_label
+from migrator.stores.mongo.store import MongoStore
 from tests.test_mongo_store import BSON_VALUES, RAW, client_for, flavour, with_db
 
 KEY = x25519.Identity.generate()
@@ -119,9 +122,9 @@ def same_data(src, dst, db: str, dst_db: str | None = None) -> None:
 
 
 # -- the engine runs ------------------------------------------------------------------------
-def plan_of(source: Endpoint, target: Endpoint) -> Plan:
+def plan_of(source: Endpoint, target: Endpoint, **options) -> Plan:
     plan = Plan(name="t", stores={"mongo": StorePair("mongo", source, target)},
-                options=Options(**OPTIONS))
+                options=Options(**{**OPTIONS, **options}))
     with Session(plan.stores, plan.options) as session:
         src, dst = session.pair("mongo")
         plan.inventory = dst.adapt_units(src.list_units(), src)
@@ -138,7 +141,7 @@ def run(plan: Plan, tmp_path: Path, name: str) -> None:
 
 
 def backup(monkeypatch, tmp_path: Path, url: str, source: Endpoint,
-           options: dict | None = None) -> Plan:
+           options: dict | None = None, **plan_options) -> Plan:
     """What the backup operation does: a set begun in the archive, the engine's run with the
     archive as target, the manifest written last."""
     with open_archive(archive_endpoint(url, options), create=True) as repo:
@@ -153,7 +156,7 @@ def backup(monkeypatch, tmp_path: Path, url: str, source: Endpoint,
         with monkeypatch.context() as patch:
             patch.setattr(session_module, "make_store", make)
             plan = plan_of(source, Endpoint("mongo", url, name="stores.mongo.target",
-                                            options=dict(options or {})))
+                                            options=dict(options or {})), **plan_options)
             assert all(u.spec["resumable"] is False for u in plan.inventory)
             run(plan, tmp_path, "backup")
         writer.commit(plan.inventory)
@@ -360,6 +363,29 @@ def test_a_damaged_bson_file_fails_the_restore_naming_it(mongo_env, dbs, tmp_pat
         failed = {key: str(s.error) for key, s in journal.units().items() if s.state != COPIED}
     assert list(failed) == [f"mongo:{db}.msgs#0002"]
     assert str(path.relative_to(tmp_path / "archive")) in failed[f"mongo:{db}.msgs#0002"]
+
+
+def test_documents_out_of_mongodb_order_fail_the_unit_rather_than_record_wrong_chunks(
+        mongo_env, dbs, tmp_path):
+    """Chunks are cut from the stream, which is exact only in MongoDB's `_id` order."""
+    src, _, db = dbs
+    src[db]["c"].insert_one({"_id": 1})
+    source, _ = endpoints(mongo_env, db)
+    store = MongoStore(source, None, StoreOptions(chunk_records=2))
+    store.open()
+    try:
+        with open_archive(archive_endpoint(f"archive+file://{tmp_path}/a"), create=True) as repo:
+            writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["mongo"])
+            unit = Unit("mongo", f"{db}.c", {"db": db, "collection": "c", "lo": None,
+                                              "hi": None})
+            importer = MongoArchive().importer(writer.store("mongo").unit(unit), store, None)
+            importer.prepare(False)
+            docs = [RawBSONDocument(bson.encode({"_id": i})) for i in (1, 2, Int64(3), "a")]
+            importer.write_batch(Batch(docs, None, 0))
+            with pytest.raises(StoreError, match=r'returned _id \{"\$numberInt":"2"\} after'):
+                importer.write_batch(Batch([RawBSONDocument(bson.encode({"_id": 2}))], None, 0))
+    finally:
+        store.close()
 
 
 # -- the file format alone -------------------------------------------------------------------

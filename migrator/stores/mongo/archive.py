@@ -132,7 +132,16 @@ def _ts_time(at: Any) -> str:
 
 
 class DumpImporter(Importer):
-    """Writes one unit as ``<db>/<coll>.bson`` (+ its metadata) in the unit's folder."""
+    """Writes one unit as ``<db>/<coll>.bson`` (+ its metadata) in the unit's folder.
+
+    The chunks are the ones ``MongoStore.chunks`` cuts (a start at every
+    ``chunk_records``-th `_id` in the server's `_id` order), taken from the documents as
+    they stream past instead of a second walk over the `_id` index: on FerretDB that walk
+    cost as much as the export itself. This holds only where the server's order is
+    MongoDB's (``meta.order_key``), so a collection with a default collation (strings
+    ordered by it) has its chunks walked as the store does, and a stream that is not in
+    that order fails the unit rather than record digests verify could not match.
+    """
 
     def __init__(self, unit: UnitWriter, source: MongoStore) -> None:
         self.unit = unit
@@ -142,24 +151,33 @@ class DumpImporter(Importer):
         stem = file_stem(self.db, self.collection)
         self.bson_name, self.metadata_name = f"{stem}.bson", f"{stem}.metadata.json"
         self.file: Any = None
+        self.every = max(1, source.options.chunk_records)
+        self.walked: list[Chunk] | None = None  # chunks walked up front (collations)
         self.ids: list[str] = []
         self.starts: list[tuple[Any, ...]] = []
+        self.points: list[Any] = []  # chunk starts seen in the stream
+        self.seen = 0
+        self.last: tuple[Any, ...] | None = None
 
     def prepare(self, resumed: bool) -> None:
-        chunks = self.source.chunks(self.unit.unit)
-        self.unit.set_chunks(chunks)
-        self.ids, self.starts = [c.id for c in chunks], _chunk_starts(chunks)
+        info = self._collection_info()
+        if (info.get("options") or {}).get("collation"):
+            self.walked = self.source.chunks(self.unit.unit)
+            self.ids, self.starts = [c.id for c in self.walked], _chunk_starts(self.walked)
         with self.unit.open(self.metadata_name) as f:
-            f.write(self._metadata())
+            f.write(self._metadata(info))
         self.unit.meta["files"] = {"bson": self.bson_name, "metadata": self.metadata_name}
         self.file = self.unit.open(self.bson_name)
 
-    def _metadata(self) -> bytes:
+    def _collection_info(self) -> dict[str, Any]:
+        with self.source._errors(f"reading options of {self.db}.{self.collection}"):
+            return meta.collection_info(self.source.client[self.db], self.collection) or {}
+
+    def _metadata(self, info: dict[str, Any]) -> bytes:
         """The collection's options and every index (``_id_`` too, as mongodump keeps it),
         read now; `ns` (servers before 4.4) is dropped as mongorestore would drop it."""
         db = self.source.client[self.db]
-        with self.source._errors(f"reading options and indexes of {self.db}.{self.collection}"):
-            info = meta.collection_info(db, self.collection) or {}
+        with self.source._errors(f"reading indexes of {self.db}.{self.collection}"):
             indexes = [SON((k, v) for k, v in spec.items() if k != "ns")
                        for spec in db.get_collection(self.collection,
                                                      codec_options=meta.META).list_indexes()]
@@ -171,10 +189,34 @@ class DumpImporter(Importer):
         for doc in batch.records:
             raw = doc.raw if isinstance(doc.raw, bytes) else bytes(doc.raw)
             self.file.write(raw)
-            self.unit.record(_chunk_of(self.starts, self.ids, doc["_id"]), record_hash(raw))
+            _id = doc["_id"]
+            if self.walked is not None:
+                chunk = _chunk_of(self.starts, self.ids, _id)
+            else:
+                key = meta.order_key(_id)
+                if self.last is not None and key <= self.last:
+                    raise StoreError(
+                        f"{self.source.endpoint.label}: {self.unit.unit.name}: the server "
+                        f"returned _id {meta.id_label(_id)} after a greater or equal one in "
+                        "MongoDB's order; chunk digests would not match the store's",
+                        hint="report the server and version; exclude the collection meanwhile")
+                self.last = key
+                if self.seen and self.seen % self.every == 0:
+                    self.points.append(_id)
+                chunk = f"{len(self.points):05d}"
+                self.seen += 1
+            self.unit.record(chunk, record_hash(raw))
+
+    def _chunks(self) -> list[Chunk]:
+        """The chunks the store's ``chunks()`` would cut over the documents written."""
+        spec = self.unit.unit.spec
+        edges = [spec.get("lo"), *(meta.to_ejson(p) for p in self.points), spec.get("hi")]
+        return [Chunk(f"{i:05d}", {"lo": edges[i], "hi": edges[i + 1]})
+                for i in range(len(edges) - 1)]
 
     def finalize(self) -> None:
         self.file.close()
+        self.unit.set_chunks(self.walked if self.walked is not None else self._chunks())
 
 
 class MongoArchive(ArchiveFormat):
