@@ -10,7 +10,8 @@ rewritten, keys deleted, keys added, expiries changed, spread over the whole key
 and ``sync`` is timed (the pass that copies those changes), then ``sync`` again (a pass
 with nothing to do: digests only) and ``verify``. The goal of the cutover design is a
 pass at most 15 % of the copy and freeze → final sync → verify at most 25 % of it.
-Prints one JSON object; the load average is included, the machine may be shared.
+Prints one JSON object: per step wall seconds, our CPU seconds and the Redis servers' CPU
+seconds (the machine may be shared: CPU seconds move less with its load), and the load.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,14 +41,34 @@ def hostport(url: str) -> str:
     return url.split("://", 1)[1].split("/", 1)[0]
 
 
-def cli(*args: str) -> tuple[float, dict[str, Any]]:
-    """Run one command; (wall seconds, its JSON report)."""
+def server_cpu(servers: list[redis.Redis]) -> float:
+    """CPU seconds the Redis servers have used so far (INFO cpu)."""
+    total = 0.0
+    for server in servers:
+        cpu = server.info("cpu")
+        total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return total
+
+
+def cli(*args: str, servers: list[redis.Redis] | None = None,
+        figures: dict[str, Any] | None = None, name: str = "") -> tuple[float, dict[str, Any]]:
+    """Run one command; (wall seconds, its JSON report). With ``figures``, also records
+    ``name``'s wall seconds, our CPU seconds and the servers' CPU seconds there: the
+    machine may be shared, and CPU seconds move less with its load than wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    servers_before = server_cpu(servers or [])
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=3600)
     took = time.monotonic() - started
     if out.returncode != 0 or not out.stdout:
         raise SystemExit(f"{' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    if figures is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        figures[f"{name}_s"] = took
+        figures[f"{name}_cpu_s"] = round(after.ru_utime + after.ru_stime
+                                         - before.ru_utime - before.ru_stime, 2)
+        figures[f"{name}_server_cpu_s"] = round(server_cpu(servers or []) - servers_before, 2)
     return took, json.loads(out.stdout)
 
 
@@ -104,15 +126,16 @@ def main() -> None:
             f"redis=redis://:${{OIM_REDIS_DST_PASSWORD}}@{hostport(dst_url)}/0",
             "-o", plan, "--json")
         par = ["--parallel", str(args.parallel)]
-        result["copy_s"], _ = cli("run", plan, "--no-verify", "--json", *par)
+        timed = {"servers": [src, dst], "figures": result}
+        cli("run", plan, "--no-verify", "--json", *par, name="copy", **timed)
         result["changes"] = change(src, args.changed, args.seed + 1)
-        result["sync_s"], report = cli("sync", plan, "--json", *par)
+        _, report = cli("sync", plan, "--json", *par, name="sync", **timed)
         units = [u for p in report["passes"] for u in p["units"]]
         result["sync_copied"] = sum(u["copied"] for u in units)
         result["sync_deleted"] = sum(u["deleted"] for u in units)
-        result["sync_idle_s"], report = cli("sync", plan, "--json", *par)
+        _, report = cli("sync", plan, "--json", *par, name="sync_idle", **timed)
         result["sync_idle_changed"] = sum(p["changed"] for p in report["passes"])
-        result["verify_s"], report = cli("verify", plan, "--json", *par)
+        _, report = cli("verify", plan, "--json", *par, name="verify", **timed)
         result["verify_ok"] = report["ok"]
     assert src.dbsize() == dst.dbsize(), (src.dbsize(), dst.dbsize())
     copy = result["copy_s"]
@@ -121,6 +144,11 @@ def main() -> None:
     result["freeze_ratio"] = round((result["sync_s"] + result["verify_s"]) / copy, 3)
     for name in ("copy_s", "sync_s", "sync_idle_s", "verify_s"):
         result[name] = round(result[name], 2)
+    # The same ratios in CPU seconds (ours + the servers'), which the load moves less.
+    cpu = {n: result[f"{n}_cpu_s"] + result[f"{n}_server_cpu_s"]
+           for n in ("copy", "sync", "sync_idle", "verify")}
+    result["sync_cpu_ratio"] = round(cpu["sync"] / cpu["copy"], 3)
+    result["freeze_cpu_ratio"] = round((cpu["sync"] + cpu["verify"]) / cpu["copy"], 3)
     result["load"] = round(os.getloadavg()[0], 1)
     src.flushall()
     dst.flushall()
