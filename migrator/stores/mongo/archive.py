@@ -167,6 +167,9 @@ class DumpImporter(Importer):
         with self.unit.open(self.metadata_name) as f:
             f.write(self._metadata(info))
         self.unit.meta["files"] = {"bson": self.bson_name, "metadata": self.metadata_name}
+        # documents in MongoDB's `_id` order (checked as they are written): a reader may
+        # stop at a chunk's end
+        self.unit.meta["id_ordered"] = self.walked is None
         self.file = self.unit.open(self.bson_name)
 
     def _collection_info(self) -> dict[str, Any]:
@@ -315,9 +318,14 @@ class MongoArchive(ArchiveFormat):
         lo, hi = meta.from_ejson(bounds.get("lo")), meta.from_ejson(bounds.get("hi"))
         lo_key = meta.order_key(lo) if lo is not None else None
         hi_key = meta.order_key(hi) if hi is not None else None
+        ordered = bool(unit.meta.get("id_ordered"))
         for _id, raw in self._documents(unit):
             key = meta.order_key(_id)
-            if (lo_key is None or key >= lo_key) and (hi_key is None or key < hi_key):
+            if hi_key is not None and key >= hi_key:
+                if ordered:
+                    break  # the rest lies above the chunk (the file is still closed)
+                continue
+            if lo_key is None or key >= lo_key:
                 yield meta.id_label(_id), f"{record_hash(raw):032x}"
 
     def digest(self, unit: UnitReader, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
