@@ -15,9 +15,11 @@ metadata; ``mongorestore`` run on each folder appends its documents to the colle
 names are escaped as mongodump escapes them (URL query escaping), and each metadata file
 says the real name (``collectionName``).
 
-Digests are the store's: the hash of each document's raw bytes, summed per chunk of the
-source's own ``chunks()``; so verify compares a live database with a set chunk by chunk,
-and a changed document is named by its `_id`.
+Digests are the store's: the hash of each document's raw bytes, summed per chunk cut by
+the store's own rule (``MongoStore.chunks``); so verify compares a live database with a set
+chunk by chunk, and a changed document is named by its `_id`. Restoring with this tool
+reads the .bson files back as the store's batches; the target creates collections, views
+and indexes from the schema and definitions the set recorded.
 """
 
 from __future__ import annotations
