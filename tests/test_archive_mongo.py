@@ -80,6 +80,11 @@ def seed(client, db: str) -> dict:
             client[db]["msgs"].create_indexes([model])
         except mx.OperationFailure as exc:
             refused[f"index {model.document['name']}"] = str(exc.details.get("errmsg"))[:80]
+    try:  # options that mongorestore and our restore must pass on to `create`
+        client[db].create_collection("capped", capped=True, size=1 << 20, max=1000)
+        client[db]["capped"].insert_many([{"_id": i, "at": Int64(i)} for i in range(5)])
+    except mx.OperationFailure as exc:  # DocumentDB
+        refused["capped"] = str(exc.details.get("errmsg"))[:80]
     try:
         client[db].create_collection("checked", validator={"n": {"$type": "int"}})
         client[db]["checked"].insert_one({"_id": 1, "n": 1})
