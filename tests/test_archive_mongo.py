@@ -6,6 +6,7 @@ unit that the real ``mongorestore`` (scripts/build-mongo-tools.sh) restores.
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import subprocess
@@ -31,6 +32,7 @@ from migrator.engine.verify import DIFFER, MATCH, verify
 from migrator.errors import StoreError
 from migrator.plan import Options, Plan, StorePair
 from migrator.stores.base import Batch, StoreOptions, Unit
+from migrator.stores.mongo import meta
 from migrator.stores.mongo.archive import MongoArchive, documents, file_stem, metadata_json
 from migrator.stores.mongo.meta import id_label
 from migrator.stores.mongo.store import MongoStore
@@ -423,3 +425,22 @@ def test_metadata_is_what_mongodump_writes_and_names_are_escaped_as_it_does():
     assert view == {"options": {"viewOn": "c"}, "indexes": [], "collectionName": "v",
                     "type": "view"}
     assert file_stem("openim_v3", "a b/c%d.e") == "openim_v3/a+b%2Fc%25d.e"
+
+
+def test_recorded_definitions_come_back_as_the_create_and_index_specs_they_were():
+    """A restore builds collections, views and indexes from the JSON the set recorded
+    (``meta.json_like``); numbers may only change width, which servers ignore too."""
+    when = datetime.datetime(2024, 3, 1, 12, 0, tzinfo=datetime.UTC)
+    spec = SON([("v", 2), ("key", SON([("owner", 1), ("at", -1)])), ("name", "owner_at"),
+                ("unique", True), ("collation", SON([("locale", "fr"), ("strength", 2)])),
+                ("partialFilterExpression", SON([("at", SON([("$gt", when)])),
+                                                 ("n", SON([("$gte", Int64(5))]))])),
+                ("expireAfterSeconds", 3600)])
+    back = meta.index_from_normalised(meta.normalise_index(spec))
+    assert list(back) == ["key", "name", "unique", "collation", "partialFilterExpression",
+                          "expireAfterSeconds"]
+    assert list(back["key"].items()) == [("owner", 1), ("at", -1)]
+    assert back["partialFilterExpression"] == {"at": {"$gt": when}, "n": {"$gte": 5}}
+    assert back == SON((k, v) for k, v in spec.items() if k != "v")  # in order, by value
+    view = SON([("viewOn", "msgs"), ("pipeline", [{"$match": {"n": 1.5, "t": when}}])])
+    assert meta.from_json_like(meta.json_like(view)) == view
