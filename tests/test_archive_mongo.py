@@ -29,7 +29,7 @@ from migrator.engine.journal import COPIED, Journal
 from migrator.engine.session import Session
 from migrator.engine.transfer import Transfer
 from migrator.engine.verify import DIFFER, MATCH, verify
-from migrator.errors import StoreError
+from migrator.errors import StoreError, TransientError
 from migrator.plan import Options, Plan, StorePair
 from migrator.stores.base import Batch, StoreOptions, Unit
 from migrator.stores.mongo import meta
@@ -320,17 +320,23 @@ def test_an_encrypted_set_restores_through_the_engine_and_with_age_zstd_and_mong
     folders = sorted((plain / "mongo" / "units").iterdir()) + [plain / "mongo" / "store"]
     if "views" in refused:
         folders.pop()
-    # mongorestore always adds the legacy `ns` field to the indexes it builds; MongoDB and
-    # DocumentDB ignore it, FerretDB 1.x refuses the whole createIndexes ("Index option
-    # "ns" is unknown"): there the indexes are left out and only the data is compared
-    ferretdb = flavour(dst) == "ferretdb"
+    # mongorestore adds the legacy `ns` field to every index it builds; MongoDB ignores it;
+    # FerretDB 1.x refuses the whole createIndexes ("Index option "ns" is unknown") after
+    # the documents are in: on such a server the indexes are left out (--noIndexRestore
+    # from then on) and only documents, options and views are compared (DocumentDB: not
+    # tried on this machine, which had no DocumentDB build)
+    no_index = False
     for folder in folders:
         proc = subprocess.run([str(MONGORESTORE), "--uri", uri, "--dir", str(folder),
                                "--nsFrom", f"{db}.*", "--nsTo", f"{db}_tool.*",
-                               "--stopOnError", *(["--noIndexRestore"] if ferretdb else [])],
+                               "--stopOnError", *(["--noIndexRestore"] if no_index else [])],
                               capture_output=True, text=True, timeout=300)
+        if proc.returncode and 'Index option "ns" is unknown' in proc.stderr and not no_index:
+            assert "0 document(s) failed to restore" in proc.stderr
+            no_index = True
+            continue
         assert proc.returncode == 0, (folder.name, proc.stderr[-2000:])
-    if ferretdb:
+    if no_index:
         shape, docs = before
         assert_holds(dst, f"{db}_tool", ({name: {**info, "indexes": info["indexes"][:1]}
                                           for name, info in shape.items()}, docs))
@@ -342,7 +348,7 @@ def test_an_encrypted_set_restores_through_the_engine_and_with_age_zstd_and_mong
                       tool_target)
     with Session(checked.stores, checked.options) as session:
         report = verify(checked.inventory, session, whole={"mongo": checked.inventory})
-    if ferretdb:  # every document equal; the schema differs by the indexes left out
+    if no_index:  # every document equal; the schema differs by the indexes left out
         assert all(not (u.differ or u.missing_on_target or u.missing_on_source or u.error)
                    for u in report.units), report.to_dict()
         assert {u.unit.partition("#")[0] for u in report.units if u.status == DIFFER} == {
@@ -372,25 +378,35 @@ def test_a_damaged_bson_file_fails_the_restore_naming_it(mongo_env, dbs, tmp_pat
     assert str(path.relative_to(tmp_path / "archive")) in failed[f"mongo:{db}.msgs#0002"]
 
 
-def test_documents_out_of_mongodb_order_fail_the_unit_rather_than_record_wrong_chunks(
+def test_a_stream_out_of_mongodb_order_is_written_again_with_the_stores_walked_chunks(
         mongo_env, dbs, tmp_path):
-    """Chunks are cut from the stream, which is exact only in MongoDB's `_id` order."""
+    """Chunks are cut from the stream, which is exact only in MongoDB's `_id` order; a unit
+    whose stream is not fails its attempt as transient, and the retry walks its chunks."""
     src, _, db = dbs
-    src[db]["c"].insert_one({"_id": 1})
+    src[db]["c"].insert_many([{"_id": i} for i in (1, 2, Int64(3), "a", "b")])
     source, _ = endpoints(mongo_env, db)
     store = MongoStore(source, None, StoreOptions(chunk_records=2))
     store.open()
+    unit = Unit("mongo", f"{db}.c", {"db": db, "collection": "c", "lo": None, "hi": None})
+    docs = [RawBSONDocument(bson.encode({"_id": i})) for i in (1, 2, Int64(3), "a", "b")]
+    fmt = MongoArchive()
     try:
         with open_archive(archive_endpoint(f"archive+file://{tmp_path}/a"), create=True) as repo:
             writer = repo.begin_set(plan_name="t", plan_fingerprint="fp", stores=["mongo"])
-            unit = Unit("mongo", f"{db}.c", {"db": db, "collection": "c", "lo": None,
-                                              "hi": None})
-            importer = MongoArchive().importer(writer.store("mongo").unit(unit), store, None)
-            importer.prepare(False)
-            docs = [RawBSONDocument(bson.encode({"_id": i})) for i in (1, 2, Int64(3), "a")]
-            importer.write_batch(Batch(docs, None, 0))
-            with pytest.raises(StoreError, match=r'returned _id \{"\$numberInt":"2"\} after'):
-                importer.write_batch(Batch([RawBSONDocument(bson.encode({"_id": 2}))], None, 0))
+            first = fmt.importer(writer.store("mongo").unit(unit), store, None)
+            first.prepare(False)
+            first.write_batch(Batch(docs[:4], None, 0))
+            with pytest.raises(TransientError, match=r'returned _id \{"\$numberInt":"2"\} after'):
+                first.write_batch(Batch([docs[1]], None, 0))
+            again = writer.store("mongo").unit(unit)
+            retry = fmt.importer(again, store, None)
+            retry.prepare(False)
+            retry.write_batch(Batch([docs[3], docs[0], docs[4], docs[2], docs[1]], None, 0))
+            retry.finalize()
+            record = again.commit()
+        chunks = store.chunks(unit)
+        assert [c.bounds for c in chunks] == [c["bounds"] for c in record.chunks]
+        assert record.digests == store.digest(unit, chunks) and record.records == 5
     finally:
         store.close()
 

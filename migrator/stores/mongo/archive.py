@@ -37,7 +37,7 @@ from migrator.archive.format import ArchiveFormat
 from migrator.archive.manifest import Cut, now
 from migrator.archive.reader import UnitReader
 from migrator.archive.writer import StoreWriter, UnitWriter
-from migrator.errors import StoreError
+from migrator.errors import StoreError, TransientError
 from migrator.stores.base import (
     Batch,
     Chunk,
@@ -140,14 +140,16 @@ class DumpImporter(Importer):
     ``chunk_records``-th `_id` in the server's `_id` order), taken from the documents as
     they stream past instead of a second walk over the `_id` index: on FerretDB that walk
     cost as much as the export itself. This holds only where the server's order is
-    MongoDB's (``meta.order_key``), so a collection with a default collation (strings
-    ordered by it) has its chunks walked as the store does, and a stream that is not in
-    that order fails the unit rather than record digests verify could not match.
+    MongoDB's (``meta.order_key``). A collection with a default collation (strings
+    ordered by it) has its chunks walked as the store does; so has a unit whose stream
+    turns out not to be in that order: the attempt fails as transient (its records are
+    already counted by position) and the engine's retry writes the unit again, walked.
     """
 
-    def __init__(self, unit: UnitWriter, source: MongoStore) -> None:
+    def __init__(self, unit: UnitWriter, source: MongoStore, walk: set[str]) -> None:
         self.unit = unit
         self.source = source
+        self.walk = walk  # units to walk (shared by the format's importers)
         spec = unit.unit.spec
         self.db, self.collection = str(spec["db"]), str(spec["collection"])
         stem = file_stem(self.db, self.collection)
@@ -163,7 +165,7 @@ class DumpImporter(Importer):
 
     def prepare(self, resumed: bool) -> None:
         info = self._collection_info()
-        if (info.get("options") or {}).get("collation"):
+        if (info.get("options") or {}).get("collation") or self.unit.unit.name in self.walk:
             self.walked = self.source.chunks(self.unit.unit)
             self.ids, self.starts = [c.id for c in self.walked], _chunk_starts(self.walked)
         with self.unit.open(self.metadata_name) as f:
@@ -200,11 +202,12 @@ class DumpImporter(Importer):
             else:
                 key = meta.order_key(_id)
                 if self.last is not None and key <= self.last:
-                    raise StoreError(
+                    self.walk.add(self.unit.unit.name)
+                    raise TransientError(
                         f"{self.source.endpoint.label}: {self.unit.unit.name}: the server "
-                        f"returned _id {meta.id_label(_id)} after a greater or equal one in "
-                        "MongoDB's order; chunk digests would not match the store's",
-                        hint="report the server and version; exclude the collection meanwhile")
+                        f"returned _id {meta.id_label(_id)} after a greater one in MongoDB's "
+                        "order; the unit is written again with its chunks walked as the "
+                        "store cuts them")
                 self.last = key
                 if self.seen and self.seen % self.every == 0:
                     self.points.append(_id)
@@ -226,6 +229,9 @@ class DumpImporter(Importer):
 
 class MongoArchive(ArchiveFormat):
     kind = "mongo"
+
+    def __init__(self) -> None:
+        self._walk: set[str] = set()  # units whose chunks are walked (see DumpImporter)
 
     # -- backup --------------------------------------------------------------------------
     def cut(self, source: Store) -> Cut:
@@ -274,7 +280,7 @@ class MongoArchive(ArchiveFormat):
 
     def importer(self, unit: UnitWriter, source: Store,
                  previous: UnitReader | None) -> Importer:
-        return DumpImporter(unit, _source(source))
+        return DumpImporter(unit, _source(source), self._walk)
 
     # -- restore -------------------------------------------------------------------------
     @staticmethod
