@@ -591,7 +591,10 @@ def row_lines(result: dict[str, Any], day: str) -> tuple[dict[str, str], list[st
         high = max(n["load"][1], o["load"][1])
         cells = [f"`{rid}`", describe(result), tool, f"{n['s']:.2f} s", f"{o['s']:.2f} s",
                  shown, f"≥ {goal:g}×" if goal else "(report)", size, cpu, rss,
-                 f"{low:.1f}–{high:.1f}", f"{day}, {runs}: `{result['command']}`"]
+                 f"{low:.1f}–{high:.1f}", f"{day}, {runs}: `{result['command']}`"
+                 + ("; restore hooks added (see below)" if ours == "ours_restore"
+                    and result["store"] in ("mysql", "objects")
+                    and result.get("restore_hooks_added") else "")]
         lines[rid] = "| " + " | ".join(cells) + " |"
     return lines, misses
 
