@@ -36,6 +36,7 @@ from migrator.stores.mongo import meta
 from migrator.stores.mongo.archive import MongoArchive, documents, file_stem, metadata_json
 from migrator.stores.mongo.meta import id_label
 from migrator.stores.mongo.store import MongoStore
+from tests.test_archive import s3_place
 from tests.test_mongo_store import BSON_VALUES, RAW, client_for, flavour, with_db
 
 KEY = x25519.Identity.generate()
@@ -215,20 +216,24 @@ def set_dir(root: Path) -> Path:
 
 
 # -- tests ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["file", "s3"])
 def test_backup_verify_restore_verify_round_trip_names_a_changed_document(
-        mongo_env, dbs, tmp_path, monkeypatch):
+        mongo_env, dbs, tmp_path, monkeypatch, request, where):
     src, dst, db = dbs
     refused = seed(src, db)
     before = snapshot(src, db)
     # most of the type zoo is really there (FerretDB 1.x refuses 14 kinds, MongoDB none)
     assert len(before[1]["types"]) >= 20, refused
     source, target = endpoints(mongo_env, db)
-    url = f"archive+file://{tmp_path}/archive"
-
-    plan = backup(monkeypatch, tmp_path, url, source)
+    if where == "s3":  # MinIO: files streamed to and from an S3 prefix
+        place = s3_place(request.getfixturevalue("s3_env"))
+        url, opts = place.url, dict(place.options)
+    else:
+        url, opts = f"archive+file://{tmp_path}/archive", {}
+    plan = backup(monkeypatch, tmp_path, url, source, opts)
     msgs = sorted(u.name for u in plan.inventory if u.name.startswith(f"{db}.msgs"))
     assert msgs == [f"{db}.msgs#0000", f"{db}.msgs#0001", f"{db}.msgs#0002"]
-    with open_archive(archive_endpoint(url)) as repo:
+    with open_archive(archive_endpoint(url, opts)) as repo:
         store = repo.reader().store("mongo")
         records = {name: store.unit(name).records for name in store.unit_names}
         assert sum(records[n] for n in msgs) == len(msg_ids())
@@ -244,7 +249,7 @@ def test_backup_verify_restore_verify_round_trip_names_a_changed_document(
 
     # the set's chunk digests are the live store's, recorded and recomputed from the files
     with Session(plan.stores, plan.options) as session, \
-            open_archive(archive_endpoint(url)) as repo:
+            open_archive(archive_endpoint(url, opts)) as repo:
         live, archived = session.pair("mongo")
         store = repo.reader().store("mongo")
         for unit in plan.inventory:
@@ -269,7 +274,7 @@ def test_backup_verify_restore_verify_round_trip_names_a_changed_document(
     assert all(u.status == MATCH for u in report.units if u not in differing)
 
     # restore the set into an empty database: every byte, option, index and view is back
-    restore = plan_of(Endpoint("mongo", url, name="stores.mongo.source"), target)
+    restore = plan_of(Endpoint("mongo", url, name="stores.mongo.source", options=opts), target)
     assert sorted(u.name for u in restore.inventory) == sorted(u.name for u in plan.inventory)
     run(restore, tmp_path, "restore")
     assert_holds(dst, db, before)
