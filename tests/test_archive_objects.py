@@ -127,8 +127,9 @@ def settings_hooks(monkeypatch) -> None:
     monkeypatch.setattr(ObjectStore, "_object_source", object_source)
 
 
-def options() -> Options:
-    return Options(batch_records=10, chunk_records=16, parallel=2, retries=1)
+def options(unit_records: int = 200_000) -> Options:
+    return Options(batch_records=10, chunk_records=16, parallel=2, retries=1,
+                   unit_records=unit_records)
 
 
 class Archive:
@@ -139,17 +140,18 @@ class Archive:
         self.endpoint = archive_endpoint(url, options)
         self.source = objects_endpoint("SRC", bucket, "stores.objects.source")
 
-    def backup(self):
+    def backup(self, unit_records: int = 200_000):
         """The backup operation, then a verify of the live bucket against the new set."""
-        outcome = backup("t", {"objects": Source(self.source)}, self.endpoint, options())
+        outcome = backup("t", {"objects": Source(self.source)}, self.endpoint,
+                         options(unit_records))
         assert outcome.manifest is not None, outcome.to_dict()
-        return outcome.manifest, self.verify()
+        return outcome.manifest, self.verify(unit_records=unit_records)
 
-    def verify(self, set_id: str | None = None):
+    def verify(self, set_id: str | None = None, unit_records: int = 200_000):
         reading = Endpoint("objects", self.url, name="stores.objects.archive",
                            options=dict(self.options, **({"set": set_id} if set_id else {})))
         pairs = {"objects": StorePair("objects", self.source, reading)}
-        with Session(pairs, options()) as session:
+        with Session(pairs, options(unit_records)) as session:
             source, _ = session.pair("objects")
             return verify(source.list_units(), session)
 
@@ -444,3 +446,32 @@ def test_vanished_objects_are_skipped_and_a_failed_attempt_leaves_no_file(s3_env
     finally:
         repo.close()
         store.close()
+
+
+def test_a_bucket_split_differently_is_still_incremental(s3_env, tmp_path, monkeypatch):
+    """A bucket that grew past unit_records is cut into other units than last time:
+    their objects are still found in the earlier set's unit(s), not read again."""
+    src = client("SRC")
+    bucket = f"arc-{uuid.uuid4().hex[:12]}"
+    bodies = fill(src, bucket)
+    archive = Archive(f"archive+file://{tmp_path}/archive", {}, bucket)
+    first, report = archive.backup()
+    assert report.ok and [u.name for u in first.stores["objects"].units.values()] == \
+        [f"{bucket}/*"]
+    monkeypatch.setattr(ObjectArchive, "recent_seconds", -10**9)  # a nightly job's objects
+    second, report = archive.backup(unit_records=20)
+    assert report.ok, report.to_dict()
+    units = list(second.stores["objects"].units.values())
+    assert len(units) >= 3 and sum(u.records for u in units) == len(bodies)
+    assert [u.meta["objects"]["stored"] for u in units] == [0] * len(units)
+    assert sum(u.meta["objects"]["referenced"] for u in units) == len(bodies)
+    first_set = f"sets/{first.set_id}/"
+    assert all(f.path.startswith(first_set) for u in units for f in u.files
+               if f.name.startswith("packs/"))
+    with open_archive(archive.endpoint) as repo:  # each unit's index: only its own range
+        for u in units:
+            keys = [e.key for e in read_index(repo.reader(second.set_id).store("objects")
+                                              .unit(u.name))]
+            spec = u.unit["spec"]
+            assert keys and all((spec["start"] is None or k >= spec["start"])
+                                and (spec["end"] is None or k < spec["end"]) for k in keys)

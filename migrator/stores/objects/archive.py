@@ -38,6 +38,7 @@ import io
 import json
 import tarfile
 import tempfile
+import threading
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
@@ -58,7 +59,7 @@ from migrator.archive.format import ArchiveFormat
 from migrator.archive.manifest import FileEntry, parse_time
 from migrator.archive.reader import StoreReader, UnitReader
 from migrator.archive.writer import StoreWriter, UnitWriter
-from migrator.errors import StoreError, TransientError
+from migrator.errors import MigrateError, StoreError, TransientError
 from migrator.stores.base import Batch, Chunk, ChunkDigest, Cursor, Importer, Store, Unit
 from migrator.stores.objects import settings
 from migrator.stores.objects.ranges import separator
@@ -186,13 +187,23 @@ class _HashingBody:
         return data
 
 
-class _Previous:
-    """The previous set's index, walked in step with this backup's keys (both in key
-    order), so looking an object up costs nothing and memory stays flat."""
+def _overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two units' key ranges ([start, end), None: open) share any key."""
+    a_start, a_end, b_start, b_end = a.get("start"), a.get("end"), b.get("start"), b.get("end")
+    return (a_end is None or b_start is None or b_start < a_end) and \
+        (b_end is None or a_start is None or a_start < b_end)
 
-    def __init__(self, unit: UnitReader | None) -> None:
-        self.unit = unit
-        self._lines = read_index(unit) if unit is not None else iter(())
+
+class _Previous:
+    """The previous set's index lines for a unit's range, walked in step with this
+    backup's keys (both in key order), so looking an object up costs nothing and memory
+    stays flat. Usually the same unit; when the bucket was split differently (it grew past
+    unit_records or unit_bytes), every earlier unit whose range overlaps this one's."""
+
+    def __init__(self, units: list[UnitReader]) -> None:
+        self.units = sorted(units, key=lambda u: u.unit.spec.get("start") or "")
+        self.unit = self.units[0] if self.units else None
+        self._lines = (entry for u in self.units for entry in read_index(u))
         self._head: Entry | None = next(self._lines, None)
 
     def lookup(self, keys: list[str]) -> dict[str, Entry]:
@@ -208,8 +219,10 @@ class _Previous:
         return found
 
     def pack(self, name: str) -> FileEntry:
-        assert self.unit is not None
-        return self.unit.entry(name)
+        for unit in self.units:
+            if name in unit.names:
+                return unit.entry(name)
+        raise StoreError(f"the previous set has no pack {name!r}")
 
 
 class ObjectArchiveImporter(Importer):
@@ -241,8 +254,10 @@ class ObjectArchiveImporter(Importer):
             self.per_chunk = 0  # one chunk, as ObjectStore.chunks() says without listing
         self.bounds: list[str | None] = [self.spec.get("start")]
         self.count, self.last_key = 0, ""
-        self.previous = _Previous(self.previous_reader)
-        began = self.previous_reader.record.started if self.previous_reader else ""
+        earlier = [self.previous_reader] if self.previous_reader is not None else \
+            self.fmt.overlapping(self.unit)
+        self.previous = _Previous(earlier)
+        began = min((u.record.started for u in earlier), default="")
         self.recent_from = (int(parse_time(began).timestamp()) - self.fmt.recent_seconds
                             if began else 0)
         self.index = self.unit.open(INDEX)
@@ -624,6 +639,10 @@ class ObjectArchive(ArchiveFormat):
     spool_memory: ClassVar[int] = MiB  # restore: larger bodies wait in a temp file
     batch_bytes: ClassVar[int] = 16 * MiB  # restore: a batch's bodies, at most
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest: StoreReader | None | bool = False  # False: not looked up yet
+
     # -- backup --------------------------------------------------------------------------
     def prepare(self, store: StoreWriter, units: list[Unit], source: Store) -> None:
         """Each bucket's settings as the client returns them (policy text, the XML of
@@ -652,6 +671,31 @@ class ObjectArchive(ArchiveFormat):
     def importer(self, unit: UnitWriter, source: Store,
                  previous: UnitReader | None) -> Importer:
         return ObjectArchiveImporter(self, unit, source, previous)
+
+    def overlapping(self, unit: UnitWriter) -> list[UnitReader]:
+        """The units of the newest complete set that cover part of ``unit``'s range (same
+        bucket and prefix), for a unit that has no namesake there."""
+        with self._lock:
+            if self._newest is False:
+                try:
+                    newest = unit.store.repo.reader()
+                    self._newest = newest.store(self.kind) if self.kind in newest.stores \
+                        else None
+                except MigrateError:
+                    self._newest = None
+            store = self._newest
+        if not isinstance(store, StoreReader):
+            return []
+        spec = unit.unit.spec
+        found = []
+        for name in store.unit_names:
+            earlier = store.unit(name)
+            other = earlier.unit.spec
+            if (other.get("bucket"), other.get("prefix")) == (spec.get("bucket"),
+                                                              spec.get("prefix")) \
+                    and _overlaps(spec, other):
+                found.append(earlier)
+        return found
 
     # -- restore -------------------------------------------------------------------------
     def export(self, unit: UnitReader, resume_from: Cursor = None) -> Iterator[Batch]:
