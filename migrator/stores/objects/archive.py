@@ -637,7 +637,7 @@ class ObjectArchive(ArchiveFormat):
     # being reused (see ObjectArchiveImporter._listed): room for the clocks' skew.
     recent_seconds: ClassVar[int] = 300
     spool_memory: ClassVar[int] = MiB  # restore: larger bodies wait in a temp file
-    batch_bytes: ClassVar[int] = 16 * MiB  # restore: a batch's bodies, at most
+    batch_bytes: ClassVar[int] = 8 * MiB  # restore: a batch's bodies, at most (as --batch-bytes)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
