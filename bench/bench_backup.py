@@ -649,7 +649,10 @@ def run_all(opts: argparse.Namespace, argv: list[str]) -> int:
         misses += missed
         for line in rows.values():
             print("    " + line, flush=True)
-        opts.json.write_text(json.dumps(results, indent=1) + "\n")
+        kept = json.loads(opts.json.read_text()) if opts.json.exists() else []
+        done = {r["store"] for r in results}  # other stores' last results stay in the file
+        opts.json.write_text(json.dumps([r for r in kept if r.get("store") not in done]
+                                        + results, indent=1) + "\n")
         if opts.write:
             write_table(opts.output, fresh_rows, (
                 f"Last run: {day}, `{' '.join(argv)}`: {len(results)} of {len(chosen)} "
@@ -682,7 +685,8 @@ def main() -> int:
                         help="with all: rewrite the table in --output")
     parser.add_argument("--output", type=Path, default=DOC)
     parser.add_argument("--json", type=Path, default=RESULTS,
-                        help=f"with all: every store's JSON (default {RESULTS})")
+                        help="with all: each store's last JSON, every round "
+                        f"(default {RESULTS}; stores not run stay)")
     opts = parser.parse_args()
     if opts.repeat < 1:
         parser.error("--repeat must be at least 1")
