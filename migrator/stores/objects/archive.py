@@ -194,6 +194,31 @@ def _overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
         (b_end is None or a_start is None or a_start < b_end)
 
 
+class _Buffered:
+    """Gathers tarfile's many small writes into 1 MiB ones for the archive file (zstd and
+    the hashes then run once per MiB, without the GIL); ``tell`` for tarfile."""
+
+    def __init__(self, file: ArchiveFile) -> None:
+        self.file = file
+        self.buffer = bytearray()
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        self.written += len(data)
+        if len(self.buffer) >= READ:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.file.write(bytes(self.buffer))
+            self.buffer.clear()
+
+    def tell(self) -> int:
+        return self.written
+
+
 class _Previous:
     """The previous set's index lines for a unit's range, walked in step with this
     backup's keys (both in key order), so looking an object up costs nothing and memory
@@ -448,15 +473,14 @@ class ObjectArchiveImporter(Importer):
             self.packs += 1
             self._pack_name = f"{PACKS}{self.unit.store.set_id}-{self.packs:06d}.tar"
             self._pack_file = self.unit.open(self._pack_name, meta={"format": "tar (pax)"})
-            # 1 MiB writes: zstd and the hashes run per call, and release the GIL for it.
-            self._tar = tarfile.open(fileobj=cast(IO[bytes], self._pack_file), mode="w|",
-                                     format=tarfile.PAX_FORMAT, encoding="utf-8",
-                                     bufsize=READ)
+            self._tar = tarfile.open(fileobj=cast(IO[bytes], _Buffered(self._pack_file)),
+                                     mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8")
         return self._tar
 
     def _close_pack(self) -> None:
         if self._tar is not None and self._pack_file is not None:
             self._tar.close()
+            cast(_Buffered, self._tar.fileobj).flush()
             self._pack_file.close()
         self._tar = self._pack_file = None
 
