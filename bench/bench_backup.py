@@ -69,38 +69,10 @@ def our_backup(sources: list[str], archive: Path, opts: argparse.Namespace,
                 pid_files=pid_files)
 
 
-# The hooks a MySQL or objects restore needs from the archive endpoint (named by those
-# formats' tests, wired in migrator/ by their owners): until they are there, our restore
-# runs the same CLI with the tests' two-line delegations added, and the result says so.
-_HOOKS = """\
-import sys
-from migrator.archive.endpoint import ArchiveStore as A
-from migrator.stores.objects.store import ObjectStore as O
-if not hasattr(A, "stand_in"):
-    A.stand_in = lambda self: self.format.stand_in(self._store())
-if not hasattr(A, "settings_source"):
-    A.settings_source = lambda self: self.format.settings_source(self._store())
-    real = O._object_source
-    O._object_source = lambda self, source: (
-        source.settings_source() if not isinstance(source, O) else real(self, source))
-from migrator.cli import main
-sys.argv[0] = "openim-migrate"
-main()
-"""
-
-
-def hooks_missing() -> bool:
-    """True while the archive endpoint lacks the restore hooks (see _HOOKS)."""
-    from migrator.archive.endpoint import ArchiveStore
-
-    return not (hasattr(ArchiveStore, "stand_in") and hasattr(ArchiveStore, "settings_source"))
-
-
 def our_restore(archive: Path, targets: list[str], journal: Path, opts: argparse.Namespace,
                 pid_files: dict[str, str] | None = None) -> dict[str, Any]:
     journal.unlink(missing_ok=True)
-    cli = [sys.executable, "-c", _HOOKS] if hooks_missing() else CLI
-    return step([*cli, "restore", f"archive+file://{archive}", *archive_args(opts),
+    return step([*CLI, "restore", f"archive+file://{archive}", *archive_args(opts),
                  *targets, "--journal", str(journal), "--parallel", str(PARALLEL),
                  "--no-progress"], pid_files=pid_files)
 
@@ -710,7 +682,7 @@ def main() -> int:
         if started_here:
             services.stop(work / "services")
         shutil.rmtree(work, ignore_errors=True)
-    result.update(parallel=PARALLEL, encrypted=opts.encrypt, restore_hooks_added=hooks_missing(),
+    result.update(parallel=PARALLEL, encrypted=opts.encrypt,
                   argv=["python", "bench/bench_backup.py", *sys.argv[1:]])
     print(json.dumps(result))
     return 0

@@ -22,7 +22,6 @@ from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from minio.versioningconfig import VersioningConfig
 
 from migrator.archive import Policy, archive_endpoint, check, open_archive, prune
-from migrator.archive.endpoint import ArchiveStore
 from migrator.archive.reader import UnitReader
 from migrator.config import Endpoint
 from migrator.engine.backup import Source, backup, restore
@@ -109,23 +108,6 @@ def fill(c: Minio, bucket: str) -> dict[str, bytes]:
         bodies[key] = os.urandom(1000 + 97 * i)
         put(c, bucket, key, bodies[key])
     return bodies
-
-
-def settings_hooks(monkeypatch) -> None:
-    """The two hooks a restore needs to set bucket settings from a set, not yet in their
-    modules (named in the report): ``ArchiveStore.settings_source()`` handing out the
-    format's ``settings_source(store)``, and ``ObjectStore._object_source`` taking it when
-    the source is an archive. Without them prepare_target refuses any non-object source."""
-    monkeypatch.setattr(ArchiveStore, "settings_source",
-                        lambda self: self.format.settings_source(self._store()), raising=False)
-    real = ObjectStore._object_source
-
-    def object_source(self, source):
-        hook = getattr(source, "settings_source", None)
-        return hook() if hook is not None and not isinstance(source, ObjectStore) \
-            else real(self, source)
-
-    monkeypatch.setattr(ObjectStore, "_object_source", object_source)
 
 
 def options(unit_records: int = 200_000) -> Options:
@@ -326,7 +308,6 @@ def test_round_trip_incremental_plain_tools_and_prune(s3_env, tmp_path, monkeypa
         assert checked.ok, checked.to_dict()
 
     # Restore the newest set into an empty bucket: equal to the source, by a plain client.
-    settings_hooks(monkeypatch)
     outcome = archive.restore(tmp_path, bucket)
     assert outcome.ok, outcome.to_dict()
     src_now = snapshot(src, bucket)
@@ -383,7 +364,6 @@ def test_s3_archive_passphrase_round_trip(s3_env, tmp_path, monkeypatch):
     assert all(name.endswith(".zst.age") for name in stored if "/sets/" in name)
     assert not any("alice" in name or "multi" in name for name in stored)  # keys inside
 
-    settings_hooks(monkeypatch)
     outcome = archive.restore(tmp_path, bucket, set_id=first.set_id)
     assert outcome.ok, outcome.to_dict()  # its verify compares the bucket settings too
     assert bucket_settings(dst, bucket) == settings

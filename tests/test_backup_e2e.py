@@ -115,6 +115,12 @@ def four(services):
     clean_targets(env)
 
 
+@pytest.fixture(autouse=True)
+def empty_targets(four):
+    """Every test restores into empty stores."""
+    clean_targets(four)
+
+
 def secrets_of(env: dict[str, str]) -> list[str]:
     found = [v for k, v in env.items() if k.endswith(("PASSWORD", "SECRET_KEY")) and v]
     return found + [str(KEY)]

@@ -684,6 +684,10 @@ class ObjectArchive(ArchiveFormat):
             file.write(json.dumps(buckets, indent=1, sort_keys=True,
                                   ensure_ascii=False).encode())
 
+    def stand_in(self, store: StoreReader) -> Store | None:
+        """A restore's target sets bucket settings from the set, as from a live source."""
+        return cast(Store, self.settings_source(store))
+
     def settings_source(self, store: StoreReader) -> RecordedSettings:
         """The set's bucket settings, readable by ``settings.copy`` like a live source."""
         buckets: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from fnmatch import fnmatchcase
 from itertools import pairwise
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -491,8 +491,13 @@ class ObjectStore(Store):
                                                  if n in settings.AFTER_DATA])
 
     def _object_source(self, source: Store) -> ObjectStore:
+        """The store whose bucket settings prepare/finalize read: the live source, or in a
+        restore the set's recorded settings (``stand_in``), which answer the same calls."""
         if not isinstance(source, ObjectStore):
-            raise StoreError(f"{self.endpoint.label}: the source is not an object store")
+            stand_in = source.stand_in()
+            if stand_in is None:
+                raise StoreError(f"{self.endpoint.label}: the source is not an object store")
+            return cast(ObjectStore, stand_in)
         return source
 
     def importer(self, unit: Unit) -> Importer:
