@@ -484,7 +484,7 @@ def test_live_writes_during_a_rate_limited_run_converge_with_sync(servers, tmp_p
     load_fixture(servers, scale=0.5)
     plan = tmp_path / "mysql.yaml"
     out = cli("plan", *plan_args(servers), "--unit-records", "400", "--chunk-records", "100",
-              "--batch-records", "50", "--rate-limit", "150KiB", "-o", str(plan))
+              "--batch-records", "50", "--rate-limit", "100KiB", "-o", str(plan))
     assert out.returncode == 0, out.stderr + out.stdout
     writer = Writer(servers, seed=3)
     run_while_writing(plan, writer, timeout=600)
