@@ -193,38 +193,14 @@ def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
     """``--rows`` chat_logs rows. Backup: ``mydumper --threads 4 --compress`` and
     ``mariadb-dump | zstd`` against ours; restore: ``myloader --threads 4`` and
     ``zstd -d | mariadb`` against ours, each into its own empty database."""
-    import pymysql
 
     from fixtures import mysql_data
 
     db = compare.MYSQL_DB
-    if not (shutil.which("mydumper") and shutil.which("myloader")):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mydumper"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    src = Endpoint("mysql", f"mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
-                   f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}", name="bench")
-    sh, sp = hostport(env["OIM_MYSQL_SRC_URL"]).split(":")
-    dh, dp = hostport(env["OIM_MYSQL_DST_URL"]).split(":")
-    conns = {side: pymysql.connect(host=h, port=int(p), user="root", autocommit=True,
-                                   password=env[f"OIM_MYSQL_{side}_PASSWORD"])
-             for side, h, p in (("SRC", sh, sp), ("DST", dh, dp))}
-    pid_files = {}
-    for side, conn in conns.items():
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@pid_file")
-            pid_files[side.lower()] = str(cur.fetchone()[0])
-    copies = (db, "native_myloader", "native_dump")
-
-    def clean_target() -> None:
-        with conns["DST"].cursor() as cur:
-            for name in copies:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-    def copied(name: str) -> int:
-        with conns["DST"].cursor() as cur:
-            cur.execute(f"SELECT COUNT(*) FROM `{name}`.chat_logs")
-            return int(cur.fetchone()[0])
-
+    mb = compare.MySQLBench(env, db, (db, "native_myloader", "native_dump"))
+    src, conns, pid_files = mb.src, mb.conns, mb.pid_files
+    clean_target, copied = mb.clean_target, mb.copied
+    (sh, sp), (dh, dp) = (hostport(env[f"OIM_MYSQL_{s}_URL"]).split(":") for s in ("SRC", "DST"))
     clean_target()
     loaded = time.monotonic()
     mysql_data.message_rows(src, opts.rows, seed=1)

@@ -191,6 +191,42 @@ def _server_cpu(pid_files: dict[str, str]) -> dict[str, float]:
     return out
 
 
+class MySQLBench:
+    """Both MariaDB servers of a benchmark: the source endpoint, root connections, the
+    servers' pid files (for their CPU time) and the target databases each tool fills."""
+
+    def __init__(self, env: dict[str, str], db: str, copies: tuple[str, ...],
+                 mydumper: bool = True) -> None:
+        import pymysql
+
+        if mydumper and not (shutil.which("mydumper") and shutil.which("myloader")):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "mydumper"], check=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        self.src = Endpoint("mysql", f"mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
+                            f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}", name="bench")
+        self.conns = {}
+        self.pid_files = {}
+        for side in ("SRC", "DST"):
+            host, port = hostport(env[f"OIM_MYSQL_{side}_URL"]).split(":")
+            conn = pymysql.connect(host=host, port=int(port), user="root", autocommit=True,
+                                   password=env[f"OIM_MYSQL_{side}_PASSWORD"])
+            self.conns[side] = conn
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@pid_file")
+                self.pid_files[side.lower()] = str(cur.fetchone()[0])
+        self.copies = copies
+
+    def clean_target(self) -> None:
+        with self.conns["DST"].cursor() as cur:
+            for name in self.copies:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def copied(self, name: str) -> int:
+        with self.conns["DST"].cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`.chat_logs")
+            return int(cur.fetchone()[0])
+
+
 def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
     """One chat_logs table of ``--rows`` rows, loaded once; then, interleaved and
     ``--repeat`` times: ``mariadb-dump | mariadb``, ``mydumper`` + ``myloader`` (4 threads;
@@ -200,39 +236,14 @@ def bench_mysql(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
     OIM_BENCH_MYSQL_NATIVE=mydumper (or mariadb-dump) runs one native tool only."""
     from statistics import median
 
-    import pymysql
-
     from fixtures import mysql_data
 
     db = MYSQL_DB
     natives = os.environ.get("OIM_BENCH_MYSQL_NATIVE", "mariadb-dump,mydumper").split(",")
-    if "mydumper" in natives and not (shutil.which("mydumper") and shutil.which("myloader")):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mydumper"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    src = Endpoint("mysql", f"mysql://root:${{OIM_MYSQL_SRC_PASSWORD}}@"
-                   f"{hostport(env['OIM_MYSQL_SRC_URL'])}/{db}", name="bench")
-    sh, sp = hostport(env["OIM_MYSQL_SRC_URL"]).split(":")
-    dh, dp = hostport(env["OIM_MYSQL_DST_URL"]).split(":")
-    conns = {side: pymysql.connect(host=h, port=int(p), user="root", autocommit=True,
-                                   password=env[f"OIM_MYSQL_{side}_PASSWORD"])
-             for side, h, p in (("SRC", sh, sp), ("DST", dh, dp))}
-    pid_files = {}
-    for side, conn in conns.items():
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@pid_file")
-            pid_files[side.lower()] = str(cur.fetchone()[0])
-    copies = (db, "native_copy", "native_myloader")
-
-    def clean_target() -> None:
-        with conns["DST"].cursor() as cur:
-            for name in copies:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-    def copied(name: str) -> int:
-        with conns["DST"].cursor() as cur:
-            cur.execute(f"SELECT COUNT(*) FROM `{name}`.chat_logs")
-            return int(cur.fetchone()[0])
-
+    mb = MySQLBench(env, db, (db, "native_copy", "native_myloader"), "mydumper" in natives)
+    src, conns, pid_files = mb.src, mb.conns, mb.pid_files
+    clean_target, copied = mb.clean_target, mb.copied
+    (sh, sp), (dh, dp) = (hostport(env[f"OIM_MYSQL_{s}_URL"]).split(":") for s in ("SRC", "DST"))
     clean_target()
     loaded = time.monotonic()
     mysql_data.message_rows(src, opts.rows, seed=1)
