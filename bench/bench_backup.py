@@ -352,24 +352,10 @@ def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> 
     object is that recent: so the first round also measures that worst case (a backup
     pair made right after the load), then waits until the objects are older (unless
     --no-settle) for the backup pair of the table, as a nightly backup finds them."""
-    from minio import Minio
-    from minio.deleteobjects import DeleteObject
-
     from migrator.stores.objects.archive import ObjectArchive
 
-    def client(side: str) -> Minio:
-        return Minio(hostport(env[f"OIM_S3_{side}_URL"]), secure=False,
-                     access_key=env[f"OIM_S3_{side}_ACCESS_KEY"],
-                     secret_key=env[f"OIM_S3_{side}_SECRET_KEY"])
-
-    def empty(side: str, bucket: str) -> None:
-        c = client(side)
-        if not c.bucket_exists(bucket):
-            return
-        names = [DeleteObject(o.object_name) for o in c.list_objects(bucket, recursive=True)]
-        for error in c.remove_objects(bucket, names):
-            raise SystemExit(f"cleanup failed: {error}")
-        c.remove_bucket(bucket)
+    s3 = compare.S3Bench(env)
+    client, empty = s3.client, s3.empty
 
     def count(bucket: str) -> int:
         return sum(1 for _ in client("DST").list_objects(bucket, recursive=True))

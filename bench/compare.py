@@ -452,24 +452,38 @@ def bench_mongo(env: dict[str, str], opts: argparse.Namespace, work: Path) -> di
 
 
 # ------------------------------------------------------------------------------ objects
-def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
-    """rclone and ours, interleaved, ``--repeat`` times on the same loaded source."""
-    from minio import Minio
-    from minio.deleteobjects import DeleteObject
+class S3Bench:
+    """Both MinIO servers of a benchmark: a client per side, and emptying a bucket."""
 
-    def client(side: str) -> Minio:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def client(self, side: str) -> Any:
+        from minio import Minio
+
+        env = self.env
         return Minio(hostport(env[f"OIM_S3_{side}_URL"]), secure=False,
                      access_key=env[f"OIM_S3_{side}_ACCESS_KEY"],
                      secret_key=env[f"OIM_S3_{side}_SECRET_KEY"])
 
-    def empty(side: str, bucket: str) -> None:
-        c = client(side)
+    def empty(self, side: str, bucket: str) -> None:
+        """Delete every object of ``bucket`` and the bucket, if it exists."""
+        from minio.deleteobjects import DeleteObject
+
+        c = self.client(side)
         if not c.bucket_exists(bucket):
             return
         names = [DeleteObject(o.object_name) for o in c.list_objects(bucket, recursive=True)]
         for error in c.remove_objects(bucket, names):
             raise SystemExit(f"cleanup failed: {error}")
         c.remove_bucket(bucket)
+
+
+def bench_objects(env: dict[str, str], opts: argparse.Namespace, work: Path) -> dict:
+    """rclone and ours, interleaved, ``--repeat`` times on the same loaded source."""
+
+    s3 = S3Bench(env)
+    client, empty = s3.client, s3.empty
 
     loaded = time.monotonic()
     counts = load_fixture(
