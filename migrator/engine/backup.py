@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ from migrator.archive.reader import SetReader
 from migrator.archive.writer import SetWriter
 from migrator.config import Endpoint
 from migrator.engine.journal import COPIED, Journal
-from migrator.engine.planning import refuse_if_target_filled
+from migrator.engine.operations import select_units
 from migrator.engine.session import Session, effective_selection, make_store
 from migrator.engine.transfer import RunResult, Transfer
 from migrator.engine.verify import VerifyReport, verify
@@ -196,8 +197,6 @@ class RestoreOutcome:
 def restore_journal_path(set_id: str, targets: dict[str, Endpoint]) -> Path:
     """Where a restore's journal lives by default: per set and targets, in the user's
     state folder, so rerunning the same command resumes it."""
-    import os
-
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     key = hashlib.sha256(json.dumps({k: e.to_dict() for k, e in sorted(targets.items())},
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -217,8 +216,6 @@ def restore(archive: Endpoint, targets: dict[str, Endpoint], options: Options, *
             progress: Progress | None = None, stop: threading.Event | None = None
             ) -> RestoreOutcome:
     """A set into live ``targets`` (by store kind), then verify against the manifest."""
-    import fnmatch
-
     started = time.monotonic()
     label, reader, started_at = open_set(archive)
     kinds = list(stores) or list(reader.stores)
@@ -244,12 +241,7 @@ def restore(archive: Endpoint, targets: dict[str, Endpoint], options: Options, *
             session.check_access(kind)
             source, target = session.pair(kind)
             plan.inventory.extend(target.adapt_units(source.list_units(), source))
-        if unit_patterns:
-            plan.inventory = [u for u in plan.inventory
-                              if any(fnmatch.fnmatchcase(u.key, p) for p in unit_patterns)]
-            if not plan.inventory:
-                raise UsageError(f"--unit {', '.join(unit_patterns)}: no unit of set "
-                                 f"{reader.set_id} matches")
+        plan.inventory = select_units(plan, unit_patterns)
         if restart and jour.has_progress():
             options.on_existing = "overwrite"  # what is there is our partial restore
         jour.bind_plan(plan.fingerprint(), restart=restart)
@@ -259,7 +251,6 @@ def restore(archive: Endpoint, targets: dict[str, Endpoint], options: Options, *
                 plan.existing.extend(target.existing(plan.units_of(kind)))
             if plan.existing:
                 refuse_non_empty(plan)
-            refuse_if_target_filled(plan, session)
         result = Transfer(plan, jour, session, progress=progress or NullProgress(),
                           stop=stop).run()
         outcome = RestoreOutcome(label, reader.set_id, started_at, result)
