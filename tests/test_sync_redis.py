@@ -191,7 +191,8 @@ def test_sync_catches_up_with_a_source_written_during_the_copy(servers, tmp_path
     assert writer.error is None, writer.error
     writer.burst(60)  # the last writes, after every pass so far
     assert run.returncode == 0, run.stderr + run.stdout
-    assert copy_seconds > 2 and during > 200, (copy_seconds, writer.ops)
+    # The overlap is judged by the writes, not by the copy's length (a faster machine is no fault).
+    assert during > 200, (copy_seconds, writer.ops)
     assert code == 0 and totals(first)[0] > 0
 
     code, report = sync_json(plan, "--until-stable")
