@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--method", choices=["load", "insert"], default="load")
-    parser.add_argument("--unit-records", type=int, default=StoreOptions().unit_records,
+    parser.add_argument("--unit-records", type=int, default=StoreOptions().split_records,
                         help="rows per unit (the table is split into this many per unit)")
     parser.add_argument("--skip-load", action="store_true", help="reuse the loaded table")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

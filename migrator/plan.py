@@ -46,7 +46,7 @@ class Options:
     batch_records: int = 1000
     batch_bytes: int = 8 << 20
     chunk_records: int = 10_000
-    unit_records: int = 200_000
+    unit_records: int | None = None  # None: each store's own default (StoreOptions)
     rate_limit: int | None = None  # bytes per second over all units
     on_existing: str = "fail"
     retries: int = 5

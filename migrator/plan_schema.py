@@ -122,7 +122,8 @@ def plan_schema(kinds: Iterable[str] | None = None) -> dict[str, Any]:
                 "type": ["object", "null"], "additionalProperties": False,
                 "properties": {
                     "parallel": _POSITIVE, "batch_records": _POSITIVE, "batch_bytes": _SIZE,
-                    "chunk_records": _POSITIVE, "unit_records": _POSITIVE,
+                    "chunk_records": _POSITIVE,
+                    "unit_records": {"oneOf": [{"type": "null"}, _POSITIVE]},
                     "rate_limit": {"oneOf": [{"type": "null"}, _SIZE]},
                     "on_existing": {"enum": list(ON_EXISTING)},
                     "retries": {"type": "integer", "minimum": 0},

@@ -204,15 +204,24 @@ class Selection:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
+DEFAULT_UNIT_RECORDS = 200_000
+
+
 @dataclass(frozen=True)
 class StoreOptions:
     batch_records: int = 1000
     batch_bytes: int = 8 << 20
     chunk_records: int = 10_000  # verification chunk size
-    unit_records: int = 200_000  # a unit above this is split where the store can split
+    # A unit above this is split where the store can split; None: the store's default
+    # (``split_records``), which is what a plan gets unless it names a number.
+    unit_records: int | None = None
     on_existing: str = "fail"  # fail | overwrite | skip
     ttl_tolerance_ms: int = 1000
     parallel: int = 4  # units at once: stores size their unit split and connections by it
+
+    @property
+    def split_records(self) -> int:
+        return self.unit_records or DEFAULT_UNIT_RECORDS
 
 
 class Store(ABC):

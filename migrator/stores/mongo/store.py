@@ -497,7 +497,7 @@ class MongoStore(Store):
                 size = 0
         spec = {"db": db_name, "collection": name, "lo": None, "hi": None,
                 "bypass_validation": bool((info.get("options") or {}).get("validator"))}
-        per = max(1, self.options.unit_records)
+        per = max(1, self.options.split_records)
         bounds = self._split_points(coll, per) if count > per else []
         if not bounds:
             return [Unit("mongo", f"{db_name}.{name}", spec, records=count, bytes=size)]

@@ -479,7 +479,7 @@ class MySQLStore(Store):
         ``unit_records`` asks for, else None: a table of at least 2 × 10,000 rows is cut
         into up to ``parallel`` units of about 10,000 rows or more, so one table alone
         still loads and verifies in parallel; never more units than ``parallel``."""
-        step = max(1, self.options.unit_records)
+        step = max(1, self.options.split_records)
         wanted = min(self._parallel(), rows // _MIN_UNIT_ROWS)
         if wanted > max(1, -(-rows // step)):
             return -(-rows // wanted)
@@ -502,7 +502,7 @@ class MySQLStore(Store):
             spec.update(lo=None, hi=None, resumable=False, note=ms.NO_KEY_NOTE)
             return [Unit(self.kind, f"{db}.{table}", spec, count, estimate(count))]
         key = self._key(meta, spec)
-        step = max(1, self.options.unit_records)
+        step = max(1, self.options.split_records)
         if self._unit_step(est_rows) is not None:  # an estimate: the split uses the count
             step = self._unit_step(self._count(meta, key, None, None)) or step
         edges = [None, *self._boundaries(meta, index, key, None, None, step), None]

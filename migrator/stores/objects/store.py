@@ -398,7 +398,7 @@ class ObjectStore(Store):
         for bucket in self.buckets():
             listing = ((r.key, r.size) for r in self.list_range(bucket, None, None, metadata=False)
                        if self._selected(bucket, r.key))
-            parts = split_ranges(listing, self.options.unit_records, self.unit_bytes)
+            parts = split_ranges(listing, self.options.split_records, self.unit_bytes)
             spec = {"bucket": bucket, "prefix": self.prefix}
             if len(parts) <= 1:
                 count, nbytes = (parts[0].count, parts[0].nbytes) if parts else (0, 0)

@@ -856,8 +856,21 @@ class RedisStore(Store):
         return units
 
     def _parts(self, keys: int) -> int:
+        """Slot-range slices of one DB. A standalone server is one thread that one unit
+        with its read-ahead already keeps busy (measured: 4 slices of 1M keys copied
+        1.5x slower than one unit, each filtering the shared SCAN pages), and the unit's
+        SCAN cursor is its checkpoint, so it is cut only when the plan names
+        ``unit_records``. A cluster's slices are cut by the default too, but into no more
+        than run at once (``parallel``): slices share SCAN pages only while they run
+        together, so more would scan the DB once per wave."""
+        if self._cluster is None and self.options.unit_records is None:
+            return 1
+        wave = 1
+        while wave * 2 <= max(1, self.options.parallel):
+            wave *= 2
         parts = 1
-        while keys > parts * self.options.unit_records and parts < MAX_UNIT_PARTS:
+        while (keys > parts * self.options.split_records and parts < MAX_UNIT_PARTS
+               and (parts < wave or self.options.unit_records is not None)):
             parts *= 2
         return parts
 
