@@ -413,3 +413,46 @@ def test_sync_through_the_hooks_copies_and_deletes_only_real_differences():
     assert {k: v.lower() for k, v in dst.items()} == {k: v.lower() for k, v in src.items()}
     second = sync_unit(*_pair(), unit)
     assert second.changed == 0
+
+
+def test_a_final_sync_pass_proves_its_equal_chunks_and_verify_rechecks_the_rest(
+        tmp_path, monkeypatch):
+    """What a cutover does in the freeze: the sync pass names the chunks it found different
+    (the only ones it wrote to); verify digests just those again, so a change there after
+    the pass is still named, and a proof that does not fit the chunks is not used."""
+    from migrator.engine import operations
+    from migrator.engine.verify import Proven
+
+    plan = make_plan({"a": 40})
+    path = tmp_path / "p.yaml"
+    assert operations.run_plan(plan, path).verify.ok
+    src, dst = memstore.SERVERS["src"], memstore.SERVERS["dst"]
+    src["a"]["z-new"] = "added"  # only chunk "hi" (keys from "m" on) differs
+    unit = plan.inventory[0]
+    last = operations.sync_plan(plan, path).passes[-1].units[0]
+    assert last.copied == 1 and last.proven == Proven(frozenset({"hi"}), 40)
+
+    digested: list[list[str]] = []
+    real = memstore.MemoryStore.digest
+
+    def counting(self, unit, chunks):
+        digested.append([c.id for c in chunks])
+        return real(self, unit, chunks)
+
+    monkeypatch.setattr(memstore.MemoryStore, "digest", counting)
+    report = operations.verify_plan(plan, path, proven={unit.key: last.proven})
+    assert report.ok and digested == [["hi"], ["hi"]]
+    (checked,) = [u for u in report.units if u.unit == unit.key]
+    assert checked.rechecked == ["hi"] and checked.source_count == checked.target_count == 41
+
+    dst["a"]["z-new"] = "changed on the target after the pass"
+    digested.clear()
+    report = operations.verify_plan(plan, path, proven={unit.key: last.proven})
+    (checked,) = [u for u in report.units if u.unit == unit.key]
+    assert report.exit_code == 5 and checked.differ == ["z-new"] and digested == [["hi"]] * 2
+
+    digested.clear()  # a chunk the store no longer lists: every chunk is digested
+    report = operations.verify_plan(plan, path, proven={unit.key: Proven(frozenset({"x"}), 0)})
+    (checked,) = [u for u in report.units if u.unit == unit.key]
+    assert checked.rechecked is None and digested == [["lo", "hi"]] * 2
+    assert report.exit_code == 5 and checked.source_count == 41

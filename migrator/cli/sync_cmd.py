@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
 from migrator.cli import render
 from migrator.cli.options import apply_tunables, json_option, parallel_option
 from migrator.engine import operations
+from migrator.engine.sync import UnitSync
 from migrator.errors import Interrupted, UnitsFailed
 from migrator.plan import load_plan
 
@@ -49,7 +51,7 @@ def sync_command(plan_path: Path, until_stable: bool, threshold: int, max_passes
                         "method": method,
                         "passes": [{"number": p.number, "seconds": round(p.seconds, 3),
                                     "changed": p.changed,
-                                    "units": [asdict(u) for u in p.units]}
+                                    "units": [_unit_json(u) for u in p.units]}
                                    for p in outcome.passes]})
     if outcome.interrupted:
         raise Interrupted("sync interrupted; the target keeps what the pass copied",
@@ -65,3 +67,10 @@ def sync_command(plan_path: Path, until_stable: bool, threshold: int, max_passes
                           hint="the source is still being written; freeze its writers "
                           "(cutover does) or raise --threshold")
     return 0
+
+
+def _unit_json(unit: UnitSync) -> dict[str, Any]:
+    """A unit's pass as JSON; ``proven`` is the cutover's business, not the operator's."""
+    out = asdict(unit)
+    out.pop("proven", None)
+    return out

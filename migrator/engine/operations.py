@@ -21,7 +21,7 @@ from migrator.engine.retry import RetryPolicy
 from migrator.engine.session import Session
 from migrator.engine.sync import SyncPass, UnitSync, sync_pass
 from migrator.engine.transfer import RunResult, Transfer
-from migrator.engine.verify import VerifyReport, verify
+from migrator.engine.verify import Proven, VerifyReport, verify
 from migrator.errors import PlanError, UsageError
 from migrator.openim import cross_checks
 from migrator.plan import Plan
@@ -162,16 +162,18 @@ def select_units(plan: Plan, patterns: tuple[str, ...]) -> list[Any]:
     return units
 
 
-def verify_plan(plan: Plan, plan_path: Path, *, unit_patterns: tuple[str, ...] = ()
-                ) -> VerifyReport:
+def verify_plan(plan: Plan, plan_path: Path, *, unit_patterns: tuple[str, ...] = (),
+                proven: dict[str, Proven] | None = None) -> VerifyReport:
     """Every unit, plus (unless narrowed to some units) what no unit covers, store-level
-    definitions and the cross-store checks. Shares the journal with a running copy."""
+    definitions and the cross-store checks. Shares the journal with a running copy.
+    ``proven``: what a cutover's final sync pass proved (``verify.Proven``)."""
     units = select_units(plan, unit_patterns)
     whole = None if unit_patterns else {k: plan.units_of(k) for k in plan.stores}
     with opened(plan, plan_path, exclusive=False) as (journal, session):
         connect_all(plan, session, access=False)
         return verify(units, session, parallel=plan.options.parallel, journal=journal,
-                      checks=None if unit_patterns else cross_checks(plan), whole=whole)
+                      checks=None if unit_patterns else cross_checks(plan), whole=whole,
+                      proven=proven)
 
 
 def dry_run(plan: Plan, plan_path: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from migrator.engine.journal import COPIED, VERIFIED, Journal
 from migrator.engine.retry import RetryPolicy, call_with_retry
 from migrator.engine.session import Session
-from migrator.engine.verify import chunk_differences
+from migrator.engine.verify import Proven, chunk_differences
 from migrator.errors import MigrateError
 from migrator.stores.base import ChunkDigest, Importer, Store, Unit
 
@@ -32,6 +32,9 @@ class UnitSync:
     deleted: int = 0  # records removed from the target (gone from the source)
     bytes: int = 0
     chunks: list[str] = field(default_factory=list)  # chunks that differed
+    # Set when the pass compared every chunk: the chunks whose digests disagreed (the only
+    # ones it wrote to) and the records of those that agreed; a cutover's verify uses them.
+    proven: Proven | None = None
     error: str | None = None
     error_code: int | None = None
     seconds: float = 0.0
@@ -84,6 +87,10 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
         to_copy.extend(diff.differ)
         to_copy.extend(diff.missing_on_target)
         to_delete.extend(diff.missing_on_source)
+    if stop is None or not stop.is_set():  # else some differing chunks went unlisted
+        recheck = frozenset(chunk.id for chunk in differing)
+        report.proven = Proven(recheck, sum(src_digest.get(chunk.id, empty).count
+                                            for chunk in chunks if chunk.id not in recheck))
     if to_copy:
         importer: Importer = target.importer(unit)
         importer.prepare(resumed=True)  # never clear the unit: only these keys change

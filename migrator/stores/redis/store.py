@@ -1304,8 +1304,14 @@ class RedisStore(Store):
             db_of = {} if self._cluster is not None else {id(self._client(db)): db
                                                            for db in dbs}
 
+            # Some chunks only (a cutover re-checking what its final sync changed): SCAN
+            # still lists the DB, but only the keys of those chunks are read.
+            partial = len(wanted) < uhi - ulo + 1
+
             def read(client: redis.Redis, keys: list[bytes]
                      ) -> tuple[int, list[tuple[bytes, int]]]:
+                if partial:
+                    keys = [k for k in keys if owner[key_slot(k)] >= 0]
                 return db_of.get(id(client), dbs[0]), rv.record_hashes(
                     client, keys, now_ms=_now_ms(), tolerance=tolerance,
                     pexpiretime=self._pexpiretime, one_mget=one_mget)
