@@ -69,8 +69,11 @@ BINARIES = {
 
 # Read-only Redis user: everything for SCAN/DUMP/PTTL/TYPE/H*/L*/S*/Z*/X* reads,
 # INFO/DBSIZE/SELECT/MEMORY USAGE, connection handling; no write/admin/dangerous command.
+# CLIENT TRACKING (in @connection) + SUBSCRIBE to the invalidation channel: `sync` follows
+# the keys the source changes.
 REDIS_READER_RULES = (
-    "on ~* &* resetchannels -@all +@read +@connection -@admin -@dangerous "
+    "on ~* &* resetchannels &__redis__:invalidate -@all +@read +@connection -@admin "
+    "-@dangerous +subscribe +unsubscribe "
     "+scan +dump +pttl +ttl +pexpiretime +expiretime +type +exists +info +select +ping "
     "+dbsize +memory|usage +object|encoding +object|freq +object|idletime +object|refcount "
     "+client|setname +client|getname +client|id +client|info +hello +auth +echo +time "

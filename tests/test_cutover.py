@@ -175,9 +175,18 @@ def setup(redis_env, k8s_cluster, k8s_ns, tmp_path):
 
 def test_staging_cutover_syncs_switches_reports_the_window_and_rolls_back(setup):
     plan = setup.plan()
-    # written after the last verify: the final sync inside the freeze must carry them over
+    # written after the last verify: the sync pass before the freeze carries them over
     setup.src.set("FCM_TOKEN:late:1", "new")
     setup.src.hset("MALLOC_SEQ:si_1_2", "CURR", 11)
+    # the stopping writers' last write, made by the freeze command itself: only the final
+    # pass inside the freeze, which follows what the source named since, carries it over
+    host, port = hostport(setup.env["OIM_REDIS_SRC_URL"]).split(":")
+    section = setup.section()
+    sh, flag, script = section["freeze"]["command"]
+    section["freeze"]["command"] = [
+        sh, flag, f'REDISCLI_AUTH="$OIM_REDIS_SRC_PASSWORD" redis-cli -h {host} -p {port} '
+        f"-n {DB} SET FCM_TOKEN:last:1 at-freeze >/dev/null && {script}"]
+    setup.set_cutover(plan, freeze=section["freeze"])
     metrics = setup.tmp / "cutover.prom"
     with demo.DeploymentController(setup.kube, setup.ns):
         out = cli("cutover", str(plan), "--json", "--metrics-file", str(metrics))
@@ -191,15 +200,17 @@ def test_staging_cutover_syncs_switches_reports_the_window_and_rolls_back(setup)
     assert abs(float(samples["openim_migrate_cutover_freeze_window_seconds"])
                - report["freeze_window_seconds"]) < 0.01
     assert float(samples['openim_migrate_cutover_step_seconds{step="verify"}']) > 0
-    # the final sync's digest is the proof for the chunks it found equal: verify digests
-    # again only the chunks of the two late writes
+    # the final pass followed the source's changes since the pass before the freeze: it
+    # compared (and verify compared again) the one key the freeze command wrote, no chunk
+    assert any("following the changes of redis" in n for n in report["notes"]), report
     units = [u for u in report["verify"]["units"] if "(" not in u["unit"]]
-    rechecked = [chunk for u in units for chunk in u["rechecked"]]
-    assert units and 1 <= len(rechecked) <= 2, units
+    assert units and all(u["rechecked"] == [] for u in units), units
+    assert sum(u["rechecked_records"] for u in units) == 1, units
     assert samples['openim_migrate_cutover_state{state="switched"}'] == "1.0"
     setup.assert_agree(plan, "switched")
     assert setup.dst.get("FCM_TOKEN:late:1") == b"new"
     assert setup.dst.hget("MALLOC_SEQ:si_1_2", "CURR") == b"11"
+    assert setup.dst.get("FCM_TOKEN:last:1") == b"at-freeze"
     assert any("writers stopped" in e for e in events(plan, "cutover-command"))
     journal_bytes = plan.with_name("p.journal.sqlite").read_bytes()
     for secret in (setup.env["OIM_REDIS_DST_PASSWORD"], "old-standalone-password"):

@@ -339,3 +339,94 @@ def test_drill_down_fingerprints_only_keys_whose_cheap_hashes_differ(servers, mo
     finally:
         source.close()
         target.close()
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_later_passes_follow_the_source_and_compare_only_the_keys_it_named(servers, tmp_path,
+                                                                           scenario):
+    """Through the read-only account: the first pass digests every chunk, later ones take
+    only the keys the source named (CLIENT TRACKING) — changed, deleted, added, expired —
+    in whichever DB of the unit they live."""
+    from migrator.engine import operations
+    from migrator.engine.sync import FOLLOWING
+    from migrator.plan import load_plan
+
+    plan_path, target = make_plan(servers, tmp_path, scenario, 1500)
+    assert cli("run", str(plan_path), "--no-verify").returncode == 0
+    plan = load_plan(plan_path)
+    dbs = SCENARIOS[scenario][1]
+    first_db, last_db = servers.src(dbs[0]), servers.src(dbs[-1])
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        assert catch.methods == {"redis": FOLLOWING}, catch.notes
+        first = catch.run_pass()
+        assert first.changed == 0 and [u.followed for u in first.units] == [None]
+        changed = next(iter(first_db.scan_iter(f"k{dbs[0]}:s:*")))
+        gone = next(iter(last_db.scan_iter(f"k{dbs[-1]}:h:*")))
+        first_db.set(changed, b"changed after the first pass", keepttl=True)
+        last_db.delete(gone)
+        last_db.set(b"added-late", b"x", px=3_600_000)
+        first_db.set(b"short-lived", b"y", px=1)  # named, then gone on both sides
+        time.sleep(0.05)
+        assert not first_db.exists(b"short-lived")  # expired now, and named again
+        (second,) = catch.run_pass().units
+        assert (second.followed, second.copied, second.deleted) == (4, 2, 1), second
+        (third,) = catch.run_pass().units
+        assert (third.followed, third.changed) == (0, 0)
+    check = cli("verify", str(plan_path), "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert_same(source_union(servers, dbs), contents(target_client(servers, target)))
+
+
+def test_a_flush_or_a_lost_feed_goes_back_to_digests(servers, tmp_path):
+    from migrator.engine import operations
+    from migrator.engine.sync import DIGESTS
+    from migrator.plan import load_plan
+
+    plan_path, target = make_plan(servers, tmp_path, "standalone", 300)
+    assert cli("run", str(plan_path), "--no-verify").returncode == 0
+    plan = load_plan(plan_path)
+    src = servers.src(0)
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        catch.run_pass()
+        src.flushdb()
+        (flushed,) = catch.run_pass().units
+        assert flushed.followed is None and flushed.deleted > 250 and servers.dst(0).dbsize() == 0
+        assert any("flushed" in note for note in catch.notes), catch.notes
+        src.set(b"after-flush", b"1")
+        (again,) = catch.run_pass().units
+        assert (again.followed, again.copied) == (1, 1)  # followed again after a full pass
+        src.client_kill_filter(_type="pubsub")  # the feed's subscriber
+        src.set(b"after-kill", b"1")
+        (lost,) = catch.run_pass().units
+        assert lost.followed is None and lost.copied == 1
+        assert catch.methods == {"redis": DIGESTS}
+        assert any("connection ended" in note for note in catch.notes), catch.notes
+    assert servers.dst(0).get(b"after-kill") == b"1"
+
+
+def test_an_account_that_may_not_follow_is_told_why_and_sync_digests(servers, tmp_path,
+                                                                    monkeypatch):
+    """The read-only account without +subscribe: `sync --until-stable` says what to grant
+    and catches up by chunk digests all the same."""
+    admin = servers.src(0)
+    reader = next(line for line in admin.execute_command("ACL", "LIST")
+                  if line.split()[1] == b"reader")
+    rules = [r for r in reader.split()[2:] if not r.startswith(b"#") and r != b"+subscribe"]
+    admin.execute_command("ACL", "SETUSER", "notrack", "reset", ">notrack-pw", *rules)
+    try:
+        monkeypatch.setenv("OIM_NOTRACK_PASSWORD", "notrack-pw")
+        redis_data.mixed(source_endpoint(servers), 200, seed=3, prefix="k0")
+        plan = tmp_path / "p.yaml"
+        source = ("redis=redis://notrack:${OIM_NOTRACK_PASSWORD}@"
+                  + hostport(servers.env["OIM_REDIS_SRC_URL"]) + "/0")
+        assert cli("plan", "--source", source, "--target", servers.to_dst(), "-o",
+                   str(plan)).returncode == 0
+        assert cli("run", str(plan), "--no-verify").returncode == 0
+        admin.set(b"k0:late", b"1")
+        code, report = sync_json(plan, "--until-stable")
+        assert code == 0 and report["method"] == {"redis": "chunk digests"}, report
+        (note,) = report["notes"]
+        assert "'notrack' may not follow changes" in note and "+subscribe" in note, note
+        assert sum(u["copied"] for p in report["passes"] for u in p["units"]) == 1
+    finally:
+        admin.execute_command("ACL", "DELUSER", "notrack")

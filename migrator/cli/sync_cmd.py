@@ -35,24 +35,29 @@ def sync_command(plan_path: Path, until_stable: bool, threshold: int, max_passes
     source no longer has. A unit whose pass changed nothing is proven equal. Run it while
     the source is still live to shrink the final pass, then once more inside the write
     freeze of a cutover. It also repairs what `verify` found different.
+
+    With --until-stable, a source that can name its changes (Redis: CLIENT TRACKING, which
+    the account needs +client|tracking +subscribe &__redis__:invalidate for) is followed
+    from the first pass on, and later passes compare only the records it named: they cost
+    what changed, not what is stored. Other stores digest every chunk in every pass.
     """
     plan = load_plan(plan_path)
     apply_tunables(plan.options, parallel=parallel)
-    method = {kind: pair.facts.get("source", {}).get("catch_up") or "chunk digests"
-              for kind, pair in plan.stores.items()}
-    if not as_json:
-        render.info("catch-up by " + ", ".join(f"{kind}: {how}" for kind, how in
-                                               method.items()))
     outcome = operations.sync_plan(plan, plan_path, until_stable=until_stable,
                                    threshold=threshold, max_passes=max_passes,
                                    on_pass=None if as_json else render.sync_pass)
     if as_json:
         render.as_json({"stable": outcome.stable, "interrupted": outcome.interrupted,
-                        "method": method,
+                        "method": outcome.methods, "notes": outcome.notes,
                         "passes": [{"number": p.number, "seconds": round(p.seconds, 3),
                                     "changed": p.changed,
                                     "units": [_unit_json(u) for u in p.units]}
                                    for p in outcome.passes]})
+    else:
+        render.info("caught up by " + ", ".join(f"{kind}: {how}" for kind, how in
+                                                outcome.methods.items()))
+        for note in outcome.notes:
+            render.warning(note)
     if outcome.interrupted:
         raise Interrupted("sync interrupted; the target keeps what the pass copied",
                           hint=f"run `openim-migrate sync {plan_path}` again")

@@ -19,7 +19,7 @@ from migrator.engine.journal import COPIED, DIFFERS, SKIPPED, VERIFIED, Journal,
 from migrator.engine.planning import refuse_if_target_filled
 from migrator.engine.retry import RetryPolicy
 from migrator.engine.session import Session
-from migrator.engine.sync import SyncPass, UnitSync, sync_pass
+from migrator.engine.sync import CatchUp, SyncPass, UnitSync
 from migrator.engine.transfer import RunResult, Transfer
 from migrator.engine.verify import Proven, VerifyReport, verify
 from migrator.errors import PlanError, UsageError
@@ -105,14 +105,14 @@ class SyncOutcome:
     passes: list[SyncPass] = field(default_factory=list)
     stable: bool = False  # the last pass changed no more than the threshold
     interrupted: bool = False
+    methods: dict[str, str] = field(default_factory=dict)  # store -> how it caught up
+    notes: list[str] = field(default_factory=list)  # e.g. why a store cannot follow
 
 
-def sync_plan(plan: Plan, plan_path: Path, *, until_stable: bool = False, threshold: int = 0,
-              max_passes: int = 10, stop: threading.Event | None = None,
-              on_unit: Callable[[UnitSync], None] | None = None,
-              on_pass: Callable[[SyncPass], None] | None = None) -> SyncOutcome:
-    """Catch-up passes over every unit of an already copied plan."""
-    stop = stop or threading.Event()
+@contextmanager
+def catching_up(plan: Plan, plan_path: Path, *, follow: bool,
+                stop: threading.Event | None = None) -> Iterator[CatchUp]:
+    """The journal, session and change feeds of sync passes over an already copied plan."""
     with Journal(journal_path(plan_path)).open() as journal:
         journal.bind_plan(plan.fingerprint(), restart=False)
         states = journal.units()
@@ -123,33 +123,46 @@ def sync_plan(plan: Plan, plan_path: Path, *, until_stable: bool = False, thresh
             raise UsageError(f"sync brings a copied target up to date, but {len(not_copied)} "
                              f"unit(s) were never copied (e.g. {not_copied[0]}); run "
                              f"`openim-migrate run {plan_path}` first")
-        outcome = SyncOutcome()
         with Session(plan.stores, plan.options, journal) as session:
             connect_all(plan, session, access=True)
             refuse_source_drift(plan, session)
             for kind in plan.stores:  # idempotent; attaches the source where a target needs it
                 source, target = session.pair(kind)
                 target.prepare_target(plan.units_of(kind), source)
-            for number in range(1, (max_passes if until_stable else 1) + 1):
-                try:
-                    result = sync_pass(number, plan.inventory, session, journal,
-                                       parallel=plan.options.parallel,
-                                       batch_records=plan.options.batch_records,
-                                       retry=RetryPolicy(attempts=plan.options.retries),
-                                       stop=stop, on_unit=on_unit)
-                except KeyboardInterrupt:
-                    stop.set()
-                    outcome.interrupted = True
-                    break
-                outcome.passes.append(result)
-                if on_pass is not None:
-                    on_pass(result)
-                if stop.is_set():
-                    outcome.interrupted = True
-                    break
-                outcome.stable = not result.failed and result.changed <= threshold
-                if outcome.stable or result.failed:
-                    break
+            with CatchUp(plan.inventory, session, journal, follow=follow,
+                         parallel=plan.options.parallel,
+                         batch_records=plan.options.batch_records,
+                         retry=RetryPolicy(attempts=plan.options.retries), stop=stop) as catch:
+                yield catch
+
+
+def sync_plan(plan: Plan, plan_path: Path, *, until_stable: bool = False, threshold: int = 0,
+              max_passes: int = 10, stop: threading.Event | None = None,
+              on_unit: Callable[[UnitSync], None] | None = None,
+              on_pass: Callable[[SyncPass], None] | None = None) -> SyncOutcome:
+    """Catch-up passes over every unit of an already copied plan; with several passes the
+    sources that can follow their changes do, so passes after the first cost the changes."""
+    stop = stop or threading.Event()
+    passes = max_passes if until_stable else 1
+    outcome = SyncOutcome()
+    with catching_up(plan, plan_path, follow=passes > 1, stop=stop) as catch:
+        for _ in range(passes):
+            try:
+                result = catch.run_pass(on_unit)
+            except KeyboardInterrupt:
+                stop.set()
+                outcome.interrupted = True
+                break
+            outcome.passes.append(result)
+            if on_pass is not None:
+                on_pass(result)
+            if stop.is_set():
+                outcome.interrupted = True
+                break
+            outcome.stable = not result.failed and result.changed <= threshold
+            if outcome.stable or result.failed:
+                break
+        outcome.methods, outcome.notes = dict(catch.methods), list(catch.notes)
     return outcome
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from migrator.engine.journal import COPIED, VERIFIED, Journal
 from migrator.engine.retry import RetryPolicy, call_with_retry
 from migrator.engine.session import Session
-from migrator.engine.verify import Proven, chunk_differences
-from migrator.errors import MigrateError
-from migrator.stores.base import ChunkDigest, Importer, Store, Unit
+from migrator.engine.verify import ChunkDiff, Proven, chunk_differences, resolve
+from migrator.errors import CapabilityMissing, MigrateError
+from migrator.stores.base import ChangeFeed, Chunk, ChunkDigest, Importer, Store, Unit
 
 
 @dataclass
@@ -35,6 +35,8 @@ class UnitSync:
     # Set when the pass compared every chunk: the chunks whose digests disagreed (the only
     # ones it wrote to) and the records of those that agreed; a cutover's verify uses them.
     proven: Proven | None = None
+    followed: int | None = None  # records the source named as changed (a followed pass)
+    source_records: int = 0  # the unit's records on the source, as this pass counted them
     error: str | None = None
     error_code: int | None = None
     seconds: float = 0.0
@@ -66,6 +68,7 @@ def _slices(keys: list[str], size: int) -> Iterator[list[str]]:
 
 def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 1000,
               stop: threading.Event | None = None) -> UnitSync:
+    """A full pass of one unit: every chunk digested on both sides."""
     started = time.monotonic()
     report = UnitSync(unit.key, unit.store)
     chunks = source.chunks(unit)
@@ -77,20 +80,49 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
     # a pass costs round trips per batch of changes, not per chunk.
     # verify's drill-down names them: cheap per-record hashes first where the stores
     # offer them, canonical fingerprints only for the keys those cannot clear.
-    to_copy: list[str] = []
-    to_delete: list[str] = []
     empty = ChunkDigest()
     differing = [chunk for chunk in chunks
                  if src_digest.get(chunk.id, empty) != tgt_digest.get(chunk.id, empty)]
-    for diff in chunk_differences(source, target, unit, differing, stop):
-        report.chunks.append(diff.chunk.id)
-        to_copy.extend(diff.differ)
-        to_copy.extend(diff.missing_on_target)
-        to_delete.extend(diff.missing_on_source)
+    diffs = list(chunk_differences(source, target, unit, differing, stop))
+    _apply(report, source, target, unit, diffs, batch_records)
     if stop is None or not stop.is_set():  # else some differing chunks went unlisted
         recheck = frozenset(chunk.id for chunk in differing)
         report.proven = Proven(recheck, sum(src_digest.get(chunk.id, empty).count
                                             for chunk in chunks if chunk.id not in recheck))
+        report.source_records = sum(d.count for d in src_digest.values())
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def sync_changes(source: Store, target: Store, unit: Unit, keys: list[str], records: int,
+                 *, batch_records: int = 1000) -> UnitSync:
+    """A followed pass of one unit: only the records the source named as changed since a
+    full pass (``Store.follow``) are compared, canonically, and copied or deleted.
+    ``records``: the unit's source records as of the previous pass."""
+    started = time.monotonic()
+    report = UnitSync(unit.key, unit.store, followed=len(keys))
+    diffs = resolve(source, target, unit, [(Chunk("followed changes"), keys)]) if keys else []
+    _apply(report, source, target, unit, diffs, batch_records)
+    # The source gained what the target missed and lost what only the target still had.
+    report.source_records = records + sum(len(d.missing_on_target) - len(d.missing_on_source)
+                                          for d in diffs)
+    report.proven = Proven(frozenset(), report.source_records, tuple(keys))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _apply(report: UnitSync, source: Store, target: Store, unit: Unit, diffs: list[ChunkDiff],
+           batch_records: int) -> None:
+    """Copy again what is missing or different on the target, delete what the source no
+    longer has; counts go into ``report``."""
+    to_copy: list[str] = []
+    to_delete: list[str] = []
+    for diff in diffs:
+        if diff:
+            report.chunks.append(diff.chunk.id)
+        to_copy.extend(diff.differ)
+        to_copy.extend(diff.missing_on_target)
+        to_delete.extend(diff.missing_on_source)
     if to_copy:
         importer: Importer = target.importer(unit)
         importer.prepare(resumed=True)  # never clear the unit: only these keys change
@@ -103,32 +135,40 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
     for keys in _slices(to_delete, batch_records):
         target.delete(unit, keys)
         report.deleted += len(keys)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def sync_pass(number: int, units: list[Unit], session: Session, journal: Journal, *,
               parallel: int = 4, batch_records: int = 1000, retry: RetryPolicy | None = None,
               stop: threading.Event | None = None,
-              on_unit: Callable[[UnitSync], None] | None = None) -> SyncPass:
+              on_unit: Callable[[UnitSync], None] | None = None,
+              followed: dict[str, tuple[list[str], int]] | None = None) -> SyncPass:
     """One pass over ``units``; a unit whose pass changed nothing is proven equal
-    (its digests matched) and marked verified in the journal."""
+    (its digests matched) and marked verified in the journal. ``followed``: per unit key,
+    the records its source named as changed and its record count: those units compare
+    only these records; the others digest every chunk."""
     started = time.monotonic()
     policy = retry or RetryPolicy()
 
     def one(unit: Unit) -> UnitSync:
+        named = (followed or {}).get(unit.key)
         try:
             source, target = session.pair(unit.store)
-            result = call_with_retry(
-                lambda: sync_unit(source, target, unit, batch_records=batch_records, stop=stop),
-                policy, stop=stop)
+            if named is None:
+                result = call_with_retry(
+                    lambda: sync_unit(source, target, unit, batch_records=batch_records,
+                                      stop=stop), policy, stop=stop)
+            else:
+                result = call_with_retry(
+                    lambda: sync_changes(source, target, unit, *named,
+                                         batch_records=batch_records), policy, stop=stop)
         except MigrateError as exc:
             result = UnitSync(unit.key, unit.store, error=str(exc), error_code=exc.exit_code)
         if not result.error:
+            how = "" if named is None else f" (of {len(named[0])} followed)"
             journal.set_state(unit.key, unit.store, unit.name,
                               VERIFIED if not result.changed else COPIED)
             journal.event(unit.key, "sync", f"pass {number}: {result.copied} copied, "
-                          f"{result.deleted} deleted, {result.bytes} bytes")
+                          f"{result.deleted} deleted, {result.bytes} bytes{how}")
         if on_unit is not None:
             on_unit(result)
         return result
@@ -138,3 +178,92 @@ def sync_pass(number: int, units: list[Unit], session: Session, journal: Journal
         result.units = list(pool.map(one, units))
     result.seconds = time.monotonic() - started
     return result
+
+
+FOLLOWING = "followed changes"
+DIGESTS = "chunk digests"
+
+
+class CatchUp:
+    """Sync passes over one session. Each store whose source can follow its changes
+    (``Store.follow``) starts doing so before the first pass, which digests every chunk;
+    from then on a pass of that store compares only the records the source named (a
+    flush, a lost feed or a failed unit puts it back on digests). So passes after the
+    first cost what changed, not what is stored."""
+
+    def __init__(self, units: list[Unit], session: Session, journal: Journal, *,
+                 follow: bool, parallel: int = 4, batch_records: int = 1000,
+                 retry: RetryPolicy | None = None, stop: threading.Event | None = None
+                 ) -> None:
+        self.units, self.session, self.journal = units, session, journal
+        self.parallel, self.batch_records, self.retry, self.stop = (parallel, batch_records,
+                                                                    retry, stop)
+        self.kinds = list(dict.fromkeys(u.store for u in units))
+        self.methods = {kind: DIGESTS for kind in self.kinds}  # how each store catches up
+        self.notes: list[str] = []
+        self.passes = 0
+        self._feeds: dict[str, ChangeFeed] = {}
+        self._records: dict[str, int] = {}  # unit -> source records, after a proving pass
+        if follow:
+            for kind in self.kinds:
+                source, _ = session.pair(kind)
+                try:
+                    self._feeds[kind] = source.follow()
+                except CapabilityMissing as exc:
+                    self.notes.append(f"{kind}: {exc.message}")
+                    continue
+                self.methods[kind] = FOLLOWING
+
+    def run_pass(self, on_unit: Callable[[UnitSync], None] | None = None) -> SyncPass:
+        self.passes += 1
+        followed: dict[str, tuple[list[str], int]] = {}
+        for kind, feed in list(self._feeds.items()):
+            try:
+                changes = feed.take()  # before any read of this pass
+            except MigrateError as exc:
+                self._stop_following(kind, f"{exc.message}; back to chunk digests")
+                continue
+            if self.passes == 1:
+                continue  # the feed started before this pass, which digests everything
+            if changes is None:
+                self.notes.append(f"{kind}: the source was flushed; pass {self.passes} "
+                                  "digests every chunk")
+                continue
+            source, _ = self.session.pair(kind)
+            for unit in self.units:
+                if unit.store == kind and unit.key in self._records:
+                    followed[unit.key] = (source.changed_in(unit, changes),
+                                          self._records[unit.key])
+        result = sync_pass(self.passes, self.units, self.session, self.journal,
+                           parallel=self.parallel, batch_records=self.batch_records,
+                           retry=self.retry, stop=self.stop, on_unit=on_unit,
+                           followed=followed)
+        for done in result.units:
+            if done.error or done.proven is None:
+                self._records.pop(done.unit, None)  # digested in full next time
+            else:
+                self._records[done.unit] = done.source_records
+        return result
+
+    def _stop_following(self, kind: str, why: str) -> None:
+        feed = self._feeds.pop(kind)
+        self.methods[kind] = DIGESTS
+        self.notes.append(f"{kind}: {why}")
+        try:
+            feed.close()
+        except Exception:  # noqa: BLE001, S110 - a feed that broke may not close cleanly
+            pass
+
+    def close(self) -> None:
+        for kind in list(self._feeds):
+            feed = self._feeds.pop(kind)
+            try:
+                feed.close()
+            except Exception:  # noqa: BLE001, S110 - closing must not mask the real error
+                pass
+
+    def __enter__(self) -> CatchUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -51,6 +51,7 @@ class UnitReport:
     # Chunks digested again after a final sync pass proved the others (see ``Proven``);
     # None when every chunk was digested here.
     rechecked: list[str] | None = None
+    rechecked_records: int = 0  # records compared again one by one (a followed pass's)
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,16 @@ class Proven:
     """What one sync pass inside a write freeze proved of a unit: every chunk not in
     ``recheck`` digested equal on both sides, ``records`` records in all. With the source
     frozen and the target written by that pass alone (and only in the chunks it found
-    different), those chunks are still equal, so a verify digests just ``recheck``."""
+    different), those chunks are still equal, so a verify digests just ``recheck``.
+
+    A followed pass (the source named what changed since a full pass) proves every record
+    but ``keys``, the ones it compared and wrote: a verify compares just those again;
+    ``records`` is then the full pass's count moved by the records added and deleted since.
+    """
 
     recheck: frozenset[str]
     records: int
+    keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -154,7 +161,7 @@ def _suspects(source: Store, target: Store, unit: Unit, chunk: Chunk) -> list[st
     return out
 
 
-def _resolve(source: Store, target: Store, unit: Unit,
+def resolve(source: Store, target: Store, unit: Unit,
              pending: list[tuple[Chunk, list[str]]]) -> list[ChunkDiff]:
     """Canonical fingerprints of the suspect keys of several chunks, both sides at once."""
     keys = [k for _, part in pending for k in part]
@@ -198,7 +205,7 @@ def chunk_differences(source: Store, target: Store, unit: Unit, chunks: list[Chu
         suspects = _suspects(source, target, unit, chunk)
         if suspects is None:
             if pending:
-                yield from (d for d in _resolve(source, target, unit, pending) if d)
+                yield from (d for d in resolve(source, target, unit, pending) if d)
                 pending, waiting = [], 0
             diff = listed_differences(source, target, unit, chunk)
             if diff:
@@ -208,10 +215,10 @@ def chunk_differences(source: Store, target: Store, unit: Unit, chunks: list[Chu
             pending.append((chunk, suspects))
             waiting += len(suspects)
         if waiting >= RESOLVE_KEYS:
-            yield from (d for d in _resolve(source, target, unit, pending) if d)
+            yield from (d for d in resolve(source, target, unit, pending) if d)
             pending, waiting = [], 0
     if pending:
-        yield from (d for d in _resolve(source, target, unit, pending) if d)
+        yield from (d for d in resolve(source, target, unit, pending) if d)
 
 
 def _record(report: UnitReport, diff: ChunkDiff) -> None:
@@ -247,10 +254,16 @@ def verify_unit(source: Store, target: Store, unit: Unit, proven: Proven | None 
         if proven is not None and proven.recheck <= {chunk.id for chunk in chunks}:
             chunks = [chunk for chunk in chunks if chunk.id in proven.recheck]
             report.rechecked = [chunk.id for chunk in chunks]
+            report.rechecked_records = len(proven.keys)
             report.source_count = report.target_count = proven.records
+            if proven.keys:
+                for diff in resolve(source, target, unit,
+                                    [(Chunk("followed changes"), list(proven.keys))]):
+                    _record(report, diff)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as pool:
-            src_future = pool.submit(source.digest, unit, chunks)
-            tgt_future = pool.submit(target.digest, unit, chunks)
+            # (no chunk to digest: a followed pass proved them all)
+            src_future = pool.submit(lambda: source.digest(unit, chunks) if chunks else {})
+            tgt_future = pool.submit(lambda: target.digest(unit, chunks) if chunks else {})
             src_schema = source.schema(unit)
             tgt_schema = target.schema(unit)
             src_digest, tgt_digest = src_future.result(), tgt_future.result()

@@ -77,7 +77,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from migrator.config import Endpoint
 from migrator.errors import CapabilityMissing
@@ -224,6 +224,17 @@ class StoreOptions:
         return self.unit_records or DEFAULT_UNIT_RECORDS
 
 
+class ChangeFeed(Protocol):
+    """Changes a source noted since the feed started (see ``Store.follow``)."""
+
+    def take(self) -> Any:
+        """What changed since the last call, complete up to the call; None when anything
+        may have changed (e.g. a flush): then every chunk must be digested once more.
+        Raises when it can no longer tell (a lost connection): the feed is done."""
+
+    def close(self) -> None: ...
+
+
 class Store(ABC):
     kind: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -341,6 +352,18 @@ class Store(ABC):
         """Target side: remove the named records (absent ones are no error)."""
         raise CapabilityMissing(f"the {self.kind} store cannot delete single records yet; "
                                 "`sync` is not available for it")
+
+    def follow(self) -> ChangeFeed:
+        """Source side: start noting which records change from now on, so that a later
+        ``sync`` pass reads only those instead of digesting every chunk. Raises
+        ``CapabilityMissing`` (saying why) where the server or the account cannot."""
+        raise CapabilityMissing(f"the {self.kind} store cannot follow changes; catch-up "
+                                "digests every chunk")
+
+    def changed_in(self, unit: Unit, changes: Any) -> list[str]:
+        """Of what a ``ChangeFeed.take`` returned, the records of ``unit`` (``records``
+        names), selected keys only."""
+        raise CapabilityMissing(f"the {self.kind} store cannot follow changes")
 
     def schema(self, unit: Unit) -> dict[str, Any]:
         return {}

@@ -50,7 +50,7 @@ import time
 import uuid
 from binascii import crc_hqx
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -89,6 +89,7 @@ from migrator.stores.base import (
 )
 from migrator.stores.redis import value as rv
 from migrator.stores.redis import wire as rw
+from migrator.stores.redis.feed import ChangeFeed
 
 SLOTS = 16384
 CHUNK_SLOTS = 64  # widest verification chunk, in hash slots
@@ -102,6 +103,7 @@ MAX_DB = 2**31 - 2  # Redis' `databases` may be up to INT_MAX
 _EXISTS = rw.key_command("EXISTS")
 _SHOWN = 5  # keys named in a refusal
 PAUSE_WRITE = (6, 2)  # CLIENT PAUSE ... WRITE and CLIENT UNPAUSE
+TRACKING = (6, 0)  # CLIENT TRACKING ... BCAST
 # The freeze's commands as the ACL checks see them (never executed by a check).
 _FREEZE: list[tuple[str, ...]] = [("CLIENT", "PAUSE", "1000", "WRITE"), ("CLIENT", "UNPAUSE")]
 _FREEZE_NAMES = ["CLIENT PAUSE", "CLIENT UNPAUSE"]
@@ -823,6 +825,39 @@ class RedisStore(Store):
         with self._errors("lifting the write pause"):
             for _, client in self._masters():
                 client.execute_command("CLIENT", "UNPAUSE")
+
+    # -- following changes -----------------------------------------------------------
+    def follow(self) -> ChangeFeed:
+        """CLIENT TRACKING in broadcast mode on every master (see ``feed``): from now on
+        the servers name each key written, deleted or expired."""
+        self._bind(Role.SOURCE)
+        self.open()
+        if self.version < TRACKING:
+            raise CapabilityMissing(f"{self.endpoint.label}: Redis "
+                                    f"{'.'.join(map(str, self.version))} has no CLIENT "
+                                    "TRACKING (Redis 6+): catch-up digests every chunk")
+
+        def connector(client: redis.Redis) -> Callable[[], redis.Connection]:
+            pool = client.connection_pool
+            # No read timeout: the subscriber waits for messages as long as the feed lives.
+            return lambda: pool.connection_class(**{**pool.connection_kwargs,
+                                                    "socket_timeout": None})
+
+        feed = ChangeFeed([(name, connector(client)) for name, client in self._masters()])
+        with self._errors("following changes"):
+            try:
+                return feed.start()
+            except rx.NoPermissionError as exc:
+                user = self.endpoint.connection().username or "default"
+                raise CapabilityMissing(
+                    f"{self.endpoint.label}: the account '{user}' may not follow changes "
+                    f"({exc}; grant +client|tracking +subscribe &__redis__:invalidate): "
+                    "catch-up digests every chunk") from None
+
+    def changed_in(self, unit: Unit, changes: Any) -> list[str]:
+        lo, hi = unit.spec.get("slots", [0, SLOTS - 1])
+        return [rv.key_text(key) for key in changes
+                if lo <= key_slot(key) <= hi and self.filter(key)]
 
     # -- source side -----------------------------------------------------------------
     def list_units(self) -> list[Unit]:
