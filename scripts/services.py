@@ -9,7 +9,8 @@
 Groups:
   redis  source (requirepass + read-only ACL user ``reader``), standalone target,
          3-master Redis Cluster target
-  mysql  MariaDB source (+ read-only user ``reader``) and target
+  mysql  MariaDB source (row-format binlog; read-only user ``reader`` who may read it)
+         and target
   minio  MinIO source and target
   mongo  MongoDB-protocol source and target, one of two flavours (OIM_MONGO_TEST_SERVER=
          auto|documentdb|ferretdb; auto takes DocumentDB when scripts/build-documentdb.sh
@@ -507,7 +508,8 @@ def _sql_str(s: str) -> str:
 
 
 def _start_mariadb(
-    root: Path, L: _Launcher, name: str, port: int, root_pw: str, reader_pw: str | None
+    root: Path, L: _Launcher, name: str, port: int, root_pw: str, reader_pw: str | None,
+    binlog: bool = False,
 ) -> None:
     d = root / name
     shutil.rmtree(d, ignore_errors=True)  # always a fresh instance (passwords are new)
@@ -558,7 +560,9 @@ def _start_mariadb(
             f"--bind-address={HOST}",
             *as_root,
             *fast,
-            "--skip-log-bin",
+            # the source writes a row-format binlog, so `sync` can follow its changes
+            *(["--log-bin=mysql-bin", "--binlog-format=ROW", f"--server-id={port}"]
+              if binlog else ["--skip-log-bin"]),
             "--local-infile=1",
             "--max-allowed-packet=256M",
             "--character-set-server=utf8mb4",
@@ -589,7 +593,9 @@ def _start_mariadb(
         for host in ("%", "localhost", "127.0.0.1"):
             sql += [
                 f"CREATE OR REPLACE USER 'reader'@'{host}' IDENTIFIED BY {_sql_str(reader_pw)}",
-                f"GRANT SELECT, SHOW VIEW, PROCESS ON *.* TO 'reader'@'{host}'",
+                # REPLICATION SLAVE + BINLOG MONITOR: read the binlog (`sync` follows it)
+                f"GRANT SELECT, SHOW VIEW, PROCESS, REPLICATION SLAVE, BINLOG MONITOR"
+                f" ON *.* TO 'reader'@'{host}'",
             ]
     sql.append("FLUSH PRIVILEGES")
     # fresh datadir: root has no password yet, log in over the unix socket
@@ -608,7 +614,8 @@ def _start_mysql(root: Path, L: _Launcher) -> dict:
     src_port, dst_port = _free_ports(2)
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
         futs = [
-            ex.submit(_start_mariadb, root, L, "mysql-src", src_port, src_pw, reader_pw),
+            ex.submit(_start_mariadb, root, L, "mysql-src", src_port, src_pw, reader_pw,
+                      binlog=True),
             ex.submit(_start_mariadb, root, L, "mysql-dst", dst_port, dst_pw, None),
         ]
         for f in futs:

@@ -611,3 +611,169 @@ def test_triggers_held_by_a_process_that_died_are_put_back_by_the_next_one(serve
     assert servers.sql("DST", triggers) == before and cache == {}
     for store in (source, target, holder, after):
         store.close()
+
+
+# ------------------------------------------------------------------ following the binlog
+OTHER_DB = "oimsync_mysql_other"
+
+
+def reader_url(servers: Servers) -> str:
+    return ("mysql://${OIM_MYSQL_SRC_READER_USER}:${OIM_MYSQL_SRC_READER_PASSWORD}@"
+            + hostport(servers.env["OIM_MYSQL_SRC_URL"]) + f"/{DB}")
+
+
+def followed_plan(servers: Servers, tmp_path: Path, *extra: str, source: str = "") -> Path:
+    plan = tmp_path / "followed.yaml"
+    out = cli("plan", "--source", f"mysql={source or reader_url(servers)}", "--target",
+              f"mysql={servers.url('DST')}", "--chunk-records", "40", *extra, "-o", str(plan))
+    assert out.returncode == 0, out.stderr + out.stdout
+    run = cli("run", str(plan), "--no-verify")
+    assert run.returncode == 0, run.stderr + run.stdout
+    return plan
+
+
+def dump_threads(servers: Servers) -> list[int]:
+    """The server threads streaming the binlog to a replica (our feed)."""
+    return [int(r[0]) for r in servers.sql(
+        "SRC", "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE"
+        " 'Binlog Dump%'")]
+
+
+@pytest.fixture
+def other_db(servers):
+    servers.sql("SRC", f"DROP DATABASE IF EXISTS {OTHER_DB}")
+    yield OTHER_DB
+    servers.sql("SRC", f"DROP DATABASE IF EXISTS {OTHER_DB}")
+
+
+def test_later_passes_follow_the_binlog_and_compare_only_the_rows_it_named(
+        servers, tmp_path, other_db):
+    """Through the read-only account: the first pass digests every chunk, later ones take
+    only the rows the binlog named (inserted, updated, deleted, a key moved from one range
+    unit to another), each in the unit whose key range holds it; rows of a table the plan
+    leaves out, or of another database, are not followed."""
+    from migrator.engine import operations
+    from migrator.engine.sync import FOLLOWING
+    from migrator.plan import load_plan
+
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    for table, rows in (("big", 300), ("small", 20), ("skipped", 10)):
+        servers.sql("SRC", f"CREATE TABLE {DB}.{table} (id INT PRIMARY KEY, v VARCHAR(20))")
+        servers.sql("SRC", f"INSERT INTO {DB}.{table} VALUES "
+                    + ", ".join(f"({i}, 'v{i}')" for i in range(1, rows + 1)))
+    servers.sql("SRC", f"CREATE DATABASE {other_db}")
+    servers.sql("SRC", f"CREATE TABLE {other_db}.t (id INT PRIMARY KEY)")
+    plan_path = followed_plan(servers, tmp_path, "--unit-records", "100",
+                              "--exclude", f"mysql={DB}.skipped")
+    plan = load_plan(plan_path)
+    assert sorted(u.name for u in plan.inventory) == [
+        f"{DB}.big#0000", f"{DB}.big#0001", f"{DB}.big#0002", f"{DB}.small"]
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        assert catch.methods == {"mysql": FOLLOWING}, catch.notes
+        first = catch.run_pass()
+        assert first.changed == 0 and all(u.followed is None for u in first.units)
+        assert len(dump_threads(servers)) == 1
+        for query in (f"UPDATE {DB}.big SET v = 'changed' WHERE id = 150",
+                      f"DELETE FROM {DB}.big WHERE id = 250",
+                      f"INSERT INTO {DB}.big VALUES (301, 'added')",
+                      f"UPDATE {DB}.big SET id = 1000 WHERE id = 5",  # from unit 0 to 2
+                      f"INSERT INTO {DB}.small VALUES (21, 'added')",
+                      f"UPDATE {DB}.small SET v = 'tmp' WHERE id = 2",
+                      f"UPDATE {DB}.small SET v = 'v2' WHERE id = 2",  # named, yet equal
+                      f"UPDATE {DB}.skipped SET v = 'not followed'",
+                      f"INSERT INTO {other_db}.t VALUES (1)"):
+            servers.sql("SRC", query)
+        second = {u.unit.split(":", 1)[1]: u for u in catch.run_pass().units}
+        counts = {name: (u.followed, u.copied, u.deleted) for name, u in second.items()}
+        assert counts == {f"{DB}.big#0000": (1, 0, 1), f"{DB}.big#0001": (1, 1, 0),
+                          f"{DB}.big#0002": (3, 2, 1), f"{DB}.small": (2, 1, 0)}, counts
+        assert all(u.proven is not None and not u.error for u in second.values())
+        assert second[f"{DB}.small"].proven.records == 21
+        third = catch.run_pass()
+        assert all((u.followed, u.changed) == (0, 0) for u in third.units), third.units
+    assert dump_threads(servers) == []  # closed with the catch-up
+    check = cli("verify", str(plan_path), "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    servers.sql("SRC", f"DROP TABLE {DB}.skipped")
+    assert_same_tables(servers)
+
+
+def test_ddl_a_keyless_change_or_a_lost_binlog_connection_go_back_to_digests(servers,
+                                                                            tmp_path):
+    from migrator.engine import operations
+    from migrator.engine.sync import DIGESTS, FOLLOWING
+    from migrator.plan import load_plan
+
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.k (id INT PRIMARY KEY, v VARCHAR(20))")
+    servers.sql("SRC", f"CREATE TABLE {DB}.nk (v VARCHAR(20))")
+    servers.sql("SRC", f"INSERT INTO {DB}.k VALUES " + ", ".join(f"({i}, 'v')"
+                                                              for i in range(1, 101)))
+    servers.sql("SRC", f"INSERT INTO {DB}.nk VALUES ('a'), ('a'), ('b')")
+    plan_path = followed_plan(servers, tmp_path)
+    plan = load_plan(plan_path)
+
+    def one_pass(catch: Any) -> dict[str, Any]:
+        return {u.unit.rsplit(".", 1)[1]: u for u in catch.run_pass().units}
+
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        assert catch.methods == {"mysql": FOLLOWING}, catch.notes
+        one_pass(catch)
+        servers.sql("SRC", f"INSERT INTO {DB}.nk VALUES ('a')")  # rows without a name
+        keyless = one_pass(catch)
+        assert [u.followed for u in keyless.values()] == [None, None]
+        # the group of identical rows is copied again whole (the importer replaces it)
+        assert (keyless["nk"].copied, keyless["nk"].deleted) == (3, 0)
+        assert any("digests every chunk" in note for note in catch.notes), catch.notes
+        servers.sql("SRC", f"INSERT INTO {DB}.k VALUES (101, 'after')")
+        again = one_pass(catch)
+        assert (again["k"].followed, again["k"].copied) == (1, 1)  # followed again
+        assert again["nk"].followed == 0
+        servers.sql("SRC", f"TRUNCATE TABLE {DB}.k")  # DDL: no row events at all
+        truncated = one_pass(catch)
+        assert truncated["k"].followed is None and truncated["k"].deleted == 101
+        assert catch.methods == {"mysql": FOLLOWING}
+        [thread] = dump_threads(servers)
+        servers.sql("SRC", f"KILL {thread}")
+        servers.sql("SRC", f"INSERT INTO {DB}.k VALUES (7, 'after the kill')")
+        lost = one_pass(catch)
+        assert lost["k"].followed is None and lost["k"].copied == 1
+        assert catch.methods == {"mysql": DIGESTS}
+        assert any("binlog connection was lost" in note for note in catch.notes), catch.notes
+    assert dump_threads(servers) == []
+    check = cli("verify", str(plan_path), "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert_same_tables(servers)
+
+
+@pytest.mark.parametrize("grants, missing", [
+    ("SELECT, SHOW VIEW", "GRANT BINLOG MONITOR"),
+    ("SELECT, SHOW VIEW, BINLOG MONITOR", "GRANT REPLICATION SLAVE, BINLOG MONITOR")])
+def test_an_account_that_may_not_follow_is_told_why_and_sync_digests(servers, tmp_path,
+                                                                    monkeypatch, grants,
+                                                                    missing):
+    servers.sql("SRC", f"CREATE DATABASE {DB}")
+    servers.sql("SRC", f"CREATE TABLE {DB}.k (id INT PRIMARY KEY, v VARCHAR(20))")
+    servers.sql("SRC", f"INSERT INTO {DB}.k VALUES (1, 'a'), (2, 'b')")
+    servers.sql("SRC", "CREATE OR REPLACE USER 'oim_nofollow'@'%' IDENTIFIED BY 'nf-secret'")
+    servers.sql("SRC", f"GRANT {grants} ON *.* TO 'oim_nofollow'@'%'")
+    try:
+        monkeypatch.setenv("OIM_NOFOLLOW_PASSWORD", "nf-secret")
+        source = ("mysql://oim_nofollow:${OIM_NOFOLLOW_PASSWORD}@"
+                  + hostport(servers.env["OIM_MYSQL_SRC_URL"]) + f"/{DB}")
+        plan = followed_plan(servers, tmp_path, source=source)
+        servers.sql("SRC", f"INSERT INTO {DB}.k VALUES (3, 'late')")
+        out = cli("sync", str(plan), "--until-stable", "--json")
+        assert out.returncode == 0, out.stderr + out.stdout
+        report = json.loads(out.stdout)
+        assert report["method"] == {"mysql": "chunk digests"}, report
+        (note,) = report["notes"]
+        assert "oim_nofollow" in note and missing in note, note
+        assert "nf-secret" not in out.stdout + out.stderr
+        assert sum(u["copied"] for p in report["passes"] for u in p["units"]) == 1
+        assert report["passes"][-1]["changed"] == 0
+        check = cli("verify", str(plan), "--json")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert_same_tables(servers)
+    finally:
+        servers.sql("SRC", "DROP USER IF EXISTS 'oim_nofollow'@'%'")

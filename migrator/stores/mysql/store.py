@@ -1006,6 +1006,153 @@ class MySQLStore(Store):
                 cur.execute(f"DELETE FROM {meta.ident} WHERE {pred}")
             cur.execute("SET foreign_key_checks = 1")
 
+    def records_of(self, unit: Unit, keys: list[str]) -> Iterator[tuple[str, Any]]:
+        """``records`` of the named keys inside the unit's range, present rows only: one
+        statement per 500 keys (an IN list on the key, byte-exact); a followed pass and the
+        verify after it compare only these."""
+        found = self._verify_meta(unit)
+        if found is None or not keys:
+            return
+        meta, key = found
+        if not key and unit.spec.get("key"):
+            return  # the key column is gone here: the schema comparison says so
+        columns = meta.copy_columns()
+        where, _groups = self._wanted(unit, key, columns, keys)
+        hashed = ms.row_hash(columns)
+        inside = range_predicate(key, unit.spec.get("lo"), unit.spec.get("hi")) if key else ""
+        n = len(key)
+        with self._session(raw=True, long=not key) as conn, conn.cursor() as cur:
+            for pred in where:
+                if key:
+                    cur.execute(f"SELECT {ms.order_by(key)}, {hashed} FROM {meta.ident}"
+                                f" WHERE ({pred}) AND ({inside})")
+                else:
+                    cur.execute(f"SELECT {hashed}, COUNT(*) FROM {meta.ident} WHERE {pred}"
+                                " GROUP BY 1")
+                for row in cur.fetchall():
+                    if key:
+                        yield ms.key_text(key, row[:n]), row[n].decode("ascii")
+                    else:
+                        yield ms.ROW_MD5_PREFIX + row[0].decode("ascii"), int(row[1])
+
+    # -- following changes -------------------------------------------------------------
+    def _binlog_position(self) -> tuple[str, int]:
+        """Where the master writes its binlog now (``SHOW MASTER STATUS``; MySQL 8.4 knows
+        only ``SHOW BINARY LOG STATUS``)."""
+        with self._session() as conn, conn.cursor() as cur:
+            try:
+                cur.execute("SHOW MASTER STATUS")
+            except pymysql.ProgrammingError as exc:
+                if not exc.args or exc.args[0] != 1064:
+                    raise
+                cur.execute("SHOW BINARY LOG STATUS")
+            row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"{self.endpoint.label}: the binary log is off")
+        return str(row[0]), int(row[1])
+
+    def _binlog_connect(self, stream: bool) -> pymysql.Connection:
+        """A connection for the binlog reader, made like every other (TLS, account); the
+        lookup connection answers as dictionaries from information_schema."""
+        conn = self._connect(default_db=False)
+        if not stream:
+            conn.select_db("information_schema")
+            conn.cursorclass = pymysql.cursors.DictCursor
+        return conn
+
+    def _end_thread(self, thread_id: int) -> None:
+        """End one of this account's own server threads (a binlog dump we left); gone
+        already is fine."""
+        try:
+            with self._session() as conn, conn.cursor() as cur:
+                cur.execute("KILL CONNECTION %s", (thread_id,))
+        except MigrateError as exc:
+            if "Unknown thread" not in exc.message:
+                log.debug("%s: could not end thread %s: %s", self.endpoint.label, thread_id,
+                          exc.message)
+
+    def _follow_refused(self, what: str, fix: str) -> CapabilityMissing:
+        return CapabilityMissing(f"{self.endpoint.label}: {what} ({fix}): catch-up digests"
+                                 " every chunk")
+
+    def follow(self) -> Any:
+        """Read the binlog from now on (see ``feed``): later passes compare only the rows
+        it names. Refused, saying what to configure or grant, without ``log_bin``, without
+        ``binlog_format=ROW`` or without the account's replication privileges."""
+        from migrator.stores.mysql import feed as mf
+
+        self.open()
+        user = self._facts.get("user")
+        mariadb = self._facts.get("flavour") == "mariadb"
+        monitor = "BINLOG MONITOR" if mariadb else "REPLICATION CLIENT"
+        if not mf.SUPPORTED:
+            raise self._follow_refused("this mysql-replication cannot hand out raw key bytes",
+                                       "install the version pyproject.toml names")
+        with self._session() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+            log_bin, binlog_format = cur.fetchone()
+            if not int(log_bin):
+                raise self._follow_refused("the binary log is off",
+                                           "start the server with log_bin and binlog_format=ROW")
+            if str(binlog_format).upper() != "ROW":
+                raise self._follow_refused(f"binlog_format is {binlog_format}, not ROW",
+                                           "SET GLOBAL binlog_format = 'ROW', or start the"
+                                           " server with binlog_format=ROW")
+            schemas = self._databases(cur)
+            tables: dict[tuple[str, str], mf.TableKey] = {}
+            for db, name, *_ in self._selected_tables(cur):
+                meta = ms.load_table(cur, db, name)
+                if meta is None:
+                    continue
+                _index, names = meta.range_key()
+                cols = [meta.column(n) for n in names]
+                positions = [meta.columns.index(c) for c in cols]
+                tables[(db, name)] = mf.TableKey(tuple(cols), tuple(positions),
+                                                 len(meta.columns))
+        try:
+            start = self._binlog_position()
+        except MigrateError as exc:
+            raise self._follow_refused(f"the account {user} may not read the binlog position"
+                                       f" ({exc.message})",
+                                       f"GRANT {monitor} ON *.* TO the account") from None
+        heartbeat = max(1.0, min(10.0, self.settings.timeout / 4))
+        feed = mf.BinlogFeed(label=self.endpoint.label, connect=self._binlog_connect,
+                             position=self._binlog_position, start=start, schemas=schemas,
+                             tables=tables, selected=self._selected, heartbeat=heartbeat,
+                             end=self._end_thread)
+        try:
+            return feed.start()
+        except mf.Broken as exc:
+            if exc.code in _DENIED:
+                raise self._follow_refused(f"the account {user} may not read the binlog",
+                                           f"GRANT REPLICATION SLAVE, {monitor} ON *.* TO the"
+                                           " account") from None
+            raise
+
+    def changed_in(self, unit: Unit, changes: Any) -> list[str]:
+        """The keys of ``unit`` (its table, inside its key range) that the binlog named,
+        as ``records`` names them. A key compared by the server's collation (text) is not
+        sorted into ranges here: ``records_of`` reads only the unit's range anyway."""
+        db, table = unit.spec["db"], unit.spec["table"]
+        rows = changes.rows.get((db, table))
+        if not rows or not self._selected(db, table):
+            return []
+        key: tuple[Column, ...] = changes.keys[(db, table)]
+        if [c.name for c in key] != list(unit.spec.get("key") or []):
+            raise StoreError(f"{self.endpoint.label}: {unit.name}: the plan names its rows by"
+                             f" ({', '.join(unit.spec.get('key') or [])}), the table now by"
+                             f" ({', '.join(c.name for c in key)})",
+                             hint="re-run `openim-migrate plan`")
+        picked = sorted(rows)
+        if all(c.kind == "int" for c in key):
+            lo, hi = unit.spec.get("lo"), unit.spec.get("hi")
+            low = tuple(int(v) for v in lo) if lo else None
+            high = tuple(int(v) for v in hi) if hi else None
+            numbers = [(tuple(int(v) for v in raw), raw) for raw in picked]
+            picked = [raw for n, raw in numbers
+                      if (low is None or n >= low) and (high is None or n < high)]
+        return [ms.key_text(list(key), raw) for raw in picked]
+
     def hold_triggers(self, db: str, table: str) -> None:
         """Target, in ``sync``: drop this table's triggers until ``close()``, so that rows
         re-copied or deleted do not fire them (the source's triggers acted on these rows
