@@ -39,6 +39,8 @@ RESULTS = Path(tempfile.gettempdir()) / "openim-migrate-bench.json"
 QUICK_RESULTS = Path(tempfile.gettempdir()) / "openim-migrate-bench-quick.json"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 VERIFY_GOAL = 0.30  # verify may take at most this fraction of the copy's time
+# ... except where issue 10 set another: Redis verify reads every value on both sides
+VERIFY_GOALS = {"redis": 0.50}
 MISS = "**misses goal**"
 BIN = Path(os.environ.get("OPENIM_MIGRATE_BIN") or Path.home() / ".cache/openim-migrate/bin")
 
@@ -96,17 +98,17 @@ def scenarios(o: argparse.Namespace) -> list[Scenario]:
                  (Row("mongo", "mongodump",
                       "`mongodump --archive \\| mongorestore --archive --noIndexRestore`",
                       1.0),)),
-        Scenario("redis-1unit", "redis",
-                 ("redis", "--keys", str(o.redis_keys),
-                  f"--plan-arg=--unit-records={o.redis_keys}"),
+        Scenario("redis", "redis", ("redis", "--keys", str(o.redis_keys)),
                  lambda r: f"{_n(r['keys'])} mixed keys (70% strings, 30% hashes/sets/zsets),"
-                           f" {_units(r['units'])}",
-                 (Row("redis-1unit", "migrate_loop", migrate, 0.8),)),
-        Scenario("redis-split", "redis", ("redis", "--keys", str(o.redis_keys)),
-                 lambda r: f"same keys, default split ({_units(r['units'])}"
-                           + (f", {r.get('parallel', 4)} in flight)" if r["units"] > 1
-                              else ")"),
-                 (Row("redis-split", "migrate_loop", migrate, 0.8),)),
+                           f" default options ({_units(r['units'])})",
+                 (Row("redis", "migrate_loop", migrate, 1.0),)),
+        Scenario("redis-split", "redis",
+                 ("redis", "--keys", str(o.redis_keys),
+                  f"--plan-arg=--unit-records={max(1, o.redis_keys // 4)}"),
+                 lambda r: f"same keys, split by `--unit-records` ({_units(r['units'])}, "
+                           f"{r.get('parallel', 4)} in flight): why a standalone DB is one "
+                           "unit by default",
+                 (Row("redis-split", "migrate_loop", migrate, 0.0, "reference"),)),
         Scenario("redis-small", "redis", ("redis", "--keys", str(o.redis_small_keys)),
                  lambda r: f"{_n(r['keys'])} mixed keys ({_units(r['units'])})",
                  (Row("redis-small", "migrate_loop", migrate, 0.8),)),
@@ -150,7 +152,8 @@ def store_labels() -> dict[str, str]:
 
 # -------------------------------------------------------------------------------- table
 HEADER = ("| row | store | data | native tool | native | ours (copy) | ratio | goal "
-          f"| verify / copy (goal ≤ {VERIFY_GOAL:.2f}) | peak RSS (run) | load (1 min) "
+          f"| verify / copy (goal ≤ {VERIFY_GOAL:.2f}, Redis ≤ {VERIFY_GOALS['redis']:.2f}) "
+          "| peak RSS (run) | load (1 min) "
           "| made by |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 ROW_ID = re.compile(r"^\|\s*`([^`]+)`\s*\|")
@@ -161,9 +164,10 @@ def row_line(scenario: Scenario, row: Row, result: dict[str, Any], label: str,
     """The table line for one row, and what misses its goal (empty: nothing)."""
     native = result["natives"][row.native]
     tool = row.tool
-    if result.get("server", "ferretdb") != "ferretdb":  # the DocumentDB flavour restores indexes
+    if result.get("server", "ferretdb") != "ferretdb":
         label = f"MongoDB ({result['server']} both sides)"
-        tool = tool.replace(" --noIndexRestore", "")
+        if "noIndexRestore" not in result.get("commands", {}).get(row.native, ""):
+            tool = tool.replace(" --noIndexRestore", "")  # real MongoDB: indexes restored
     misses = []
     ratio = f"**{native['ratio']:.2f}×**"
     if native["ratio"] < row.goal:
@@ -171,9 +175,10 @@ def row_line(scenario: Scenario, row: Row, result: dict[str, Any], label: str,
         misses.append(f"copy {native['ratio']:.2f}× of {row.native} (goal ≥ {row.goal:g}×)")
     fraction = result["verify_fraction"]
     verify = f"{fraction:.2f}"
-    if fraction > VERIFY_GOAL:
+    verify_goal = VERIFY_GOALS.get(scenario.store, VERIFY_GOAL)
+    if fraction > verify_goal:
         verify += f" {MISS}"
-        misses.append(f"verify {fraction:.2f} of copy (goal ≤ {VERIFY_GOAL:.2f})")
+        misses.append(f"verify {fraction:.2f} of copy (goal ≤ {verify_goal:.2f})")
     if "check_ratio" in result:
         verify += f" (vs `rclone check`: {result['check_ratio']:.2f}×)"
     goal = f"≥ {row.goal:g}×" + (f" ({row.goal_note})" if row.goal_note else "")
@@ -332,8 +337,8 @@ def main() -> int:
             f"{total / 60:.1f} min on {cores} cores and {mem / 2**30:.0f} GiB; rows with "
             "an older date were kept from earlier runs. Ratios: native seconds / our copy "
             "seconds (> 1: we are faster), median of the rounds' ratios; "
-            f"{MISS} marks a ratio below its goal or a verify slower than "
-            f"{VERIFY_GOAL:.2f} of the copy."))
+            f"{MISS} marks a ratio below its goal or a verify slower than its goal "
+            f"({VERIFY_GOAL:.2f} of the copy, Redis {VERIFY_GOALS['redis']:.2f})."))
     total = time.monotonic() - started
     print(f"\n{output}: {len(fresh)} row(s) written; every round in {opts.json}; "
           f"{total / 60:.1f} min", flush=True)
