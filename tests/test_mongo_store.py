@@ -607,18 +607,6 @@ def test_snapshot_export_does_not_see_writes_after_the_run_started(mongo_env, cl
     assert sum(len(b) for b in source.export(unit)) == 10
 
 
-def test_change_streams_are_not_used_and_skip_where_missing(mongo_env, clients, db):
-    """Catch-up by change stream is not built yet; this pins down which servers have them."""
-    src, _ = clients
-    try:
-        with src[db]["t"].watch(max_await_time_ms=100) as stream:
-            stream.try_next()
-    except mx.OperationFailure as exc:
-        pytest.skip(f"{flavour(src)} has no change streams (error {exc.code}); {MONGO7} "
-                    "(a replica set)")
-    assert flavour(src) == "mongodb"
-
-
 def test_split_units_hold_at_most_unit_records_documents(mongo_env, clients, db):
     """Whether the server split (splitVector) or we walked `_id`, parts stay bounded."""
     src, _ = clients

@@ -11,6 +11,7 @@ comparison reads both servers here, raw BSON per `_id`, independently of the too
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -328,15 +329,17 @@ def test_describe_says_how_sync_catches_up_from_what_the_server_answered(
         refused = exc.code
     source = store(mongo_env, "SRC", db)
     info = source.describe()
-    assert info["catch_up"] == "chunk digests"
     if refused is not None:  # DocumentDB, FerretDB, a standalone mongod
+        assert info["catch_up"] == "chunk digests"
         assert info["change_streams"].startswith("none (") and f"error {refused}" in \
             info["change_streams"]
         assert any(n.startswith("no change streams") and "re-digests every chunk" in n
                    for n in info["notes"])
+        with pytest.raises(CapabilityMissing, match=f"no change streams.*error {refused}"):
+            source.follow()
     else:
-        assert info["change_streams"] == "available"
-        assert any("does not follow them yet" in n for n in info["notes"])
+        assert info["change_streams"] == "available" and info["catch_up"] == "change streams"
+        assert any("compare only the documents the streams name" in n for n in info["notes"])
     assert "sync" in info["consistency"]
     source.close()
 
@@ -691,3 +694,61 @@ def test_sync_alone_repairs_deleted_changed_and_extra_documents_on_the_target(
     assert sum(u["deleted"] for u in one["units"]) == changed["deleted"]
     assert cli("verify", str(plan)).returncode == 0
     assert_same_databases(src, dst, db)
+
+
+# ------------------------------------------------------------------ following changes
+def test_records_of_names_exactly_the_documents_records_names(mongo_env, clients, db):
+    """What a followed pass compares: the same (label, hash) as ``records``, present
+    documents only, `_id` type-exact; ``changed_in`` keeps a unit's collection and range."""
+    src, _ = clients
+    make_mixed(src, db)
+    src[db]["other"].insert_one({"_id": 1})
+    source = store(mongo_env, "SRC", db)
+    (unit,) = [u for u in source.list_units() if u.spec["collection"] == "mixed"]
+    every = record_map(source, unit)
+    labels = [id_label(1), id_label(Int64(2)), id_label(2.5), id_label(99), id_label(Int64(1))]
+    assert dict(source.records_of(unit, labels)) == {k: every[k] for k in labels[:3]}
+    changes = {(db, "mixed", id_label(1)), (db, "other", id_label(1)),
+               ("elsewhere", "mixed", id_label(2.5)), (db, "mixed", id_label("1"))}
+    assert sorted(source.changed_in(unit, changes)) == sorted([id_label(1), id_label("1")])
+    ranged = dataclasses.replace(unit, spec={**unit.spec, "lo": None, "hi": {"$numberInt": "2"}})
+    assert source.changed_in(ranged, changes) == [id_label(1)]  # "1" sorts after numbers
+    source.close()
+
+
+def test_a_change_stream_names_what_changed_and_a_followed_pass_copies_only_that(
+        mongo_env, clients, db):
+    """On a replica set: the feed's take() holds every write acknowledged before it, and
+    sync_changes compares, copies and deletes just those documents."""
+    from migrator.engine.sync import sync_changes
+
+    src, dst = clients
+    make_mixed(src, db)
+    source, target = store(mongo_env, "SRC", db), store(mongo_env, "DST", db)
+    (unit,) = source.list_units()
+    copy_units(source, target, [unit])
+    try:
+        feed = source.follow()
+    except CapabilityMissing as exc:
+        pytest.skip(f"{flavour(src)}: {exc.message}; {MONGO7} (a replica set)")
+    try:
+        assert feed.take() == set()
+        src[db]["mixed"].update_one({"_id": 1}, {"$set": {"s": "changed"}})
+        src[db]["mixed"].delete_one({"_id": Int64(2)})
+        src[db]["mixed"].insert_one({"_id": "late", "n": 99})
+        changes = feed.take()
+        keys = source.changed_in(unit, changes)
+        assert sorted(keys) == sorted([id_label(1), id_label(Int64(2)), id_label("late")])
+        report = sync_changes(source, target, unit, keys, len(MIXED_IDS))
+        assert (report.followed, report.copied, report.deleted) == (3, 2, 1)
+        assert report.source_records == len(MIXED_IDS)  # +1 added, -1 deleted
+        assert feed.take() == set()
+        src[db].drop_collection("other_one")  # nothing to drop: no event
+        src[db]["gone"].insert_one({"_id": 1})
+        src[db].drop_collection("gone")
+        assert feed.take() is None  # a dropped collection: digest every chunk again
+    finally:
+        feed.close()
+    assert raw_by_id(src, db, "mixed") == raw_by_id(dst, db, "mixed")
+    source.close()
+    target.close()

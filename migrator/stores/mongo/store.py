@@ -77,6 +77,7 @@ from migrator.stores.base import (
     record_hash,
 )
 from migrator.stores.mongo import meta
+from migrator.stores.mongo.feed import ChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -366,13 +367,13 @@ class MongoStore(Store):
                                   "(needs a replica set, MongoDB ≥5.0): consistency relies on "
                                   "`sync` and the write freeze")
         missing = self.change_streams_missing()
-        out["catch_up"] = "chunk digests"
+        out["catch_up"] = "chunk digests" if missing is not None else "change streams"
         out["change_streams"] = "available" if missing is None else f"none ({missing})"
         out["notes"] = [
             f"no change streams ({missing}): catch-up (sync) re-digests every chunk"
             if missing is not None else
-            "change streams are available, but sync does not follow them yet: catch-up "
-            "(sync) re-digests every chunk"]
+            "change streams are available: after a full pass, `sync --until-stable` and "
+            "`cutover` compare only the documents the streams name"]
         return out
 
     def change_streams_missing(self) -> str | None:
@@ -824,6 +825,51 @@ class MongoStore(Store):
                                      sort=[("_id", 1)], batch_size=len(part)):
                     if meta.id_label(_doc_id(doc)) in wanted:
                         yield doc
+
+    def records_of(self, unit: Unit, keys: list[str]) -> Iterator[tuple[str, Any]]:
+        """``records`` of the named documents (`_id` labels), present ones only."""
+        coll = self._coll(unit, mapped=True)
+        for doc in self._exact(coll, self._ids(unit, keys),
+                               f"reading {unit.name} for verification"):
+            yield meta.id_label(_doc_id(doc)), f"{record_hash(_raw(doc)):032x}"
+
+    # -- following changes ---------------------------------------------------------------
+    def follow(self) -> ChangeFeed:
+        """A change stream on every source database (see ``feed``): from now on the server
+        names each document written or deleted."""
+        self.open()
+        missing = self.change_streams_missing()
+        if missing is not None:
+            raise CapabilityMissing(f"{self.endpoint.label}: no change streams ({missing}): "
+                                    "catch-up digests every chunk")
+        with self._errors("following changes"):
+            try:
+                return ChangeFeed(self.client, self._databases()).start()
+            except mx.OperationFailure as exc:
+                if exc.code != 13:  # Unauthorized
+                    raise
+                raise CapabilityMissing(
+                    f"{self.endpoint.label}: the account may not open change streams "
+                    f"({exc}; grant the read role on the databases): catch-up digests "
+                    "every chunk") from None
+
+    def changed_in(self, unit: Unit, changes: Any) -> list[str]:
+        """The `_id` labels of ``changes`` in this unit's collection and `_id` range."""
+        here = (str(unit.spec["db"]), str(unit.spec["collection"]))
+        lo, hi = _bound(unit.spec.get("lo")), _bound(unit.spec.get("hi"))
+        lo_key = meta.order_key(lo) if lo is not None else None
+        hi_key = meta.order_key(hi) if hi is not None else None
+        out = []
+        for db, coll, label in changes:
+            if (db, coll) != here:
+                continue
+            if lo_key is not None or hi_key is not None:
+                key = meta.order_key(meta.id_from_label(label))
+                if (lo_key is not None and key < lo_key) or (hi_key is not None
+                                                             and key >= hi_key):
+                    continue
+            out.append(label)
+        return out
 
     def fetch(self, unit: Unit, keys: list[str]) -> Batch:
         """Source side: the raw documents ``records()`` named, read now (no snapshot), one
