@@ -375,6 +375,11 @@ def test_later_passes_follow_the_source_and_compare_only_the_keys_it_named(serve
     check = cli("verify", str(plan_path), "--json")
     assert check.returncode == 0, check.stdout + check.stderr
     assert_same(source_union(servers, dbs), contents(target_client(servers, target)))
+    # EQUAL stays a promise: a key the followed pass wrote, changed behind our back
+    target_client(servers, target).set(b"added-late", b"tampered", keepttl=True)
+    check = cli("verify", str(plan_path), "--json")
+    assert check.returncode == 5 and "added-late" in named(report_of(check), "differ"), \
+        check.stdout
 
 
 def test_a_flush_or_a_lost_feed_goes_back_to_digests(servers, tmp_path):
