@@ -46,7 +46,7 @@ from migrator.config import resolve_refs
 from migrator.engine import operations
 from migrator.engine.journal import COPIED, DIFFERS, VERIFIED, Journal, journal_path
 from migrator.engine.session import Session
-from migrator.engine.sync import FOLLOWING, CatchUp
+from migrator.engine.sync import FOLLOWING, CatchUp, SyncPass
 from migrator.engine.verify import MATCH, Proven, VerifyReport, summary
 from migrator.errors import (
     ApprovalRefused,
@@ -572,12 +572,7 @@ class Cutover:
         if FOLLOWING not in catch.methods.values():
             return  # the final pass digests every chunk anyway: nothing to gain before
         result = catch.run_pass()
-        if result.failed:
-            first = result.failed[0]
-            error = MigrateError(f"catch-up before the freeze failed for {len(result.failed)} "
-                                 f"unit(s) (first: {first.unit}: {first.error})")
-            error.exit_code = first.error_code or 1
-            raise error
+        _refuse_failed(result, "catch-up before the freeze")
         followed = ", ".join(k for k, how in catch.methods.items() if how == FOLLOWING)
         line = (f"before the freeze: a full sync pass changed {result.changed} record(s) in "
                 f"{result.seconds:.1f} s; following the changes of {followed} since")
@@ -605,12 +600,7 @@ class Cutover:
                 if result.interrupted:
                     raise KeyboardInterrupt
                 last = result.passes[-1]
-            if last.failed:
-                first = last.failed[0]
-                error = MigrateError(f"final sync failed for {len(last.failed)} unit(s) "
-                                     f"(first: {first.unit}: {first.error})")
-                error.exit_code = first.error_code or 1
-                raise error
+            _refuse_failed(last, "final sync")
             proven.update((u.unit, u.proven) for u in last.units if u.proven is not None)
             return last.changed
 
@@ -772,6 +762,16 @@ def _now() -> str:
     """A restart stamp; sub-second, so a rollback right after a switch is a new rollout
     (an unchanged annotation would restart nothing)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _refuse_failed(result: SyncPass, what: str) -> None:
+    """A pass in which a unit failed proves nothing: stop, naming the first failure."""
+    if result.failed:
+        first = result.failed[0]
+        error = MigrateError(f"{what} failed for {len(result.failed)} unit(s) "
+                             f"(first: {first.unit}: {first.error})")
+        error.exit_code = first.error_code or 1
+        raise error
 
 
 def _verify_error(report: VerifyReport) -> MigrateError:
