@@ -226,14 +226,19 @@ class CatchUp:
             if self.passes == 1:
                 continue  # the feed started before this pass, which digests everything
             if changes is None:
-                self.notes.append(f"{kind}: the source was flushed; pass {self.passes} "
-                                  "digests every chunk")
+                self.notes.append(f"{kind}: {feed.why or 'anything may have changed'}; "
+                                  f"pass {self.passes} digests every chunk")
                 continue
             source, _ = self.session.pair(kind)
             for unit in self.units:
                 if unit.store == kind and unit.key in self._records:
-                    followed[unit.key] = (source.changed_in(unit, changes),
-                                          self._records[unit.key])
+                    try:
+                        keys = source.changed_in(unit, changes)
+                    except MigrateError as exc:  # e.g. the table's key changed since plan
+                        self.notes.append(f"{unit.key}: {exc.message}; pass {self.passes} "
+                                          "digests it")
+                        continue
+                    followed[unit.key] = (keys, self._records[unit.key])
         result = sync_pass(self.passes, self.units, self.session, self.journal,
                            parallel=self.parallel, batch_records=self.batch_records,
                            retry=self.retry, stop=self.stop, on_unit=on_unit,

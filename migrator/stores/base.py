@@ -227,6 +227,8 @@ class StoreOptions:
 class ChangeFeed(Protocol):
     """Changes a source noted since the feed started (see ``Store.follow``)."""
 
+    why: str | None  # after a ``take`` that returned None: what made anything possible
+
     def take(self) -> Any:
         """What changed since the last call, complete up to the call; None when anything
         may have changed (e.g. a flush): then every chunk must be digested once more.

@@ -122,6 +122,7 @@ class ChangeFeed:
     def __init__(self, client: MongoClient, dbs: list[str]) -> None:
         self._client, self._dbs = client, dbs
         self._streams: list[_Stream] = []
+        self.why: str | None = None
 
     def start(self) -> ChangeFeed:
         try:
@@ -160,6 +161,7 @@ class ChangeFeed:
             got, was_flushed = stream.take()
             changes |= got
             flushed = flushed or was_flushed
+        self.why = "a collection was dropped or renamed" if flushed else None
         return None if flushed else changes
 
     def close(self) -> None:

@@ -58,8 +58,13 @@ def _raw_string(self: Any, size: int, column: Any) -> bytes:
 
 _PATCHED = "_RowsEvent__read_string"
 SUPPORTED = hasattr(RowsEvent, _PATCHED)  # the library's private reader we replace
-if SUPPORTED:
-    setattr(RowsEvent, _PATCHED, _raw_string)
+
+
+def _read_strings_raw() -> None:
+    """Swap in ``_raw_string`` (once, when a feed starts, not on import): the library has
+    no option for raw string bytes, and this process reads no binlog any other way."""
+    if getattr(RowsEvent, _PATCHED) is not _raw_string:
+        setattr(RowsEvent, _PATCHED, _raw_string)
 
 
 class Broken(StoreError):
@@ -219,6 +224,7 @@ class BinlogFeed:
     def start(self) -> BinlogFeed:
         """Connect and wait until the server streams (or refuses: ``Broken`` with its
         error number, e.g. 1227 without REPLICATION SLAVE)."""
+        _read_strings_raw()
         self._thread.start()
         if not self._started.wait(START_TIMEOUT):
             self.close()

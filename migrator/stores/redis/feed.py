@@ -118,6 +118,7 @@ class ChangeFeed:
     def __init__(self, nodes: list[tuple[str, Callable[[], redis.Connection]]]) -> None:
         self._nodes = [_Node(name, connect) for name, connect in nodes]
         self._tokens = itertools.count(1)
+        self.why: str | None = None
 
     def start(self) -> ChangeFeed:
         started: list[_Node] = []
@@ -146,6 +147,7 @@ class ChangeFeed:
             got, was_flushed = node.take()
             keys |= got
             flushed = flushed or was_flushed
+        self.why = "the source was flushed (FLUSHDB or FLUSHALL)" if flushed else None
         return None if flushed else keys
 
     def close(self) -> None:
