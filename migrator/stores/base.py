@@ -73,7 +73,10 @@ Write freeze (``cutover``), where the source's account allows a server-side guar
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -222,6 +225,42 @@ class StoreOptions:
     @property
     def split_records(self) -> int:
         return self.unit_records or DEFAULT_UNIT_RECORDS
+
+
+class RecordMemo:
+    """Per-record hashes a digest computed, kept by unit and chunk, so that the drill-down
+    of a chunk whose digests disagree (``record_hashes``) does not read it again. A chunk
+    is handed out once; a unit's hashes go with its next digest, when older than
+    ``max_age`` seconds, and oldest first beyond ``limit`` records in all."""
+
+    def __init__(self, limit: int = 500_000, max_age: float = 600.0) -> None:
+        self.limit, self.max_age = limit, max_age
+        self._units: OrderedDict[str, tuple[float, dict[str, dict[str, Any]], int]] = \
+            OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def forget(self, unit: str) -> None:
+        with self._lock:
+            kept = self._units.pop(unit, None)
+            if kept is not None:
+                self._size -= kept[2]
+
+    def put(self, unit: str, started: float, chunks: dict[str, dict[str, Any]],
+            size: int) -> None:
+        self.forget(unit)
+        with self._lock:
+            self._units[unit] = (started, chunks, size)
+            self._size += size
+            while self._size > self.limit and len(self._units) > 1:
+                self._size -= self._units.popitem(last=False)[1][2]
+
+    def take(self, unit: str, chunk: str) -> dict[str, Any] | None:
+        with self._lock:
+            kept = self._units.get(unit)
+            if kept is None or time.monotonic() - kept[0] > self.max_age:
+                return None
+            return kept[1].pop(chunk, None)
 
 
 class ChangeFeed(Protocol):

@@ -71,6 +71,7 @@ from migrator.stores.base import (
     ChunkDigest,
     Cursor,
     Importer,
+    RecordMemo,
     Role,
     Store,
     Unit,
@@ -147,6 +148,7 @@ class MongoStore(Store):
         self._url_db: str | None = None
         self._change_streams: str | None = None  # "" = available, else why not (probed once)
         self._lapse: threading.Timer | None = None  # releases our fsyncLock at its limit
+        self._memo = RecordMemo()  # the last digests' per-document hashes
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self) -> None:
@@ -759,16 +761,38 @@ class MongoStore(Store):
 
     def digest(self, unit: Unit, chunks: list[Chunk]) -> dict[str, ChunkDigest]:
         """Count + sum of hashes of raw BSON bytes per chunk, in one pass (unsorted where
-        the server's scans are exact unsorted, see ``scan_order``)."""
+        the server's scans are exact unsorted, see ``scan_order``). The per-document
+        hashes are kept (``_memo``) for ``record_hashes`` of the chunks that differ, so a
+        sync pass does not read those chunks again."""
         out = {c.id: ChunkDigest() for c in chunks}
+        self._memo.forget(unit.key)
         if not chunks:
             return out
+        started = time.monotonic()
         starts = [meta.order_key(_bound(c.bounds["lo"])) for c in chunks[1:]]
         ids = [c.id for c in chunks]
+        kept: dict[str, dict[str, str]] | None = \
+            {c.id: {} for c in chunks} if unit.records <= self._memo.limit else None
+        size = 0
         for doc in self._scan(unit, self._unit_filter(unit)):
-            i = bisect.bisect_right(starts, meta.order_key(_doc_id(doc))) if starts else 0
-            out[ids[i]].add(record_hash(_raw(doc)))
+            _id = _doc_id(doc)
+            i = bisect.bisect_right(starts, meta.order_key(_id)) if starts else 0
+            h = record_hash(_raw(doc))
+            out[ids[i]].add(h)
+            if kept is not None:
+                kept[ids[i]][meta.id_label(_id)] = f"{h:032x}"
+                size += 1
+                if size > self._memo.limit:
+                    kept = None  # more than the plan said: record_hashes reads again
+        if kept is not None:
+            self._memo.put(unit.key, started, kept, size)
         return out
+
+    def record_hashes(self, unit: Unit, chunk: Chunk) -> dict[str, Any] | None:
+        """The digest's own (`_id` label → hash) of one chunk, when it kept them; else None
+        and the engine lists the chunk with ``records``. Same hashes as ``records``, so
+        equal ones mean byte-identical documents."""
+        return self._memo.take(unit.key, chunk.id)
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:
         """(`_id` label, hash of the raw bytes) of the chunk's documents, by digest's rule."""
