@@ -435,3 +435,34 @@ def test_an_account_that_may_not_follow_is_told_why_and_sync_digests(servers, tm
         assert sum(u["copied"] for p in report["passes"] for u in p["units"]) == 1
     finally:
         admin.execute_command("ACL", "DELUSER", "notrack")
+
+
+def test_a_full_pass_proves_all_but_what_it_wrote_and_verify_compares_just_that(servers,
+                                                                                tmp_path):
+    """What a cutover's verify relies on inside the freeze: a full pass (every chunk
+    digested, every difference named by the drill-down) leaves only the keys it wrote to
+    prove; those are compared again, and a change to one of them is found."""
+    from migrator.engine import operations
+    from migrator.plan import load_plan
+
+    plan_path, _ = make_plan(servers, tmp_path, "standalone", 1000)
+    assert cli("run", str(plan_path), "--no-verify").returncode == 0
+    plan = load_plan(plan_path)
+    src = servers.src(0)
+    changed = sorted(src.scan_iter("k0:s:*"))[:2]
+    for key in changed:
+        src.set(key, b"changed after the copy", keepttl=True)
+    src.set(b"added-after-the-copy", b"1")
+    (unit,) = operations.sync_plan(plan, plan_path).passes[-1].units
+    assert unit.proven is not None and unit.proven.recheck == frozenset()
+    written = sorted(k.decode() for k in [*changed, b"added-after-the-copy"])
+    assert sorted(unit.proven.keys) == written
+    proven = {unit.unit: unit.proven}
+    report = operations.verify_plan(plan, plan_path, proven=proven)
+    (checked,) = [u for u in report.units if u.unit == unit.unit]
+    assert report.ok and checked.rechecked == [] and checked.rechecked_records == 3
+    assert checked.source_count == src.dbsize()
+    servers.dst(0).set(changed[0], b"tampered", keepttl=True)
+    report = operations.verify_plan(plan, plan_path, proven=proven)
+    (checked,) = [u for u in report.units if u.unit == unit.unit]
+    assert report.exit_code == 5 and checked.differ == [changed[0].decode()]

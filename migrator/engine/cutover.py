@@ -582,14 +582,15 @@ class Cutover:
     def _prove(self, out: CutoverOutcome, record: Record, catch: CatchUp | None) -> None:
         """The final sync pass, then a full verify that must be EQUAL.
 
-        The pass runs inside the freeze and digests every chunk of both sides; the chunks
-        it found equal are still equal (the source is frozen, the target written only by
-        the pass, only in the chunks it found different), so the verify digests again just
-        the chunks the pass found different, and compares schemas, coverage, definitions
-        and the cross-store checks in full. Where the pass followed the source's changes
-        since the full pass before the freeze, it compared only the records the source
-        named, and the verify compares those again. A cutover resumed after a crash has
-        no such pass in hand and verifies every chunk."""
+        The pass runs inside the freeze: what it found equal is still equal (the source is
+        frozen, the target written only by the pass, only where it found differences), so
+        the verify compares again only what the pass wrote, or the chunks it found
+        different for a store that cannot read named records (``verify.Proven``), and
+        compares schemas, coverage, definitions and the cross-store checks in full. Where
+        the pass followed the source's changes since the full pass before the freeze, it
+        compared only the records the source named, and the verify compares those again.
+        A cutover resumed after a crash has no such pass in hand and verifies every
+        chunk."""
         proven: dict[str, Proven] = {}
 
         def sync() -> int:

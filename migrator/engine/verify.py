@@ -56,15 +56,19 @@ class UnitReport:
 
 @dataclass(frozen=True)
 class Proven:
-    """What one sync pass inside a write freeze proved of a unit: every chunk not in
-    ``recheck`` digested equal on both sides, ``records`` records in all. With the source
-    frozen and the target written by that pass alone (and only in the chunks it found
-    different), those chunks are still equal, so a verify digests just ``recheck``.
+    """What one sync pass inside a write freeze proved of a unit, so that the verify after
+    it need not read everything again. The source is frozen and the target written by that
+    pass alone, so what the pass found equal is still equal:
 
-    A followed pass (the source named what changed since a full pass) proves every record
-    but ``keys``, the ones it compared and wrote: a verify compares just those again;
-    ``records`` is then the full pass's count moved by the records added and deleted since.
-    """
+    - a full pass digested every chunk, and the drill-down named every difference of the
+      chunks that disagreed; the pass wrote just those. Where both stores read named
+      records, all that is left to prove is ``keys`` (the records it wrote or deleted);
+      elsewhere the chunks it found different (``recheck``) are digested again.
+    - a followed pass (the source named what changed since a full pass) compared only
+      ``keys``; they are compared again.
+
+    ``records``: the unit's source records as the proof counts them (for a followed pass,
+    the full pass's count moved by the records added and deleted since)."""
 
     recheck: frozenset[str]
     records: int
