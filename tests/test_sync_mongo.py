@@ -34,7 +34,7 @@ from pymongo import errors as mx
 
 from fixtures import mongo_data
 from migrator.config import Endpoint, resolve_refs
-from migrator.engine.sync import sync_unit
+from migrator.engine.sync import record_catch_up, sync_unit
 from migrator.errors import CapabilityMissing, StoreError
 from migrator.stores.base import StoreOptions
 from migrator.stores.mongo.meta import id_label
@@ -329,17 +329,19 @@ def test_describe_says_how_sync_catches_up_from_what_the_server_answered(
         refused = exc.code
     source = store(mongo_env, "SRC", db)
     info = source.describe()
+    facts = {"source": dict(info)}
+    record_catch_up(facts, source)
     if refused is not None:  # DocumentDB, FerretDB, a standalone mongod
-        assert info["catch_up"] == "chunk digests"
         assert info["change_streams"].startswith("none (") and f"error {refused}" in \
             info["change_streams"]
-        assert any(n.startswith("no change streams") and "re-digests every chunk" in n
-                   for n in info["notes"])
+        assert facts["source"]["catch_up"] == "chunk digests"
+        assert any(n.startswith("catch-up: chunk digests in every pass") and
+                   f"error {refused}" in n for n in facts["source"]["notes"])
         with pytest.raises(CapabilityMissing, match=f"no change streams.*error {refused}"):
             source.follow()
     else:
-        assert info["change_streams"] == "available" and info["catch_up"] == "change streams"
-        assert any("compare only the documents the streams name" in n for n in info["notes"])
+        assert info["change_streams"] == "available"
+        assert facts["source"]["catch_up"] == "followed changes"
     assert "sync" in info["consistency"]
     source.close()
 
@@ -608,7 +610,7 @@ def test_live_writes_during_a_rate_limited_run_converge_with_sync(
     assert out.returncode == 0, out.stderr + out.stdout
     facts = json.loads(out.stdout)
     text = json.dumps(facts)
-    assert "re-digests every chunk" in text and "freeze" in text  # the plan says both
+    assert "chunk digests in every pass" in text and "freeze" in text  # the plan says both
     writer = Writer(mongo_env["OIM_MONGO_SRC_URL"], db, seed=11)
     run_while_writing(plan, writer, timeout=900)
     assert all(writer.done[k] >= 3 for k in ("insert", "update", "delete", "retype", "mixed",

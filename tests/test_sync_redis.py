@@ -352,6 +352,8 @@ def test_later_passes_follow_the_source_and_compare_only_the_keys_it_named(serve
     from migrator.plan import load_plan
 
     plan_path, target = make_plan(servers, tmp_path, scenario, 1500)
+    assert yaml.safe_load(plan_path.read_text())["stores"]["redis"]["facts"]["source"][
+        "catch_up"] == "followed changes"  # plan probed it with the read-only account
     assert cli("run", str(plan_path), "--no-verify").returncode == 0
     plan = load_plan(plan_path)
     dbs = SCENARIOS[scenario][1]
@@ -424,8 +426,11 @@ def test_an_account_that_may_not_follow_is_told_why_and_sync_digests(servers, tm
         plan = tmp_path / "p.yaml"
         source = ("redis=redis://notrack:${OIM_NOTRACK_PASSWORD}@"
                   + hostport(servers.env["OIM_REDIS_SRC_URL"]) + "/0")
-        assert cli("plan", "--source", source, "--target", servers.to_dst(), "-o",
-                   str(plan)).returncode == 0
+        planned = cli("plan", "--source", source, "--target", servers.to_dst(), "-o", str(plan))
+        assert planned.returncode == 0, planned.stderr
+        # plan already says it, before any sync or cutover
+        (line,) = [x for x in planned.stdout.splitlines() if "catch-up:" in x]
+        assert "chunk digests in every pass" in line and "+subscribe" in line, line
         assert cli("run", str(plan), "--no-verify").returncode == 0
         admin.set(b"k0:late", b"1")
         code, report = sync_json(plan, "--until-stable")

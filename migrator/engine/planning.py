@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from migrator.engine.session import Session
+from migrator.engine.sync import record_catch_up
 from migrator.errors import TargetNotEmpty
 from migrator.plan import Options, Plan, StorePair, plan_from_dict
 
@@ -33,6 +34,7 @@ def build_plan(name: str, pairs: dict[str, StorePair], options: Options) -> Plan
             from migrator.engine.cutover import record_freeze_guard  # cutover imports planning
 
             record_freeze_guard(pair.facts, source)
+            record_catch_up(pair.facts, source)
     if plan.existing and options.on_existing == "fail":
         shown = ", ".join(plan.existing[:5]) + (" …" if len(plan.existing) > 5 else "")
         raise TargetNotEmpty(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from migrator.engine.journal import COPIED, VERIFIED, Journal
 from migrator.engine.retry import RetryPolicy, call_with_retry
@@ -195,6 +196,23 @@ def sync_pass(number: int, units: list[Unit], session: Session, journal: Journal
 
 FOLLOWING = "followed changes"
 DIGESTS = "chunk digests"
+
+
+def record_catch_up(facts: dict[str, Any], source: Store) -> None:
+    """At plan time: whether sync can follow the source's changes (a feed is started and
+    closed at once), in the store facts shown by `plan`, so a missing right or server
+    setting is seen before the cutover, not during it."""
+    try:
+        feed = source.follow()
+    except MigrateError as exc:
+        how, note = DIGESTS, f"catch-up: chunk digests in every pass ({exc.message})"
+    else:
+        feed.close()
+        how, note = FOLLOWING, ("catch-up: after a full pass, passes compare only what the "
+                                "source names as changed")
+    side = facts.setdefault("source", {})
+    side["catch_up"] = how
+    side["notes"] = [*side.get("notes", []), note]
 
 
 class CatchUp:

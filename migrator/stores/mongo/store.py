@@ -369,13 +369,7 @@ class MongoStore(Store):
                                   "(needs a replica set, MongoDB ≥5.0): consistency relies on "
                                   "`sync` and the write freeze")
         missing = self.change_streams_missing()
-        out["catch_up"] = "chunk digests" if missing is not None else "change streams"
         out["change_streams"] = "available" if missing is None else f"none ({missing})"
-        out["notes"] = [
-            f"no change streams ({missing}): catch-up (sync) re-digests every chunk"
-            if missing is not None else
-            "change streams are available: after a full pass, `sync --until-stable` and "
-            "`cutover` compare only the documents the streams name"]
         return out
 
     def change_streams_missing(self) -> str | None:
