@@ -209,3 +209,156 @@ def test_sync_alone_repairs_deleted_changed_and_extra_objects_on_the_target(buck
     assert again.returncode == 0, again.stderr + again.stdout
     assert_same_buckets(bucket)
     assert dst.stat_object(bucket, retyped).content_type == "image/png"
+
+
+# -- followed passes (MinIO's ListenBucketNotification) ------------------------------------
+
+
+def copied_plan(bucket: str, tmp_path: Path, n: int = 60, *plan_extra: str
+                ) -> tuple[Path, list[str]]:
+    """``n`` source objects under openim/ (and two under tmp/, which the plan leaves out),
+    planned and copied with `run --no-verify`."""
+    src, rng = client("SRC"), random.Random(21)
+    keys = sorted(f"openim/data/hash/{rng.randbytes(16).hex()}" for _ in range(n))
+    for key in keys:
+        put(src, bucket, key, rng.randbytes(rng.randrange(1, 2048)), content_type="image/png",
+            metadata={"x-amz-meta-origin": "fixture"})
+    for i in range(2):
+        put(src, bucket, f"tmp/scratch-{i}", b"left out")
+    plan = tmp_path / "objects.yaml"
+    out = cli("plan", *plan_args(bucket, "--chunk-records", "20", "--exclude",
+                                 f"objects={bucket}/tmp/*", *plan_extra), "-o", str(plan))
+    assert out.returncode == 0, out.stderr + out.stdout
+    run = cli("run", str(plan), "--no-verify", "--json")
+    assert run.returncode == 0, run.stderr + run.stdout
+    return plan, keys
+
+
+def drop_left_out(bucket: str) -> None:
+    """Remove the source's tmp/ objects (outside the plan), so whole buckets compare."""
+    src = client("SRC")
+    for obj in src.list_objects(bucket, prefix="tmp/", recursive=True):
+        src.remove_object(bucket, obj.object_name)
+
+
+def test_later_passes_follow_the_source_and_compare_only_the_named_objects(
+        bucket, tmp_path, monkeypatch) -> None:
+    """The first pass digests every chunk; later ones HEAD only the objects the source's
+    event stream named: a new one, one overwritten with other bytes (multipart, so its MD5
+    is read), one whose metadata alone changed, a deleted one; an object outside the plan's
+    selection is named by the stream and ignored. No chunk is digested again."""
+    from migrator.engine import operations
+    from migrator.engine.sync import FOLLOWING
+    from migrator.plan import load_plan
+    from migrator.stores.objects.store import ObjectStore
+
+    plan_path, keys = copied_plan(bucket, tmp_path)
+    src, dst = client("SRC"), client("DST")
+    digests: list[str] = []
+    digest = ObjectStore.digest
+    monkeypatch.setattr(ObjectStore, "digest", lambda self, unit, chunks: (
+        digests.append(unit.name), digest(self, unit, chunks))[1])
+    plan = load_plan(plan_path)
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        assert catch.methods == {"objects": FOLLOWING}, catch.notes
+        first = catch.run_pass()
+        assert first.changed == 0 and [u.followed for u in first.units] == [None]
+        assert len(digests) == 2  # source and target, once each
+        added, rewritten, retyped, deleted = "openim/data/hash/added-late", *keys[1:4]
+        put(src, bucket, added, b"new", content_type="image/png")
+        put(src, bucket, rewritten, multipart(random.Random(3)), content_type="video/mp4",
+            part_size=5 * MiB)
+        src.copy_object(bucket, retyped, CopySource(bucket, retyped),
+                        metadata_directive=REPLACE,
+                        metadata={"Content-Type": "image/webp", "x-amz-meta-rev": "2"})
+        src.remove_object(bucket, deleted)
+        put(src, bucket, "tmp/scratch-late", b"outside the selection")
+        (second,) = catch.run_pass().units
+        assert (second.followed, second.copied, second.deleted) == (4, 3, 1), second
+        assert second.proven is not None and sorted(second.proven.keys) == sorted(
+            [added, rewritten, retyped, deleted])
+        (third,) = catch.run_pass().units
+        assert (third.followed, third.changed) == (0, 0), third
+        assert len(digests) == 2, digests  # the followed passes digested nothing
+    verified = cli("verify", str(plan_path), "--json")
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    assert [o.object_name for o in dst.list_objects(bucket, prefix="tmp/")] == []
+    drop_left_out(bucket)
+    assert_same_buckets(bucket)
+    assert dst.stat_object(bucket, retyped).content_type == "image/webp"
+
+
+def test_a_lost_listen_stream_goes_back_to_digests_with_a_note(bucket, tmp_path) -> None:
+    """The stream's connection cut under the reader (as a network failure would): the next
+    take raises, the pass digests every chunk and the notes say why."""
+    from migrator.engine import operations
+    from migrator.engine.sync import DIGESTS, FOLLOWING
+    from migrator.plan import load_plan
+
+    plan_path, keys = copied_plan(bucket, tmp_path, 30)
+    src = client("SRC")
+    plan = load_plan(plan_path)
+    with operations.catching_up(plan, plan_path, follow=True) as catch:
+        catch.run_pass()
+        put(src, bucket, "openim/followed", b"1")
+        (followed,) = catch.run_pass().units
+        assert (followed.followed, followed.copied) == (1, 1), followed
+        assert catch.methods == {"objects": FOLLOWING}
+        feed = catch._feeds["objects"]
+        for stream in feed.streams:
+            stream.response.shutdown()
+        put(src, bucket, "openim/after-the-cut", b"2")
+        src.remove_object(bucket, keys[0])
+        (lost,) = catch.run_pass().units
+        assert lost.followed is None and (lost.copied, lost.deleted) == (1, 1), lost
+        assert catch.methods == {"objects": DIGESTS}
+        assert any("change stream of bucket" in n and "ended" in n for n in catch.notes), \
+            catch.notes
+    assert client("DST").get_object(bucket, "openim/after-the-cut").read() == b"2"
+
+
+def test_an_account_that_may_not_listen_is_told_why_and_sync_digests(bucket, tmp_path,
+                                                                    monkeypatch) -> None:
+    """A read-only MinIO user without s3:ListenBucketNotification (made with the admin API):
+    `sync --until-stable` names the action to grant and converges by chunk digests."""
+    from minio import MinioAdmin
+    from minio.credentials import StaticProvider
+
+    from migrator.stores.objects.settings import READ_ACTIONS
+
+    admin = MinioAdmin(endpoint=os.environ["OIM_S3_SRC_URL"].split("//", 1)[1], secure=False,
+                       credentials=StaticProvider(os.environ["OIM_S3_SRC_ACCESS_KEY"],
+                                                  os.environ["OIM_S3_SRC_SECRET_KEY"]))
+    tag = uuid.uuid4().hex[:8]
+    user, secret, policy = f"nolisten{tag}", uuid.uuid4().hex, f"oim-nolisten-{tag}"
+    actions = ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation",
+               "s3:ListAllMyBuckets", *READ_ACTIONS.values()]
+    admin.policy_add(policy, policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": actions, "Resource": ["arn:aws:s3:::*"]}]})
+    admin.user_add(user, secret)
+    try:
+        admin.attach_policy([policy], user=user)
+        monkeypatch.setenv("OIM_NOLISTEN_ACCESS_KEY", user)
+        monkeypatch.setenv("OIM_NOLISTEN_SECRET_KEY", secret)
+        plan_path, keys = copied_plan(
+            bucket, tmp_path, 40,
+            "--source-option", "objects.access_key=${OIM_NOLISTEN_ACCESS_KEY}",
+            "--source-option", "objects.secret_key=${OIM_NOLISTEN_SECRET_KEY}")
+        src = client("SRC")
+        put(src, bucket, "openim/late", b"late")
+        src.remove_object(bucket, keys[5])
+        synced = cli("sync", str(plan_path), "--until-stable", "--json")
+        assert synced.returncode == 0, synced.stderr + synced.stdout
+        report = json.loads(synced.stdout)
+        assert report["method"] == {"objects": "chunk digests"}, report
+        (note,) = report["notes"]
+        assert f"'{user}' may not listen" in note and "s3:ListenBucketNotification" in note, note
+        units = [u for p in report["passes"] for u in p["units"]]
+        assert (sum(u["copied"] for u in units), sum(u["deleted"] for u in units)) == (1, 1)
+        verified = cli("verify", str(plan_path), "--json")
+        assert verified.returncode == 0, verified.stderr + verified.stdout
+    finally:
+        admin.user_remove(user)
+        admin.policy_remove(policy)
+    drop_left_out(bucket)
+    assert_same_buckets(bucket)

@@ -29,10 +29,18 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from migrator.config import Endpoint
-from migrator.errors import EndpointError, MigrateError, PlanError, StoreError, TransientError
+from migrator.errors import (
+    CapabilityMissing,
+    EndpointError,
+    MigrateError,
+    PlanError,
+    StoreError,
+    TransientError,
+)
 from migrator.stores.base import (
     Batch,
     Capabilities,
+    ChangeFeed,
     Chunk,
     ChunkDigest,
     Cursor,
@@ -43,6 +51,7 @@ from migrator.stores.base import (
     record_hash,
 )
 from migrator.stores.objects import endpoint as url_rules
+from migrator.stores.objects import feed as of
 from migrator.stores.objects import settings
 from migrator.stores.objects.ranges import range_name, separator, split_ranges, tiling_gaps
 from migrator.stores.objects.records import (
@@ -113,6 +122,7 @@ class ObjectStore(Store):
         self._http: urllib3.PoolManager | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._probe_keys: dict[str, str] = {}  # bucket -> an object the feed's barrier HEADs
 
     # -- lifecycle -------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -134,24 +144,33 @@ class ObjectStore(Store):
             return self._client
 
     def _connect(self) -> Minio:
-        conn, tls = self.endpoint.connection(), self.endpoint.tls
-        access = self.endpoint.resolved("access_key") or conn.username
-        secret = self.endpoint.resolved("secret_key") or conn.password
-        self._http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=15, read=300),
+        self._http = self._pool_manager(
             maxsize=max(32, self.transfers * (self.parallel_parts + 1), 4 * self.checkers),
-            cert_reqs="CERT_REQUIRED" if tls.verify else "CERT_NONE",
-            ca_certs=tls.ca_file or certifi.where(), cert_file=tls.cert_file,
-            key_file=tls.key_file,
+            timeout=urllib3.Timeout(connect=15, read=300),
             # A blip inside one request is retried here; a dead endpoint fails fast
             # (connect=1) so the engine's retry policy decides about waiting.
             retries=urllib3.Retry(total=3, connect=1, backoff_factor=0.2,
                                   status_forcelist=[500, 502, 503, 504]))
+        return self._minio(self._http)
+
+    def _pool_manager(self, maxsize: int, timeout: urllib3.Timeout,
+                      retries: urllib3.Retry | bool) -> urllib3.PoolManager:
+        tls = self.endpoint.tls
+        return urllib3.PoolManager(
+            timeout=timeout, maxsize=maxsize, retries=retries,
+            cert_reqs="CERT_REQUIRED" if tls.verify else "CERT_NONE",
+            ca_certs=tls.ca_file or certifi.where(), cert_file=tls.cert_file,
+            key_file=tls.key_file)
+
+    def _minio(self, http: urllib3.PoolManager) -> Minio:
+        conn = self.endpoint.connection()
+        access = self.endpoint.resolved("access_key") or conn.username
+        secret = self.endpoint.resolved("secret_key") or conn.password
         host = f"[{conn.host}]" if ":" in conn.host else conn.host  # IPv6 literal
         host = f"{host}:{conn.port}" if conn.port else host
         return Minio(host, access_key=access, secret_key=secret,
                      session_token=self.endpoint.resolved("session_token"), secure=self.secure,
-                     region=self.endpoint.options.get("region"), http_client=self._http)
+                     region=self.endpoint.options.get("region"), http_client=http)
 
     def use_cache(self, cache: MutableMapping[Any, str]) -> None:
         self.hash_cache = cache
@@ -542,6 +561,114 @@ class ObjectStore(Store):
             if first.code in _TRANSIENT_CODES:
                 raise TransientError(f"{self.endpoint.label}: {problem}")
             raise StoreError(f"{self.endpoint.label}: {problem}")
+
+    def follow(self) -> ChangeFeed:
+        """MinIO's ListenBucketNotification on every selected bucket (see ``feed``): from
+        now on the server names each object created, overwritten or removed. Refused,
+        saying why, where the server has no such stream or the account may not listen."""
+        self.open()
+        buckets = self.buckets()
+        # Its own connections: no read timeout (a quiet bucket sends nothing for as long
+        # as it stays quiet; take()'s barrier notices a dead server) and no retry (a
+        # request sent again would subscribe anew, silently losing the events between).
+        http = self._pool_manager(maxsize=max(1, len(buckets)),
+                                  timeout=urllib3.Timeout(connect=15, read=None), retries=False)
+        probes = self._pool_manager(maxsize=1, timeout=urllib3.Timeout(connect=15, read=30),
+                                    retries=False)
+        listener, prober = self._minio(http), self._minio(probes)
+
+        def opener(bucket: str) -> Callable[[], Any]:
+            def open_stream() -> Any:
+                events = listener.listen_bucket_notification(bucket, prefix=self.prefix,
+                                                             events=of.EVENTS)
+                # One request, never the iterable: it reopens a closed stream by itself,
+                # which would hide the events lost in between.
+                return events._func()
+            return open_stream
+
+        def release() -> None:
+            http.clear()
+            probes.clear()
+
+        feed = of.ObjectFeed(self.endpoint.label, [(b, opener(b)) for b in buckets],
+                             probe=lambda bucket, tag: self._probe(prober, bucket, tag),
+                             on_close=release)
+        try:
+            return feed.start()
+        except of.Refused as exc:
+            raise CapabilityMissing(self._follow_refused(exc)) from None
+        except MigrateError as exc:  # e.g. the barrier's HEAD failed: sync still digests
+            raise CapabilityMissing(f"{self.endpoint.label}: could not start following "
+                                    f"changes ({exc.message}): catch-up digests every "
+                                    "chunk") from None
+
+    def _follow_refused(self, exc: of.Refused) -> str:
+        """One line for ``sync``'s notes: what to grant, or that the service cannot."""
+        code = getattr(exc.cause, "code", None)
+        user = (self.endpoint.resolved("access_key") or self.endpoint.connection().username
+                or "?")
+        if code in _AUTH_CODES:
+            return (f"{self.endpoint.label}: the account '{user}' may not listen to bucket "
+                    f"notifications ({code}; grant the MinIO policy action "
+                    "s3:ListenBucketNotification on the bucket): catch-up digests every chunk")
+        return (f"{self.endpoint.label}: the server offers no change stream ({exc.reason}); "
+                "only MinIO has ListenBucketNotification, AWS S3, Ceph and other S3 services "
+                "cannot announce changes: catch-up digests every chunk")
+
+    def _probe(self, client: Minio, bucket: str, tag: str) -> bool:
+        """HEAD one object of ``bucket`` (under the prefix) with ``tag`` in the User-Agent,
+        for the feed's barrier; False when the bucket holds none. The object is remembered
+        and listed again only once it is gone. The feed probes one bucket at a time, so
+        the client's agent is set for this HEAD alone."""
+        for _ in range(5):
+            key = self._probe_keys.get(bucket)
+            if key is None:
+                first = next(self.list_range(bucket, None, None, metadata=False), None)
+                if first is None:
+                    return False
+                key = self._probe_keys[bucket] = first.key
+            client.set_app_info(of.AGENT, tag)
+            try:
+                with self._errors(f"head {bucket}/{key}"):
+                    client.stat_object(bucket, key)
+                return True
+            except StoreError as exc:
+                if getattr(exc.__cause__, "code", None) not in ("NoSuchKey", "NoSuchObject"):
+                    raise
+            self._probe_keys.pop(bucket, None)  # deleted meanwhile: list again
+        return False
+
+    def changed_in(self, unit: Unit, changes: Any) -> list[str]:
+        """Of a ``take``'s keys, those of the unit's bucket, range and selection, named as
+        ``records`` names them."""
+        bucket = unit.spec["bucket"]
+        start, end = unit.spec.get("start"), unit.spec.get("end")
+        out = []
+        for here_key in changes.get(self.here_bucket(bucket), ()):
+            if not here_key.startswith(self.prefix):
+                continue
+            key = self._unit_key(unit, here_key)
+            if ((start is None or key >= start) and (end is None or key < end)
+                    and self._selected(bucket, key)):
+                out.append(key)
+        return sorted(out)
+
+    def records_of(self, unit: Unit, keys: list[str]) -> Iterator[tuple[str, Any]]:
+        """``records`` of the named objects: one HEAD each (``checkers`` at once), then the
+        same fingerprint a listing gives (a multipart ETag's MD5 from the cache or read
+        once); absent objects and keys outside the unit are left out."""
+        bucket = unit.spec["bucket"]
+        here = self.here_bucket(bucket)
+        start, end = unit.spec.get("start"), unit.spec.get("end")
+        wanted = sorted(k for k in set(keys) if (start is None or k >= start)
+                        and (end is None or k < end) and self._selected(bucket, k))
+
+        def head(key: str) -> ObjectRecord | None:
+            rec = self.stat(here, self.here_key(unit, key))
+            return None if rec is None else replace(rec, key=key)
+
+        found = [r for r in self.map_checks(head, wanted) if r is not None]
+        return self._fingerprints(unit, found)
 
     def freeze_check(self) -> str | None:
         """S3 has no switch that holds writes (a deny policy would have to name OpenIM's
