@@ -275,11 +275,16 @@ def test_later_passes_follow_the_source_and_compare_only_the_named_objects(
         put(src, bucket, "tmp/scratch-late", b"outside the selection")
         (second,) = catch.run_pass().units
         assert (second.followed, second.copied, second.deleted) == (4, 3, 1), second
-        assert second.proven is not None and sorted(second.proven.keys) == sorted(
-            [added, rewritten, retyped, deleted])
+        # MinIO's stream is not exact by construction (its barrier rests on timing): the
+        # pass is no proof, so a cutover's verify digests these units again in full
+        assert second.proven is None
         (third,) = catch.run_pass().units
-        assert (third.followed, third.changed) == (0, 0), third
+        assert (third.followed, third.changed) == (0, 0) and third.proven is None, third
         assert len(digests) == 2, digests  # the followed passes digested nothing
+        proven = {u.unit: u.proven for u in [third] if u.proven is not None}
+        report = operations.verify_plan(plan, plan_path, proven=proven)
+        assert report.ok and len(digests) == 4  # every chunk, both sides
+        assert all(u.rechecked is None for u in report.units)
     verified = cli("verify", str(plan_path), "--json")
     assert verified.returncode == 0, verified.stderr + verified.stdout
     assert [o.object_name for o in dst.list_objects(bucket, prefix="tmp/")] == []

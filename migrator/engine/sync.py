@@ -102,10 +102,11 @@ def sync_unit(source: Store, target: Store, unit: Unit, *, batch_records: int = 
 
 
 def sync_changes(source: Store, target: Store, unit: Unit, keys: list[str], records: int,
-                 *, batch_records: int = 1000) -> UnitSync:
+                 *, batch_records: int = 1000, exact: bool = True) -> UnitSync:
     """A followed pass of one unit: only the records the source named as changed since a
     full pass (``Store.follow``) are compared, canonically, and copied or deleted.
-    ``records``: the unit's source records as of the previous pass."""
+    ``records``: the unit's source records as of the previous pass. ``exact``: whether the
+    feed's answer is complete by construction; only then is the pass a proof."""
     started = time.monotonic()
     report = UnitSync(unit.key, unit.store, followed=len(keys))
     diffs = resolve(source, target, unit, [(Chunk("followed changes"), keys)]) if keys else []
@@ -113,7 +114,7 @@ def sync_changes(source: Store, target: Store, unit: Unit, keys: list[str], reco
     # The source gained what the target missed and lost what only the target still had.
     report.source_records = records + sum(len(d.missing_on_target) - len(d.missing_on_source)
                                           for d in diffs)
-    report.proven = Proven(frozenset(), report.source_records, tuple(keys))
+    report.proven = Proven(frozenset(), report.source_records, tuple(keys)) if exact else None
     report.seconds = time.monotonic() - started
     return report
 
@@ -155,11 +156,11 @@ def sync_pass(number: int, units: list[Unit], session: Session, journal: Journal
               parallel: int = 4, batch_records: int = 1000, retry: RetryPolicy | None = None,
               stop: threading.Event | None = None,
               on_unit: Callable[[UnitSync], None] | None = None,
-              followed: dict[str, tuple[list[str], int]] | None = None) -> SyncPass:
-    """One pass over ``units``; a unit whose pass changed nothing is proven equal
-    (its digests matched) and marked verified in the journal. ``followed``: per unit key,
-    the records its source named as changed and its record count: those units compare
-    only these records; the others digest every chunk."""
+              followed: dict[str, tuple[list[str], int, bool]] | None = None) -> SyncPass:
+    """One pass over ``units``; a unit whose pass changed nothing and proved it (see
+    ``Proven``) is marked verified in the journal. ``followed``: per unit key, the records
+    its source named as changed, its record count and whether the feed is exact: those
+    units compare only these records; the others digest every chunk."""
     started = time.monotonic()
     policy = retry or RetryPolicy()
 
@@ -172,15 +173,17 @@ def sync_pass(number: int, units: list[Unit], session: Session, journal: Journal
                     lambda: sync_unit(source, target, unit, batch_records=batch_records,
                                       stop=stop), policy, stop=stop)
             else:
+                keys, records, exact = named
                 result = call_with_retry(
-                    lambda: sync_changes(source, target, unit, *named,
-                                         batch_records=batch_records), policy, stop=stop)
+                    lambda: sync_changes(source, target, unit, keys, records,
+                                         batch_records=batch_records, exact=exact),
+                    policy, stop=stop)
         except MigrateError as exc:
             result = UnitSync(unit.key, unit.store, error=str(exc), error_code=exc.exit_code)
         if not result.error:
             how = "" if named is None else f" (of {len(named[0])} followed)"
-            journal.set_state(unit.key, unit.store, unit.name,
-                              VERIFIED if not result.changed else COPIED)
+            proved = not result.changed and result.proven is not None
+            journal.set_state(unit.key, unit.store, unit.name, VERIFIED if proved else COPIED)
             journal.event(unit.key, "sync", f"pass {number}: {result.copied} copied, "
                           f"{result.deleted} deleted, {result.bytes} bytes{how}")
         if on_unit is not None:
@@ -247,7 +250,7 @@ class CatchUp:
 
     def run_pass(self, on_unit: Callable[[UnitSync], None] | None = None) -> SyncPass:
         self.passes += 1
-        followed: dict[str, tuple[list[str], int]] = {}
+        followed: dict[str, tuple[list[str], int, bool]] = {}
         for kind, feed in list(self._feeds.items()):
             try:
                 changes = feed.take()  # before any read of this pass
@@ -269,13 +272,13 @@ class CatchUp:
                         self.notes.append(f"{unit.key}: {exc.message}; pass {self.passes} "
                                           "digests it")
                         continue
-                    followed[unit.key] = (keys, self._records[unit.key])
+                    followed[unit.key] = (keys, self._records[unit.key], feed.exact)
         result = sync_pass(self.passes, self.units, self.session, self.journal,
                            parallel=self.parallel, batch_records=self.batch_records,
                            retry=self.retry, stop=self.stop, on_unit=on_unit,
                            followed=followed)
         for done in result.units:
-            if done.error or done.proven is None:
+            if done.error or (done.followed is None and done.proven is None):
                 self._records.pop(done.unit, None)  # digested in full next time
             else:
                 self._records[done.unit] = done.source_records

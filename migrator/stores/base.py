@@ -267,6 +267,10 @@ class ChangeFeed(Protocol):
     """Changes a source noted since the feed started (see ``Store.follow``)."""
 
     why: str | None  # after a ``take`` that returned None: what made anything possible
+    # True when ``take`` is complete by construction (a position or optime the server
+    # names, an echo on the same ordered stream); False when it rests on timing. A pass
+    # over an inexact feed is never taken as proof: the verify after it digests in full.
+    exact: bool
 
     def take(self) -> Any:
         """What changed since the last call, complete up to the call; None when anything

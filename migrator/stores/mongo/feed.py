@@ -119,6 +119,8 @@ class _Stream:
 class ChangeFeed:
     """Documents changed in the source's databases since the start or the last ``take``."""
 
+    exact = True  # take(): every stream read past the optime the source names
+
     def __init__(self, client: MongoClient, dbs: list[str]) -> None:
         self._client, self._dbs = client, dbs
         self._streams: list[_Stream] = []

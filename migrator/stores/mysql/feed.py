@@ -176,6 +176,8 @@ class BinlogFeed:
     """Rows of the selected tables changed since the feed started, or since the last
     ``take``; see the module's text."""
 
+    exact = True  # take(): the reader passed the binlog position the master names
+
     def __init__(self, *, label: str, connect: Callable[[bool], pymysql.Connection],
                  position: Callable[[], tuple[str, int]], start: tuple[str, int],
                  schemas: list[str], tables: dict[tuple[str, str], TableKey],

@@ -115,6 +115,8 @@ class _Node:
 class ChangeFeed:
     """Keys changed on every master since the feed started, or since the last ``take``."""
 
+    exact = True  # take(): a PING echoed on the subscriber's own ordered stream
+
     def __init__(self, nodes: list[tuple[str, Callable[[], redis.Connection]]]) -> None:
         self._nodes = [_Node(name, connect) for name, connect in nodes]
         self._tokens = itertools.count(1)
