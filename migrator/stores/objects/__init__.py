@@ -1,6 +1,8 @@
 """Object storage store: any S3-compatible service (MinIO, AWS S3, OSS, COS).
 
-Only the S3 API of the ``minio`` client is used, so nothing here depends on MinIO itself.
+Only the S3 API of the ``minio`` client is used, so nothing here depends on MinIO itself,
+except following changes (``feed.py``: MinIO's ListenBucketNotification), which other
+services refuse and ``sync`` then digests.
 
 * Units are contiguous key ranges of a bucket (``ranges.py``). A bucket above
   ``unit_records`` objects or ``unit_bytes`` bytes is split at leading characters after a
