@@ -364,12 +364,13 @@ class BinlogFeed:
     def close(self) -> None:
         with self._cond:
             self._closing = True
+        if self._thread_id is not None:
+            # Ending the server's side first: the server notices a closed replica only when
+            # it next writes to it, and our reader's blocked read returns only then.
+            self._end(self._thread_id)
         try:
             self._stream.close()
         except Exception:  # noqa: BLE001, S110 - closing must not mask anything
             pass
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        if self._thread_id is not None:
-            # the server notices a closed replica only when it next writes to it
-            self._end(self._thread_id)
