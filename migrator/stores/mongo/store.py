@@ -22,8 +22,9 @@ honours ``atClusterTime`` is probed when the store opens (a time in the future m
 refused): DocumentDB's gateway accepts it and reads the present, so it, standalone servers
 and FerretDB get no snapshot. Writes during and after the copy are caught up by ``sync``:
 ``records()`` names each document by its exact `_id` (type included), ``fetch`` and
-``delete`` find exactly those. Catch-up compares chunk digests; whether the server has
-change streams is probed and shown, but they are not followed yet. The write freeze is
+``delete`` find exactly those. Catch-up compares chunk digests, narrowing a differing chunk
+by the hashes its digest kept; where the server has change streams (a replica set), passes
+after the first follow them instead (``feed.py``). The write freeze is
 ``fsyncLock`` where the server and the account allow it (``freeze_check`` says why not).
 
 Coverage (base.py): units of one collection must tile its whole `_id` space in MongoDB's
