@@ -97,6 +97,7 @@ def step(cmd: list[str] | str, *, env: dict[str, str] | None = None,
         except SystemExit:
             if attempt == attempts:
                 raise
+            time.sleep(2.0 * attempt)  # a server shedding connections wants a moment
             continue
         if attempt > 1:
             out["failed_attempts"] = attempt - 1
