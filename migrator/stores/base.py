@@ -231,12 +231,14 @@ class RecordMemo:
     """Per-record hashes a digest computed, kept by unit and chunk, so that the drill-down
     of a chunk whose digests disagree (``record_hashes``) does not read it again. A chunk
     is handed out once; a unit's hashes go with its next digest, when older than
-    ``max_age`` seconds, and oldest first beyond ``limit`` records in all."""
+    ``max_age`` seconds, and oldest first beyond ``limit`` records in all; a digest over
+    more than ``limit`` records keeps none. Here a unit's payload is ``{chunk id: {record:
+    hash}}``; a store may keep a more compact one and say how to cut a chunk out of it
+    (``_split``)."""
 
     def __init__(self, limit: int = 500_000, max_age: float = 600.0) -> None:
         self.limit, self.max_age = limit, max_age
-        self._units: OrderedDict[str, tuple[float, dict[str, dict[str, Any]], int]] = \
-            OrderedDict()
+        self._units: OrderedDict[str, list[Any]] = OrderedDict()  # [started, payload, size]
         self._size = 0
         self._lock = threading.Lock()
 
@@ -246,21 +248,31 @@ class RecordMemo:
             if kept is not None:
                 self._size -= kept[2]
 
-    def put(self, unit: str, started: float, chunks: dict[str, dict[str, Any]],
-            size: int) -> None:
+    def put(self, unit: str, started: float, payload: Any, size: int) -> None:
         self.forget(unit)
+        if size > self.limit:
+            return
         with self._lock:
-            self._units[unit] = (started, chunks, size)
+            self._units[unit] = [started, payload, size]
             self._size += size
             while self._size > self.limit and len(self._units) > 1:
                 self._size -= self._units.popitem(last=False)[1][2]
 
-    def take(self, unit: str, chunk: str) -> dict[str, Any] | None:
+    def take(self, unit: str, chunk: str) -> Any | None:
+        """One chunk's hashes, or None when not kept (or handed out before)."""
         with self._lock:
             kept = self._units.get(unit)
             if kept is None or time.monotonic() - kept[0] > self.max_age:
                 return None
-            return kept[1].pop(chunk, None)
+            out, taken = self._split(kept[1], chunk)
+            kept[2] -= taken
+            self._size -= taken
+            return out
+
+    def _split(self, payload: Any, chunk: str) -> tuple[Any | None, int]:
+        """(the chunk's hashes, how many records they are), removed from ``payload``."""
+        got = payload.pop(chunk, None)
+        return got, len(got or ())
 
 
 class ChangeFeed(Protocol):

@@ -49,7 +49,6 @@ import threading
 import time
 import uuid
 from binascii import crc_hqx
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +80,7 @@ from migrator.stores.base import (
     ChunkDigest,
     Cursor,
     Importer,
+    RecordMemo,
     Role,
     Selection,
     Store,
@@ -223,66 +223,36 @@ Hashes = list[tuple[bytes, bytes]]  # (key, 16-byte per-record hash of the chunk
 
 @dataclass
 class _Kept:
-    started: float  # when the digest began
     index: dict[str, int]  # chunk id -> position, until handed out
     keys: dict[int, list[list[bytes]]]  # DB -> per chunk: keys
     hashes: dict[int, list[bytearray]]  # DB -> per chunk: their hashes, 16 bytes each
-    size: int  # keys held
 
 
-class HashMemo:
-    """The per-key hashes a digest summed, kept by chunk and DB, so that a chunk whose
-    digests disagree is narrowed to its differing keys without reading it again
-    (``record_hashes``). A chunk is handed out once; a unit's memo is dropped by its next
-    digest and not used when older than ``max_age``; oldest units go first beyond
-    ``limit`` keys in all, and a digest over more than ``limit`` keys keeps none. Keys
-    and packed hashes take about 80 bytes a key (a tuple of key and int would take 160)."""
+class HashMemo(RecordMemo):
+    """``RecordMemo`` for Redis: kept by chunk and DB, keys and packed hashes in about 80
+    bytes a key (a tuple of key and int would take 160), up to 1M keys."""
 
     def __init__(self, limit: int = 1_000_000, max_age: float = 600.0) -> None:
-        self.limit, self.max_age = limit, max_age
-        self._units: OrderedDict[str, _Kept] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
+        super().__init__(limit, max_age)
 
-    def forget(self, unit: str) -> None:
-        with self._lock:
-            kept = self._units.pop(unit, None)
-            if kept is not None:
-                self._size -= kept.size
+    def keep(self, unit: str, started: float, chunks: list[Chunk],
+             keys: dict[int, list[list[bytes]]], hashes: dict[int, list[bytearray]],
+             size: int) -> None:
+        self.put(unit, started, _Kept({c.id: i for i, c in enumerate(chunks)}, keys, hashes),
+                 size)
 
-    def put(self, unit: str, started: float, chunks: list[Chunk],
-            keys: dict[int, list[list[bytes]]], hashes: dict[int, list[bytearray]],
-            size: int) -> None:
-        self.forget(unit)
-        if size > self.limit:
-            return
-        with self._lock:
-            self._units[unit] = _Kept(started, {c.id: i for i, c in enumerate(chunks)},
-                                      keys, hashes, size)
-            self._size += size
-            while self._size > self.limit and len(self._units) > 1:
-                _, dropped = self._units.popitem(last=False)
-                self._size -= dropped.size
-
-    def take(self, unit: str, chunk_id: str) -> dict[int, Hashes] | None:
-        """The hashes of one chunk by DB, or None when not kept (or handed out before)."""
-        with self._lock:
-            kept = self._units.get(unit)
-            if kept is None or time.monotonic() - kept.started > self.max_age:
-                return None
-            i = kept.index.pop(chunk_id, None)
-            if i is None:
-                return None
-            out = {}
-            for db, per_chunk in kept.keys.items():
-                packed = kept.hashes[db][i]
-                out[db] = [(key, bytes(packed[16 * j:16 * j + 16]))
-                           for j, key in enumerate(per_chunk[i])]
-                per_chunk[i], kept.hashes[db][i] = [], bytearray()
-            taken = sum(map(len, out.values()))
-            kept.size -= taken
-            self._size -= taken
-            return out
+    def _split(self, payload: Any, chunk: str) -> tuple[dict[int, Hashes] | None, int]:
+        """The hashes of one chunk by DB."""
+        i = payload.index.pop(chunk, None)
+        if i is None:
+            return None, 0
+        out = {}
+        for db, per_chunk in payload.keys.items():
+            packed = payload.hashes[db][i]
+            out[db] = [(key, bytes(packed[16 * j:16 * j + 16]))
+                       for j, key in enumerate(per_chunk[i])]
+            per_chunk[i], payload.hashes[db][i] = [], bytearray()
+        return out, sum(map(len, out.values()))
 
 
 class RedisStore(Store):
@@ -1368,7 +1338,7 @@ class RedisStore(Store):
                         kept = None  # too big to keep: record_hashes reads again
                         packed = {db: [bytearray() for _ in chunks] for db in dbs}
         if kept is not None:
-            self._hashes.put(unit.key, started, chunks, kept, packed, size)
+            self._hashes.keep(unit.key, started, chunks, kept, packed, size)
         return {chunk.id: ChunkDigest(counts[i], sums[i] & HASH_MASK)
                 for i, chunk in enumerate(chunks)}
 
