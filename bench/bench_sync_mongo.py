@@ -19,29 +19,20 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import catchup  # noqa: E402
 import pymongo  # noqa: E402
 
 from fixtures import mongo_data  # noqa: E402
 from migrator.config import Endpoint, resolve_refs  # noqa: E402
 
 DB = "openim_v3"
-
-
-def timed(figures: dict[str, Any], name: str, fn: Any) -> Any:
-    started = time.monotonic()
-    out = fn()
-    figures[f"{name}_s"] = round(time.monotonic() - started, 2)
-    return out
 
 
 def change(client: pymongo.MongoClient, share: float, seed: int) -> int:
@@ -57,9 +48,6 @@ def change(client: pymongo.MongoClient, share: float, seed: int) -> int:
 
 
 def main() -> None:
-    from migrator.engine import operations
-    from migrator.plan import load_plan
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=3.0)
     parser.add_argument("--changed", type=float, default=0.01, help="share of documents")
@@ -77,32 +65,12 @@ def main() -> None:
                                       name="bench"), seed=args.seed, scale=args.scale)
     result: dict[str, Any] = {"documents": sum(counts.values()), "changed_share": args.changed,
                               "server": os.environ.get("OIM_MONGO_FLAVOR", "?")}
-    with tempfile.TemporaryDirectory() as work:
-        plan_path = Path(work) / "plan.yaml"
-        subprocess.run([sys.executable, "-m", "migrator", "plan", "--source",
-                        f"mongo={os.environ['OIM_MONGO_SRC_URL']}/{DB}", "--target",
-                        f"mongo={os.environ['OIM_MONGO_DST_URL']}", "-o", str(plan_path)],
-                       cwd=ROOT, check=True, capture_output=True)
-        timed(result, "copy", lambda: subprocess.run(
-            [sys.executable, "-m", "migrator", "run", str(plan_path), "--no-verify"],
-            cwd=ROOT, check=True, capture_output=True))
-        plan = load_plan(plan_path)
-        with operations.catching_up(plan, plan_path, follow=True) as catch:
-            result["method"], result["notes"] = dict(catch.methods), list(catch.notes)
-            timed(result, "full_pass", catch.run_pass)
-            result["changes"] = change(src, args.changed, args.seed + 1)
-            last = timed(result, "final_pass", catch.run_pass)
-        result["final_copied"] = sum(u.copied for u in last.units)
-        proven = {u.unit: u.proven for u in last.units if u.proven is not None}
-        report = timed(result, "verify", lambda: operations.verify_plan(plan, plan_path,
-                                                                        proven=proven))
-        result["verify_ok"] = report.ok
+    catchup.copy_then_cutover_way(
+        ["--source", f"mongo={os.environ['OIM_MONGO_SRC_URL']}/{DB}",
+         "--target", f"mongo={os.environ['OIM_MONGO_DST_URL']}"],
+        lambda: change(src, args.changed, args.seed + 1), result)
     for client in (src, dst):
         client.drop_database(DB)
-    copy = result["copy_s"]
-    result["final_ratio"] = round(result["final_pass_s"] / copy, 3)
-    result["freeze_ratio"] = round((result["final_pass_s"] + result["verify_s"]) / copy, 3)
-    result["load"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result))
 
 

@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import catchup  # noqa: E402
 import pymysql  # noqa: E402
 
 from fixtures import mysql_data  # noqa: E402
@@ -56,13 +55,6 @@ def connect(side: str) -> Any:
     host, port = hostport(os.environ[f"OIM_MYSQL_{side}_URL"]).split(":")
     return pymysql.connect(host=host, port=int(port), user=os.environ[f"OIM_MYSQL_{side}_USER"],
                            password=os.environ[f"OIM_MYSQL_{side}_PASSWORD"], autocommit=True)
-
-
-def cli(*args: str) -> float:
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.monotonic() - started
 
 
 def change(share: float, seed: int) -> dict[str, int]:
@@ -102,9 +94,6 @@ def main() -> None:
     parser.add_argument("--skip-load", action="store_true", help="reuse the loaded table")
     args = parser.parse_args()
 
-    from migrator.engine import operations
-    from migrator.plan import load_plan
-
     result: dict[str, Any] = {"rows": args.rows, "changed": args.changed}
     if not args.skip_load:
         started = time.monotonic()
@@ -114,40 +103,10 @@ def main() -> None:
     with target.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {TARGET_DB}")
     target.close()
-    workdir = Path(tempfile.mkdtemp(prefix="oim-bench-sync-mysql-"))
-    plan_path = workdir / "plan.yaml"
-    cli("plan", "--source", f"mysql={source_url()}", "--target", f"mysql={target_url()}",
-        "-o", str(plan_path))
-    result["copy_s"] = cli("run", str(plan_path), "--no-verify")
-    plan = load_plan(plan_path)
-    result["units"] = len(plan.inventory)
-    with operations.catching_up(plan, plan_path, follow=True) as catch:
-        result["method"] = catch.methods
-        started = time.monotonic()
-        full = catch.run_pass()
-        result["full_pass_s"] = time.monotonic() - started
-        result["full_pass_changed"] = full.changed
-        started = time.monotonic()
-        result["changes"] = change(args.changed, seed=7)
-        result["change_s"] = time.monotonic() - started
-        started = time.monotonic()
-        last = catch.run_pass()
-        result["followed_pass_s"] = time.monotonic() - started
-        result["followed"] = sum(u.followed or 0 for u in last.units)
-        result["followed_copied"] = sum(u.copied for u in last.units)
-        result["followed_deleted"] = sum(u.deleted for u in last.units)
-        result["notes"] = catch.notes
-    proven = {u.unit: u.proven for u in last.units if u.proven is not None}
-    started = time.monotonic()
-    report = operations.verify_plan(plan, plan_path, proven=proven)
-    result["verify_s"] = time.monotonic() - started
-    result["verify_ok"] = report.ok
-    copy = result["copy_s"]
-    result["followed_pass_over_copy"] = result["followed_pass_s"] / copy
-    result["followed_pass_and_verify_over_copy"] = (result["followed_pass_s"]
-                                                    + result["verify_s"]) / copy
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                      for k, v in result.items()}, indent=1))
+    catchup.copy_then_cutover_way(
+        ["--source", f"mysql={source_url()}", "--target", f"mysql={target_url()}"],
+        lambda: change(args.changed, seed=7), result)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

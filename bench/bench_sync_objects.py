@@ -21,11 +21,7 @@ import io
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import catchup  # noqa: E402
 from minio import Minio  # noqa: E402
 from minio.commonconfig import REPLACE, CopySource  # noqa: E402
 from minio.deleteobjects import DeleteObject  # noqa: E402
@@ -63,31 +60,6 @@ def endpoint_args(side: str) -> list[str]:
     return [f"--{role}", f"objects={os.environ[f'OIM_S3_{side}_URL']}/{BUCKET}",
             f"--{role}-option", f"objects.access_key=${{OIM_S3_{side}_ACCESS_KEY}}",
             f"--{role}-option", f"objects.secret_key=${{OIM_S3_{side}_SECRET_KEY}}"]
-
-
-def cli(*args: str) -> tuple[float, float]:
-    """Run one command; (wall seconds, its CPU seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=3600)
-    took = time.monotonic() - started
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return took, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-
-
-def timed(name: str, fn: Any, figures: dict[str, Any]) -> Any:
-    """``fn()`` in this process, with its wall and CPU seconds."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.monotonic()
-    out = fn()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    figures[f"{name}_s"] = round(time.monotonic() - started, 3)
-    figures[f"{name}_cpu_s"] = round(after.ru_utime + after.ru_stime
-                                     - before.ru_utime - before.ru_stime, 2)
-    return out
 
 
 def change(share: float, seed: int) -> dict[str, int]:
@@ -133,9 +105,6 @@ def main() -> None:
         if var not in os.environ:
             sys.exit(f"{var} is not set: start servers with scripts/services.py and source "
                      "its env.sh")
-    from migrator.engine import operations
-    from migrator.plan import load_plan
-
     empty("SRC")
     empty("DST")
     source = Endpoint("objects", f"{os.environ['OIM_S3_SRC_URL']}/{BUCKET}", name="bench",
@@ -144,31 +113,8 @@ def main() -> None:
     counts = objects_data.load(source, seed=args.seed, scale=args.small / 2000)
     result: dict[str, Any] = {"objects": counts["objects"], "bytes": counts["bytes"],
                               "changed_share": args.changed}
-    with tempfile.TemporaryDirectory() as work:
-        plan_path = Path(work) / "plan.yaml"
-        cli("plan", *endpoint_args("SRC"), *endpoint_args("DST"), "-o", str(plan_path))
-        copy_s, copy_cpu = cli("run", str(plan_path), "--no-verify", "--json")
-        result["copy_s"], result["copy_cpu_s"] = round(copy_s, 2), round(copy_cpu, 2)
-        plan = load_plan(plan_path)
-        with operations.catching_up(plan, plan_path, follow=True) as catch:
-            result["method"] = catch.methods
-            full = timed("full_pass", catch.run_pass, result)
-            result["full_pass_changed"] = full.changed
-            result["changes"] = change(args.changed, args.seed + 1)
-            last = timed("followed_pass", catch.run_pass, result)
-            result["notes"] = catch.notes
-        result["followed_keys"] = sum(u.followed or 0 for u in last.units)
-        result["followed_copied"] = sum(u.copied for u in last.units)
-        result["followed_deleted"] = sum(u.deleted for u in last.units)
-        proven = {u.unit: u.proven for u in last.units if u.proven}
-        report = timed("verify", lambda: operations.verify_plan(plan, plan_path,
-                                                                proven=proven), result)
-        result["verify_ok"] = report.ok
-        result["verify_rechecked_records"] = sum(u.rechecked_records for u in report.units)
-    for name in ("full_pass", "followed_pass", "verify"):
-        result[f"{name}_ratio"] = round(result[f"{name}_s"] / copy_s, 4)
-    result["freeze_ratio"] = round((result["followed_pass_s"] + result["verify_s"]) / copy_s, 4)
-    result["load"] = round(os.getloadavg()[0], 1)
+    catchup.copy_then_cutover_way([*endpoint_args("SRC"), *endpoint_args("DST")],
+                                  lambda: change(args.changed, args.seed + 1), result)
     empty("SRC")
     empty("DST")
     print(json.dumps(result))

@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import catchup  # noqa: E402
 import redis  # noqa: E402
 
 from fixtures import redis_data  # noqa: E402
@@ -102,53 +103,6 @@ def change(client: redis.Redis, share: float, seed: int) -> dict[str, int]:
     return done
 
 
-def timed(name: str, fn: Any, servers: list[redis.Redis], figures: dict[str, Any]) -> Any:
-    """``fn()`` in this process, with its wall, CPU and the servers' CPU seconds."""
-    before, servers_before = resource.getrusage(resource.RUSAGE_SELF), server_cpu(servers)
-    started = time.monotonic()
-    out = fn()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    figures[f"{name}_s"] = round(time.monotonic() - started, 2)
-    figures[f"{name}_cpu_s"] = round(after.ru_utime + after.ru_stime
-                                     - before.ru_utime - before.ru_stime, 2)
-    figures[f"{name}_server_cpu_s"] = round(server_cpu(servers) - servers_before, 2)
-    return out
-
-
-def followed(plan_path: Path, src: redis.Redis, args: argparse.Namespace,
-             result: dict[str, Any], servers: list[redis.Redis]) -> None:
-    """What `cutover` does: follow the source, one full pass (before the freeze), then the
-    changes, then the final pass that compares only the keys the source named, and the
-    verify of what it compared. Here all the changes land right before the freeze, the
-    worst case for the window; freeze and switch themselves are not included."""
-    from migrator.engine import operations
-    from migrator.plan import load_plan
-
-    plan = load_plan(plan_path)
-    plan.options.parallel = args.parallel
-    with operations.catching_up(plan, plan_path, follow=True) as catch:
-        result["method"] = catch.methods
-        full = timed("full_pass", catch.run_pass, servers, result)
-        result["full_pass_changed"] = full.changed
-        result["changes"] = change(src, args.changed, args.seed + 1)
-        last = timed("followed_pass", catch.run_pass, servers, result)
-    result["followed_keys"] = sum(u.followed or 0 for u in last.units)
-    result["followed_copied"] = sum(u.copied for u in last.units)
-    result["followed_deleted"] = sum(u.deleted for u in last.units)
-    proven = {u.unit: u.proven for u in last.units if u.proven is not None}
-    report = timed("verify_followed", lambda: operations.verify_plan(plan, plan_path,
-                                                                     proven=proven),
-                   servers, result)
-    result["verify_ok"] = report.ok
-    result["verify_rechecked_records"] = sum(u.rechecked_records for u in report.units)
-    copy = result["copy_s"]
-    result["copy_s"] = round(copy, 2)
-    result["followed_ratio"] = round(result["followed_pass_s"] / copy, 3)
-    result["freeze_ratio"] = round((result["followed_pass_s"] + result["verify_followed_s"])
-                                   / copy, 3)
-    result["load"] = round(os.getloadavg()[0], 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=200_000)
@@ -173,21 +127,22 @@ def main() -> None:
     dst.flushall()
     redis_data.mixed(source, args.keys, seed=args.seed)
     result: dict[str, Any] = {"keys": src.dbsize(), "changed_share": args.changed}
+    plan_args = ["--source", f"redis=redis://:${{OIM_REDIS_SRC_PASSWORD}}@{hostport(src_url)}/0",
+                 "--target", f"redis=redis://:${{OIM_REDIS_DST_PASSWORD}}@{hostport(dst_url)}/0"]
+    if args.follow:
+        catchup.copy_then_cutover_way(
+            plan_args, lambda: change(src, args.changed, args.seed + 1), result,
+            parallel=args.parallel)
+        src.flushall()
+        dst.flushall()
+        print(json.dumps(result))
+        return
     with tempfile.TemporaryDirectory() as work:
         plan = str(Path(work) / "plan.yaml")
-        cli("plan", "--source", f"redis=redis://:${{OIM_REDIS_SRC_PASSWORD}}@"
-            f"{hostport(src_url)}/0", "--target",
-            f"redis=redis://:${{OIM_REDIS_DST_PASSWORD}}@{hostport(dst_url)}/0",
-            "-o", plan, "--json")
+        cli("plan", *plan_args, "-o", plan, "--json")
         par = ["--parallel", str(args.parallel)]
         timed = {"servers": [src, dst], "figures": result}
         cli("run", plan, "--no-verify", "--json", *par, name="copy", **timed)
-        if args.follow:
-            followed(Path(plan), src, args, result, [src, dst])
-            src.flushall()
-            dst.flushall()
-            print(json.dumps(result))
-            return
         result["changes"] = change(src, args.changed, args.seed + 1)
         _, report = cli("sync", plan, "--json", *par, name="sync", **timed)
         units = [u for p in report["passes"] for u in p["units"]]
