@@ -21,7 +21,7 @@ from migrator.engine.journal import COPIED, VERIFIED, Journal
 from migrator.engine.retry import RetryPolicy, call_with_retry
 from migrator.engine.session import Session
 from migrator.engine.verify import ChunkDiff, Proven, chunk_differences, resolve
-from migrator.errors import CapabilityMissing, MigrateError
+from migrator.errors import MigrateError
 from migrator.stores.base import ChangeFeed, Chunk, ChunkDigest, Importer, Store, Unit
 
 
@@ -239,14 +239,18 @@ class CatchUp:
         self._feeds: dict[str, ChangeFeed] = {}
         self._records: dict[str, int] = {}  # unit -> source records, after a proving pass
         if follow:
-            for kind in self.kinds:
-                source, _ = session.pair(kind)
-                try:
-                    self._feeds[kind] = source.follow()
-                except CapabilityMissing as exc:
-                    self.notes.append(f"{kind}: {exc.message}")
-                    continue
-                self.methods[kind] = FOLLOWING
+            try:
+                for kind in self.kinds:
+                    source, _ = session.pair(kind)
+                    try:
+                        self._feeds[kind] = source.follow()
+                    except MigrateError as exc:  # cannot follow here: digests, saying why
+                        self.notes.append(f"{kind}: {exc.message}")
+                        continue
+                    self.methods[kind] = FOLLOWING
+            except BaseException:
+                self.close()
+                raise
 
     def run_pass(self, on_unit: Callable[[UnitSync], None] | None = None) -> SyncPass:
         self.passes += 1
