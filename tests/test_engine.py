@@ -451,8 +451,22 @@ def test_a_final_sync_pass_proves_its_equal_chunks_and_verify_rechecks_the_rest(
     (checked,) = [u for u in report.units if u.unit == unit.key]
     assert report.exit_code == 5 and checked.differ == ["z-new"] and digested == [["hi"]] * 2
 
+    listed: list[str] = []
+    chunks_of = memstore.MemoryStore.chunks
+    monkeypatch.setattr(memstore.MemoryStore, "chunks",
+                        lambda self, unit: listed.append(unit.key) or chunks_of(self, unit))
+    # A proof that leaves nothing to recheck: no chunk listed or digested. It is taken as
+    # given (the tampered record is in a chunk it claims), which is why only a cutover's
+    # own pass inside the freeze hands one to verify.
+    digested.clear()
+    report = operations.verify_plan(plan, path, proven={unit.key: Proven(frozenset(), 41)})
+    (checked,) = [u for u in report.units if u.unit == unit.key]
+    assert checked.rechecked == [] and digested == [] and listed == []
+    assert checked.status == "match" and checked.source_count == 41
+    listed.clear()
+
     digested.clear()  # a chunk the store no longer lists: every chunk is digested
     report = operations.verify_plan(plan, path, proven={unit.key: Proven(frozenset({"x"}), 0)})
     (checked,) = [u for u in report.units if u.unit == unit.key]
-    assert checked.rechecked is None and digested == [["lo", "hi"]] * 2
+    assert checked.rechecked is None and digested == [["lo", "hi"]] * 2 and listed
     assert report.exit_code == 5 and checked.source_count == 41

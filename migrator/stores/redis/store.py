@@ -863,7 +863,7 @@ class RedisStore(Store):
     def _parts(self, keys: int) -> int:
         """Slot-range slices of one DB. A standalone server is one thread that one unit
         with its read-ahead already keeps busy (measured: 4 slices of 1M keys copied
-        1.5x slower than one unit, each filtering the shared SCAN pages), and the unit's
+        1.2-1.5x slower than one unit, each filtering the shared SCAN pages), and the unit's
         SCAN cursor is its checkpoint, so it is cut only when the plan names
         ``unit_records``. A cluster's slices are cut by the default too, but into no more
         than run at once (``parallel``): slices share SCAN pages only while they run
@@ -1309,14 +1309,8 @@ class RedisStore(Store):
             db_of = {} if self._cluster is not None else {id(self._client(db)): db
                                                            for db in dbs}
 
-            # Some chunks only (a cutover re-checking what its final sync changed): SCAN
-            # still lists the DB, but only the keys of those chunks are read.
-            partial = len(wanted) < uhi - ulo + 1
-
             def read(client: redis.Redis, keys: list[bytes]
                      ) -> tuple[int, list[tuple[bytes, int]]]:
-                if partial:
-                    keys = [k for k in keys if owner[key_slot(k)] >= 0]
                 return db_of.get(id(client), dbs[0]), rv.record_hashes(
                     client, keys, now_ms=_now_ms(), tolerance=tolerance,
                     pexpiretime=self._pexpiretime, one_mget=one_mget)
