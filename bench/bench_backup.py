@@ -633,6 +633,7 @@ def main() -> int:
         import pyrage
 
         os.environ[KEY_VAR] = str(pyrage.x25519.Identity.generate())
+    compare.compile_ours()
     group = GROUPS[opts.store]
     work = Path(tempfile.mkdtemp(prefix="oim-bench-backup-"))
     var = f"OIM_{'S3' if group == 'minio' else group.upper()}_SRC_URL"

@@ -568,6 +568,16 @@ BENCHES: dict[str, tuple[str, Callable]] = {
 }
 
 
+def compile_ours() -> None:
+    """Write migrator's bytecode once, as ``pip install`` does for an operator's copy.
+
+    A source checkout run with PYTHONDONTWRITEBYTECODE (set on this machine) compiles every
+    module of ours on every command, 0.05-0.1 s each, while the drivers' bytecode is in
+    site-packages: timing that would measure the checkout, not the tool."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "migrator")],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -589,6 +599,7 @@ def main() -> int:
     if opts.repeat < 1:
         parser.error("--repeat must be at least 1")
     EXTRA_PLAN_ARGS.extend(opts.plan_arg)
+    compile_ours()
     group, bench = BENCHES[opts.store]
     work = Path(tempfile.mkdtemp(prefix="oim-bench-"))
     started_here = f"OIM_{'S3' if group == 'minio' else group.upper()}_SRC_URL" not in os.environ
