@@ -22,6 +22,7 @@ from migrator.config import Endpoint
 from migrator.engine.verify import verify_unit
 from migrator.errors import CapabilityMissing, EndpointError, PlanError, StoreError
 from migrator.stores.base import Batch, Role, Selection, StoreOptions, Unit
+from migrator.stores.redis import store as redis_store
 from migrator.stores.redis import value as rv
 from migrator.stores.redis.store import RedisStore
 from migrator.stores.redis.value import key_text
@@ -400,6 +401,24 @@ def test_digest_is_equal_after_copy(copied):
     assert sum(d.count for d in digests.values()) == source.list_units()[0].records
     assert digests == target.digest(unit, chunks)
     assert differences(*copied) == []
+
+
+def test_a_digest_too_big_for_its_memo_sums_alike_and_drills_down_by_reading(
+        copied, clean, monkeypatch):
+    """Past the memo's limit the digest sums its packed hashes as it goes (every
+    FOLD_KEYS keys) and keeps none: digests and per-key hashes read again are the same."""
+    source, target, unit, chunks = copied
+    kept = source.digest(unit, chunks)
+    from_memo = {c.id: source.record_hashes(unit, c) for c in chunks}
+    monkeypatch.setattr(redis_store, "FOLD_KEYS", 7)
+    for store in (source, target):
+        store._hashes.limit = 5
+    assert source.digest(unit, chunks) == kept == target.digest(unit, chunks)
+    assert {c.id: source.record_hashes(unit, c) for c in chunks} == from_memo
+    key = next(clean["target"].scan_iter(match="UID_PID_TOKEN_STATUS:*"))
+    clean["target"].hset(key, "x", "tampered")
+    report = verify_unit(source, target, unit)
+    assert report.status == "differ" and report.differ == [key.decode()]
 
 
 def test_changed_hash_field_on_target_names_exactly_that_key(copied, clean):

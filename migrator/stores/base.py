@@ -73,9 +73,11 @@ Write freeze (``cutover``), where the source's account allows a server-side guar
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -89,6 +91,15 @@ Cursor = Any  # JSON-serialisable position inside a unit; None means "from the s
 
 HASH_BITS = 128
 HASH_MASK = (1 << HASH_BITS) - 1
+
+
+def packed_sum(packed: bytes | bytearray) -> int:
+    """The sum mod 2**128 of 128-bit little-endian hashes packed 16 bytes each: a chunk's
+    ``ChunkDigest.hash`` summed by C loops over 64-bit halves, not one int per record."""
+    halves = array("Q", packed)
+    if sys.byteorder != "little":
+        halves.byteswap()
+    return (sum(halves[0::2]) + (sum(halves[1::2]) << 64)) & HASH_MASK
 
 
 class Role(StrEnum):

@@ -40,7 +40,6 @@ from migrator.archive.reader import UnitReader
 from migrator.archive.writer import UnitWriter
 from migrator.errors import CapabilityMissing, StoreError
 from migrator.stores.base import (
-    HASH_MASK,
     Batch,
     Chunk,
     ChunkDigest,
@@ -48,6 +47,7 @@ from migrator.stores.base import (
     Importer,
     Store,
     StoreOptions,
+    packed_sum,
 )
 from migrator.stores.redis import rdb
 from migrator.stores.redis import value as rv
@@ -117,7 +117,7 @@ def fingerprint(entry: rdb.Entry, value: Any) -> rv.Fingerprint:
     return (kind, digest.hexdigest(), expire)
 
 
-def record_hash(entry: rdb.Entry, tolerance: int) -> int:
+def record_hash(entry: rdb.Entry, tolerance: int) -> bytes:
     """``RedisStore.digest()``'s hash of this key (see ``value.record_hashes``)."""
     key, kind = entry.key, entry.type
     bucket = _bucket(entry.expire_ms, tolerance)
@@ -193,7 +193,7 @@ class RdbImporter(Importer):
             if chunk is None:
                 raise StoreError(f"redis key {rv.key_text(key)!r} is outside unit "
                                  f"{self.unit.unit.key}'s slots")
-            self.unit.record(chunk, record_hash(entry, self.tolerance))
+            self.unit.record(chunk, int.from_bytes(record_hash(entry, self.tolerance), "little"))
             self.keys += 1
             self.expires += bool(expire)
 
@@ -310,11 +310,8 @@ class RedisArchive(ArchiveFormat):
         out = {}
         for chunk in chunks:
             lo, hi = chunk.bounds
-            count = total = 0
-            for entry in self._live(unit, lo, hi):
-                count += 1
-                total += record_hash(entry, tolerance)
-            out[chunk.id] = ChunkDigest(count, total & HASH_MASK)
+            hashes = [record_hash(entry, tolerance) for entry in self._live(unit, lo, hi)]
+            out[chunk.id] = ChunkDigest(len(hashes), packed_sum(b"".join(hashes)))
         return out
 
     def same_record(self, source_fp: Any, target_fp: Any) -> bool:

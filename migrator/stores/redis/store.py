@@ -86,6 +86,7 @@ from migrator.stores.base import (
     Store,
     StoreOptions,
     Unit,
+    packed_sum,
 )
 from migrator.stores.redis import value as rv
 from migrator.stores.redis import wire as rw
@@ -96,6 +97,7 @@ CHUNK_SLOTS = 64  # widest verification chunk, in hash slots
 CHUNK_KEYS = 64  # narrower chunks while the plan's estimate puts more keys than this in one
 MAX_UNIT_PARTS = 64
 SCAN_COUNT = 1000
+FOLD_KEYS = 200_000  # a digest too big for the memo sums its packed hashes this often
 _REFUSED = "payload version or checksum are wrong"
 _SCHEMES = {"redis": False, "rediss": False, "redis+cluster": True, "rediss+cluster": True}
 _NOTE = "Redis offers no snapshot: consistency relies on the write freeze + re-verify"
@@ -1294,10 +1296,24 @@ class RedisStore(Store):
             owner[lo:hi + 1] = [i] * (hi - lo + 1)
         wanted = [slot for slot, i in enumerate(owner) if i >= 0]
         counts, sums = [0] * len(chunks), [0] * len(chunks)
-        # DB -> per chunk: keys and packed hashes; None once more keys than the memo holds
+        # DB -> per chunk: keys and their packed hashes, kept for the drill-down until more
+        # keys than the memo holds (then None); the hashes are summed per chunk at the end,
+        # or whenever FOLD_KEYS more have come in once nothing is kept
         kept: dict[int, list[list[bytes]]] | None = {db: [[] for _ in chunks] for db in dbs}
         packed = {db: [bytearray() for _ in chunks] for db in dbs}
-        size = 0
+
+        def fold() -> None:
+            """Sums the packed hashes into ``counts`` and ``sums`` and lets go of them (new
+            lists: the memo may hold the old ones)."""
+            nonlocal packed
+            for per_chunk in packed.values():
+                for i, hashes in enumerate(per_chunk):
+                    if hashes:
+                        counts[i] += len(hashes) // 16
+                        sums[i] += packed_sum(hashes)
+            packed = {db: [bytearray() for _ in chunks] for db in dbs}
+
+        size = unfolded = 0
         if wanted:
             self.open()
             ulo, uhi = unit.spec.get("slots", [0, SLOTS - 1])
@@ -1310,29 +1326,42 @@ class RedisStore(Store):
                                                            for db in dbs}
 
             def read(client: redis.Redis, keys: list[bytes]
-                     ) -> tuple[int, list[tuple[bytes, int]]]:
+                     ) -> tuple[int, list[tuple[bytes, bytes]]]:
                 return db_of.get(id(client), dbs[0]), rv.record_hashes(
                     client, keys, now_ms=_now_ms(), tolerance=tolerance,
                     pexpiretime=self._pexpiretime, one_mget=one_mget)
 
             with self._errors(f"checksumming {unit.name}"):
                 for (db, found), _ in rw.read_ahead(pages, read):
-                    rows = kept[db] if kept is not None else None
-                    hashes = packed[db]
-                    for key, value in found:
-                        i = owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 0x3FFF]
-                        if i >= 0:
-                            counts[i] += 1
-                            sums[i] += value
-                            if rows is not None:
+                    if not found:
+                        continue
+                    # Runs once per page: the per-key work stays in comprehensions and
+                    # zip, the sums in ``packed_sum``.
+                    keys, hashes = zip(*found, strict=True)
+                    if b"{" in b"".join(keys):
+                        at = [owner[key_slot(k)] for k in keys]
+                    else:
+                        at = [owner[crc_hqx(k, 0) & 0x3FFF] for k in keys]
+                    rows, into = (kept[db] if kept is not None else None), packed[db]
+                    if rows is not None:
+                        for i, key, h in zip(at, keys, hashes, strict=True):
+                            if i >= 0:
                                 rows[i].append(key)
-                                hashes[i] += value.to_bytes(16, "little")
+                                into[i] += h
+                    else:
+                        for i, h in zip(at, hashes, strict=True):
+                            if i >= 0:
+                                into[i] += h
                     size += len(found)
+                    unfolded += len(found)
                     if kept is not None and size > self._hashes.limit:
                         kept = None  # too big to keep: record_hashes reads again
-                        packed = {db: [bytearray() for _ in chunks] for db in dbs}
+                    if kept is None and unfolded > FOLD_KEYS:
+                        fold()
+                        unfolded = 0
         if kept is not None:
             self._hashes.keep(unit.key, started, chunks, kept, packed, size)
+        fold()
         return {chunk.id: ChunkDigest(counts[i], sums[i] & HASH_MASK)
                 for i, chunk in enumerate(chunks)}
 
@@ -1366,11 +1395,10 @@ class RedisStore(Store):
             with self._errors(f"checksumming {unit.name}"):
                 for client, part in self._by_node(db, keys):
                     for i in range(0, len(part), self.scan_count):
-                        rows += [(key, value.to_bytes(16, "little"))
-                                 for key, value in rv.record_hashes(
-                                     client, part[i:i + self.scan_count], now_ms=_now_ms(),
-                                     tolerance=tolerance, pexpiretime=self._pexpiretime,
-                                     one_mget=self._cluster is None)]
+                        rows += rv.record_hashes(
+                            client, part[i:i + self.scan_count], now_ms=_now_ms(),
+                            tolerance=tolerance, pexpiretime=self._pexpiretime,
+                            one_mget=self._cluster is None)
         return out
 
     def records(self, unit: Unit, chunk: Chunk) -> Iterator[tuple[str, Any]]:

@@ -497,13 +497,13 @@ _FIRST_SCAN = {b"hash": key_command("HSCAN", 0, "COUNT", PAGE),
                b"set": key_command("SSCAN", 0, "COUNT", PAGE)}
 
 
-def _hashed(tag: bytes, key: bytes, bucket: int, body: Any) -> int:
+def _hashed(tag: bytes, key: bytes, bucket: int, body: Any) -> bytes:
     """128-bit hash of one record: a fixed-size header with the key's length, the key,
     then the value's bytes, so the framing is unambiguous."""
     h = _BLAKE.copy()
     h.update(_HEADER(tag, bucket, len(key)) + key)
     h.update(body)
-    return int.from_bytes(h.digest(), "little")
+    return h.digest()
 
 
 def _bucket(expire: int | None, tolerance: int) -> int:
@@ -513,8 +513,9 @@ def _bucket(expire: int | None, tolerance: int) -> int:
 
 
 def record_hashes(client: Any, keys: list[bytes], *, pexpiretime: bool, now_ms: int,
-                  tolerance: int, one_mget: bool) -> list[tuple[bytes, int]]:
-    """(key, hash of key + value + expiry // tolerance) for each key that still exists.
+                  tolerance: int, one_mget: bool) -> list[tuple[bytes, bytes]]:
+    """(key, hash of key + value + expiry // tolerance) for each key that still exists;
+    the hash is 16 bytes, little-endian, as ``base.packed_sum`` sums them.
 
     ``one_mget``: the keys may be read with one MGET (a single server, not a cluster).
     """
@@ -536,7 +537,7 @@ def record_hashes(client: Any, keys: list[bytes], *, pexpiretime: bool, now_ms: 
         values = [r if r.__class__ is not list else r[0] for r in replies[0::2]]
         ttls = replies[1::2]
     relative = 0 if pexpiretime else now_ms
-    out: list[tuple[bytes, int]] = []
+    out: list[tuple[bytes, bytes]] = []
     others: list[tuple[bytes, int]] = []
     copy, append, header = _BLAKE.copy, out.append, _HEADER
     for key, value, ttl in zip(keys, values, ttls, strict=True):
@@ -557,14 +558,14 @@ def record_hashes(client: Any, keys: list[bytes], *, pexpiretime: bool, now_ms: 
             h = copy()  # _hashed(b"s", key, bucket, value), inline
             h.update(header(b"s", bucket, len(key)) + key)
             h.update(value)
-            append((key, int.from_bytes(h.digest(), "little")))
+            append((key, h.digest()))
     if others:
         _hash_others(client, others, out, pexpiretime=pexpiretime, now_ms=now_ms,
                      tolerance=tolerance)
     return out
 
 
-def _hash_others(client: Any, others: list[tuple[bytes, int]], out: list[tuple[bytes, int]],
+def _hash_others(client: Any, others: list[tuple[bytes, int]], out: list[tuple[bytes, bytes]],
                  *, pexpiretime: bool, now_ms: int, tolerance: int) -> None:
     """Adds the hashes of keys that are not strings: DUMP payload, elements or canonical."""
     replies = run_packed(client, b"".join([_DUMP % (len(k), k) for k, _ in others]),
