@@ -28,6 +28,7 @@ import pytest
 from minio import MinioAdmin
 from minio.commonconfig import ENABLED, Filter, Tags
 from minio.credentials import StaticProvider
+from minio.datatypes import Part
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from minio.objectlockconfig import DAYS, GOVERNANCE, ObjectLockConfig
 from minio.versioningconfig import SUSPENDED, VersioningConfig
@@ -193,13 +194,45 @@ def test_object_above_threshold_goes_multipart_and_still_verifies(s3_env) -> Non
     assert gets == []  # the importer proved the target's MD5 through its multipart ETag
 
 
+def put_parts(s: ObjectStore, bucket: str, key: str, parts: list[bytes]) -> None:
+    """A multipart upload in parts of these sizes (S3 lets every part but the last differ;
+    minio-py's own put_object cuts equal parts, so this uses its part calls)."""
+    client = s.client
+    upload = client._create_multipart_upload(bucket, key, {})
+    done = [Part(i, client._upload_part(bucket, key, data, None, upload, i))
+            for i, data in enumerate(parts, 1)]
+    client._complete_multipart_upload(bucket, key, upload, done)
+
+
 def test_multipart_etag_on_source_and_single_part_on_target_compare_equal(pair) -> None:
+    """A source uploaded in parts of unequal sizes cannot be re-cut the same way: it is
+    copied as one PUT, and the two ETags' forms differ; verify compares content MD5s."""
     src, dst, bucket = pair
-    put(src, bucket, "video.mp4", os.urandom(6 * MiB), part_size=5 * MiB)
+    put_parts(src, bucket, "video.mp4", [os.urandom(5 * MiB), os.urandom(6 * MiB)])
     units = copy(src, dst)
     assert src.client.stat_object(bucket, "video.mp4").etag.endswith("-2")
     assert "-" not in dst.client.stat_object(bucket, "video.mp4").etag
     assert compare(src, dst, units) == {"missing": set(), "extra": set(), "differ": set()}
+
+
+def test_a_multipart_source_is_copied_in_its_own_parts_and_verified_without_reads(
+        pair) -> None:
+    """OpenIM's uploads (5 MiB parts) get the source's ETag on the target: two servers'
+    MD5s of the same parts prove the bytes equal, so verify reads neither body; a change
+    on either side afterwards is a new version, read and named."""
+    src, dst, bucket = pair
+    for key in ("video.mp4", "audio.aac"):
+        put(src, bucket, key, os.urandom(11 * MiB + 7), part_size=5 * MiB)
+    units = copy(src, dst)
+    for key in ("video.mp4", "audio.aac"):
+        etag = src.client.stat_object(bucket, key).etag
+        assert etag.endswith("-3") and dst.client.stat_object(bucket, key).etag == etag
+    reads = count_calls(src, "get_object") + count_calls(dst, "get_object")
+    assert compare(src, dst, units) == {"missing": set(), "extra": set(), "differ": set()}
+    assert reads == []
+    put(dst, bucket, "video.mp4", os.urandom(11 * MiB + 7), part_size=5 * MiB)
+    put(src, bucket, "audio.aac", os.urandom(11 * MiB + 7), part_size=5 * MiB)
+    assert compare(src, dst, units)["differ"] == {"video.mp4", "audio.aac"}
 
 
 @pytest.mark.slow
@@ -978,15 +1011,35 @@ def test_batches_of_all_units_share_one_pool_of_transfers_threads(pair, monkeypa
 
 def test_objects_up_to_64_mib_are_one_put_whose_etag_verify_uses(pair) -> None:
     src, dst, bucket = pair
-    obj = objects_data.FixtureObject("openim/video/v.mp4", 20 * MiB, "video/mp4", "single",
-                                     part_size=5 * MiB)
+    obj = objects_data.FixtureObject("openim/video/v.mp4", 20 * MiB, "video/mp4", "single")
     src.client.put_object(bucket, obj.key, objects_data.PartReader(obj), obj.size,
-                          content_type="video/mp4", part_size=obj.part_size)
+                          content_type="video/mp4", part_size=64 * MiB)
     units = copy(src, dst)
-    assert src.client.stat_object(bucket, obj.key).etag.endswith("-4")
+    assert "-" not in src.client.stat_object(bucket, obj.key).etag
     assert "-" not in dst.client.stat_object(bucket, obj.key).etag
-    gets = count_calls(dst, "get_object")
-    assert equal(src, dst, units) and gets == []  # the target's ETag is its MD5
+    gets = count_calls(dst, "get_object") + count_calls(src, "get_object")
+    assert equal(src, dst, units) and gets == []  # each ETag is its object's MD5
+
+
+def test_a_byte_changed_in_flight_of_a_copy_in_parts_is_named_by_verify(pair,
+                                                                         monkeypatch) -> None:
+    """A source in parts has no MD5 to check in flight; the target's ETag then differs
+    from the source's, so nothing vouches for the source, and verify reads and names it."""
+    src, dst, bucket = pair
+    put(src, bucket, "flipped", os.urandom(11 * MiB), part_size=5 * MiB)
+    real_read = transfer_module._BodyReader.read
+
+    def flip(self: Any, size: int = -1) -> bytes:
+        data = real_read(self, size)
+        return bytes([data[0] ^ 1]) + data[1:] if data else data
+
+    monkeypatch.setattr(transfer_module._BodyReader, "read", flip)
+    units = copy(src, dst)
+    monkeypatch.undo()
+    assert dst.client.stat_object(bucket, "flipped").etag.endswith("-3")
+    assert dst.client.stat_object(bucket, "flipped").etag != \
+        src.client.stat_object(bucket, "flipped").etag
+    assert compare(src, dst, units)["differ"] == {"flipped"}
 
 
 @pytest.mark.parametrize("threshold", ["64MiB", "5MiB"], ids=["single PUT", "multipart"])

@@ -19,6 +19,7 @@ MIN_PART = 5 * MiB  # S3's smallest multipart part
 MAX_PARTS = 10_000
 COPIED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language")
 MD5_ETAG = re.compile(r"[0-9a-fA-F]{32}")
+PARTS_ETAG = re.compile(r"[0-9a-fA-F]{32}-([0-9]+)")  # a multipart upload's: -<parts>
 GONE = "(deleted during verify)"
 CHANGED = "(changed during verify)"
 

@@ -309,6 +309,22 @@ class ObjectStore(Store):
                 return None
             raise
 
+    def first_part_size(self, bucket: str, key: str, etag: str) -> int | None:
+        """The size of part 1 of that version of a multipart object (HEAD ?partNumber=1);
+        None when it is gone or changed. A server without part HEADs answers the whole
+        object's size."""
+        try:
+            with self._errors(f"head {bucket}/{key} part 1"):
+                found = self.client.stat_object(bucket, key, extra_headers={
+                    "If-Match": f'"{etag}"'}, extra_query_params={"partNumber": "1"})
+        except StoreError as exc:
+            if isinstance(exc.__cause__, S3Error) and exc.__cause__.code in (
+                    "NoSuchKey", "NoSuchObject", "PreconditionFailed", "InvalidPart",
+                    "InvalidArgument"):
+                return None
+            raise
+        return int(found.size or 0)
+
     def list_range(self, bucket: str, start: str | None, end: str | None,
                    after: str | None = None, metadata: bool = True) -> Iterator[ObjectRecord]:
         """Objects under this endpoint's prefix with start <= key < end, in key order.

@@ -18,6 +18,7 @@ from migrator.stores.objects.records import (
     MAX_PARTS,
     MD5_ETAG,
     MIN_PART,
+    PARTS_ETAG,
     MiB,
     ObjectRecord,
     etag,
@@ -79,30 +80,53 @@ def part_size(store: ObjectStore, size: int) -> int:
     return max(store.part_size, -(-needed // MiB) * MiB)
 
 
+def source_parts(store: ObjectStore, rec: ObjectRecord) -> int | None:
+    """The part size of the source's multipart upload of ``rec``, when uploading in parts
+    of that size gives the target the same ETag: the ETag names N parts and a HEAD of part
+    1 gives a size that cuts the object into N (every part but the last the same size, as
+    every S3 client uploads). None otherwise, or when ETags are not MD5-based."""
+    source = rec.origin()
+    found = PARTS_ETAG.fullmatch(rec.etag)
+    if found is None or not (store.etag_is_md5 and source.etag_is_md5):
+        return None
+    parts = int(found.group(1))
+    size = source.first_part_size(source.here_bucket(rec.bucket), rec.key, rec.etag)
+    if size is None or size < MIN_PART or not 1 < parts <= MAX_PARTS \
+            or -(-rec.size // size) != parts:
+        return None
+    return size
+
+
 def copy_object(store: ObjectStore, rec: ObjectRecord, bucket: str, key: str) -> bool:
     """Stream one object from its source into ``bucket/key`` of ``store``; False if it
     vanished. A corrupted transfer fails here rather than at verify time: the target's MD5
     ETag of a single PUT must equal the source's, and a multipart copy is MD5-checked in
     flight against the source's ETag (the payload itself is checked by the server: SigV4
-    SHA-256 over http, Content-MD5 over https)."""
-    multipart = rec.size > store.threshold
-    with store.budget.take(part_size(store, rec.size) * (store.parallel_parts + 1)
-                           if multipart else rec.size):
+    SHA-256 over http, Content-MD5 over https).
+
+    A multipart source is copied in its own parts (``source_parts``): both servers then
+    compute the same ETag from the parts they hold, which proves the two objects equal
+    without verify reading either, and memory holds a few parts, not whole objects."""
+    same = source_parts(store, rec)
+    multipart = same is not None or rec.size > store.threshold
+    part = same or part_size(store, rec.size)
+    with store.budget.take(part * (store.parallel_parts + 1) if multipart else rec.size):
         resp = rec.open()
         if resp is None:
             return False
         try:
-            return _put_stream(store, rec, resp, bucket, key)
+            return _put_stream(store, rec, resp, bucket, key, part if multipart else 0)
         finally:
             resp.close()
             resp.release_conn()
 
 
 def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
-                key: str) -> bool:
+                key: str, part: int) -> bool:
+    """``part`` > 0: upload in parts of that size (one PUT if the body is no larger)."""
     length = int(resp.headers.get("Content-Length", rec.size))
     content_type, metadata, headers = split_headers(resp.headers)
-    multipart = length > store.threshold
+    multipart = 0 < part < length
     # A single PUT's ETag is the target's own MD5 of what it stored (with etag_is_md5), so
     # hashing in flight would repeat it; a multipart ETag is not, and verify needs the MD5.
     reader = _HashingReader(resp) if multipart or not store.etag_is_md5 else _BodyReader(resp)
@@ -112,8 +136,8 @@ def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
         result = store.client.put_object(
             bucket, key, cast(BinaryIO, reader),  # put_object only calls read()
             length, content_type=content_type or "binary/octet-stream",
-            metadata=meta, part_size=part_size(store, length) if multipart else
-            max(MIN_PART, length), num_parallel_uploads=store.parallel_parts)
+            metadata=meta, part_size=part if multipart else max(MIN_PART, length),
+            num_parallel_uploads=store.parallel_parts)
     stored = etag(result.etag).lower()
     src_etag = etag(resp.headers.get("ETag")).lower()
     sse = any(h.lower().startswith("x-amz-server-side-encryption") for h in resp.headers)
@@ -138,6 +162,11 @@ def _put_stream(store: ObjectStore, rec: ObjectRecord, resp: Any, bucket: str,
         there = store.stat(bucket, key)
         if there is not None and there.etag.lower() == stored:
             store.hash_cache[store.cache_key(bucket, there)] = md5
+            if stored == src_etag == rec.etag.lower() and not sse \
+                    and PARTS_ETAG.fullmatch(stored):
+                # Each server made this ETag from the MD5s of the parts it holds: the
+                # source's listed version holds these same bytes.
+                source.hash_cache[source.cache_key(source.here_bucket(rec.bucket), rec)] = md5
     return True
 
 
